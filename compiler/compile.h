@@ -1,0 +1,91 @@
+/* compile.h -- the compiler's contract: options, the per-layer plan, and kernels.
+ *
+ * Pipeline (compiler/compile.c keeps it visible in one function):
+ *   model (verified, shapes inferred) -> plan (plan.c) -> emit C per layer from templates
+ *   (emit.c) -> clang -> object -> ORC JIT (jit.c), cached on disk -> tk_kernel objects
+ *   that the executor (runtime/exec.c) calls.
+ *
+ * A kernel implements one conv2d or linear layer (linear is a 1x1 conv on a 1x1 map).
+ * All activations at this interface are NCHW contiguous:
+ *   x  (n, I, H, W)     y (n, O, OH, OW)     linear: x (n, I), y (n, O)
+ * Kernels are single-threaded per call range internally driven by the kernel's own OpenMP
+ * loop (GCC libgomp, the one OpenMP runtime in the process); they never allocate per call.
+ */
+#ifndef TK_COMPILE_H
+#define TK_COMPILE_H
+
+#include "model.h"
+
+typedef enum {
+  TK_VARIANT_NONE = 0,       /* not a conv/linear layer */
+  TK_VARIANT_REFERENCE,      /* naive reference loops (tests, fallback without a toolchain) */
+  TK_VARIANT_DENSE,          /* oneDNN */
+  TK_VARIANT_SPARSE_TABLE,   /* generated, table-driven over the mask (values passed as data) */
+  TK_VARIANT_SPARSE_UNROLLED,/* generated, indices as constants, <= ~100 nnz per function */
+  TK_VARIANT_VALUE_BAKED,    /* generated, values as immediates: frozen inference only */
+  TK_VARIANT_EMPTY,          /* every weight pruned: output is the bias */
+  TK_VARIANT_COUNT
+} tk_variant;
+
+const char *tk_variant_name(tk_variant v);
+
+struct tk_compile_opts {
+  int batch;               /* batch the plan is made for (the engine's max_batch if 0) */
+  int threads;             /* 0 = omp_get_max_threads() */
+  int training;            /* also build input- and weight-gradient kernels */
+  int tune;                /* time the candidates instead of trusting the cost model */
+  int force;               /* -1 = planner decides; else a tk_variant for every conv/linear */
+  const char *cache_dir;   /* NULL = $TICKET_CACHE or ~/.cache/ticket */
+  int no_cache;            /* compile afresh, write nothing */
+  int verbose;             /* log each layer's choice and the compile steps to stderr */
+};
+typedef struct tk_compile_opts tk_compile_opts;
+void tk_compile_opts_default(tk_compile_opts *o);
+
+typedef struct {
+  tk_variant variant;
+  int vec_batch;           /* 1: vectorise over the batch; 0: over the flattened spatial index */
+  double est_sparse_us, est_dense_us; /* cost-model (or measured, with tune) time per call */
+  char reason[192];        /* one line: why */
+} tk_layer_plan;
+
+typedef struct {
+  int n_layers;            /* == model n_layers; non-conv layers have TK_VARIANT_NONE */
+  tk_layer_plan *layers;
+  int batch, threads;
+} tk_plan;
+
+tk_status tk_plan_make(const tk_model *m, const tk_compile_opts *o, tk_plan **out);
+void tk_plan_free(tk_plan *p);
+
+/* ---- kernels -------------------------------------------------------------------------- */
+typedef struct tk_kernel tk_kernel;
+typedef struct {
+  /* y = conv(x, W*M) + b for a batch of n <= max_batch */
+  tk_status (*fwd)(tk_kernel *k, const float *x, float *y, int n);
+  /* dx = d(sum y*dy)/dx  (overwritten) */
+  tk_status (*bwd_input)(tk_kernel *k, const float *dy, float *dx, int n);
+  /* dw (weight numel) and db (O, or NULL) overwritten; entries of dw off the mask are 0 */
+  tk_status (*bwd_weight)(tk_kernel *k, const float *x, const float *dy, float *dw, float *db, int n);
+  /* the layer's weight/bias values changed (same mask): repack */
+  tk_status (*update)(tk_kernel *k);
+  void (*destroy)(tk_kernel *k);
+} tk_kernel_vtbl;
+
+struct tk_kernel {
+  const tk_kernel_vtbl *v;
+  tk_variant variant;
+  const tk_model *m;
+  int layer;
+  int max_batch;
+};
+
+/* Providers. */
+tk_status tk_kernel_reference_create(const tk_model *m, int layer, int max_batch, tk_kernel **out); /* runtime/kernel_ref.c */
+tk_status tk_kernel_dense_create(const tk_model *m, int layer, int max_batch, tk_kernel **out);     /* runtime/dense.c */
+/* Generates, compiles (JIT, cached) and wraps kernels for every layer whose plan variant is a
+ * generated one; kernels[i] is set for those layers and left untouched for the others. */
+tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_opts *o, int max_batch,
+                          tk_kernel **kernels); /* compiler/sparse.c */
+
+#endif

@@ -46,7 +46,9 @@ tk_status tk_fail_prefix(tk_status st, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(pre, sizeof pre, fmt, ap);
   va_end(ap);
-  snprintf(old, sizeof old, "%s", g_err);
+  size_t keep = strnlen(g_err, sizeof old - 1);
+  memcpy(old, g_err, keep);
+  old[keep] = 0;
   snprintf(g_err, sizeof g_err, "%.255s: %.700s", pre, old);
   return st;
 }

@@ -6,6 +6,33 @@
  * [lo, hi].  eps and alpha are in pixel units even when the model normalises its input.
  * Restarts keep, per example, the first adversarial example that fools the model (or the
  * last restart's when none does), so restarts never raise robust accuracy.
+ *
+ * Worst-case tracking (the default, for evaluation): the clean image and every iterate
+ * x_0 (the start), x_1, ..., x_K are checked, and x_adv is the first of them that the model
+ * misclassifies (the last iterate when none does).  PGD itself is not monotone (a later
+ * iterate can be classified correctly again), but with tracking these hold by construction:
+ *   - robust accuracy <= standard accuracy (the clean image is a candidate: delta = 0);
+ *   - eps = 0 gives robust accuracy == standard accuracy (every candidate equals x);
+ *   - more steps never raise it: with the same seed, K+1 steps repeat the K-step
+ *     trajectory exactly and check one more iterate;
+ *   - more restarts never raise it: restart r is only run for examples not yet fooled.
+ * Robust accuracy is NOT guaranteed to be monotone in eps (trajectories for different eps
+ * differ); it is in practice on any grid coarse enough to matter.
+ * With final_iterate = 1 the attack follows the reference implementations exactly
+ * (advertorch LinfPGDAttack, HYDRA/TRADES): x_adv is the last iterate, nothing is tracked.
+ * That is what adversarial training wants.
+ *
+ * Float32 semantics follow advertorch's: delta is the state; a step is
+ *   delta += alpha * sign(g);  delta = clamp(delta, -eps, eps);  delta = clamp(x + delta, lo, hi) - x
+ * with sign(0) = 0, and the model sees (and x_adv is) clamp(x + delta, lo, hi).  The CE
+ * gradient is that of the mean over the batch given to tk_attacker_run (scale does not
+ * change the sign); the KL loss is summed over the batch (TRADES' KLDivLoss(sum)).
+ *
+ * BatchNorm: bn = TK_BN_TRAIN runs the attack's forwards with batch statistics; those
+ * forwards update the running statistics, which tk_attacker_run snapshots and restores
+ * unless update_bn_stats is set.  In eval mode finished examples are dropped from the batch
+ * (they cannot change the others); in train mode the batch is kept whole, because batch
+ * statistics couple the examples.
  */
 #ifndef TK_ATTACK_H
 #define TK_ATTACK_H
@@ -22,7 +49,13 @@ typedef struct {
   tk_attack_start start;
   tk_attack_loss loss;
   tk_bn_mode bn;             /* BatchNorm mode of the attack's forwards (eval by default) */
+  int final_iterate;         /* 1: x_adv is the last iterate (training, reference semantics);
+                                0: worst-case tracking (evaluation), see above */
+  int update_bn_stats;       /* with bn = TK_BN_TRAIN: keep the running-statistics updates */
 } tk_attack_opts;
+
+/* eps 8/255, alpha 2/255, 10 steps, 1 restart, uniform start, CE, BatchNorm eval, tracking. */
+void tk_attack_opts_default(tk_attack_opts *o);
 
 typedef struct tk_attacker tk_attacker;
 /* All buffers for batches up to e->max_batch are allocated here. */
@@ -31,6 +64,11 @@ tk_status tk_attacker_create(tk_engine *e, const tk_attack_opts *o, tk_attacker 
  * model misclassifies x_adv[i].  For KL loss `y` may be NULL. */
 tk_status tk_attacker_run(tk_attacker *a, const float *x, const int *y, int n, tk_rng *rng, float *x_adv,
                           int *fooled);
+/* As tk_attacker_run, but the first restart starts from x + delta0 (n, C, H, W) (clamped to
+ * [lo, hi]) instead of a random draw; later restarts draw from rng as usual.  For tests and
+ * for reproducing another implementation's trajectory. */
+tk_status tk_attacker_run_from(tk_attacker *a, const float *x, const int *y, int n, const float *delta0,
+                               tk_rng *rng, float *x_adv, int *fooled);
 void tk_attacker_free(tk_attacker *a);
 
 #endif

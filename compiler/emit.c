@@ -1,0 +1,675 @@
+/* emit.c -- code generation for the sparse kernels: the code buffer, template expansion,
+ * hashing, layer geometry, pattern tables and the per-layer kernel source.
+ *
+ * Nothing here exits or prints: errors go into the tk_codebuf (or tk_fail for the table and
+ * geometry builders) and the caller decides.  See emit.h for the layouts and the contract. */
+#include "emit.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- code buffer ------------------------------------------------------------------------ */
+
+void tk_cb_init(tk_codebuf *cb) { memset(cb, 0, sizeof *cb); }
+
+void tk_cb_free(tk_codebuf *cb) {
+  free(cb->buf);
+  memset(cb, 0, sizeof *cb);
+}
+
+void tk_cb_fail(tk_codebuf *cb, tk_status st, const char *fmt, ...) {
+  if (cb->err != TK_OK) return;
+  cb->err = st;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(cb->msg, sizeof cb->msg, fmt, ap);
+  va_end(ap);
+}
+
+void tk_cb_put(tk_codebuf *cb, const char *s, size_t n) {
+  if (cb->err != TK_OK) return;
+  if (cb->len + n + 1 > cb->cap) {
+    size_t cap = cb->cap ? cb->cap : 4096;
+    while (cap < cb->len + n + 1) cap *= 2;
+    char *b = realloc(cb->buf, cap);
+    if (!b) {
+      tk_cb_fail(cb, TK_ERR_NOMEM, "out of memory growing a code buffer to %zu bytes", cap);
+      return;
+    }
+    cb->buf = b;
+    cb->cap = cap;
+  }
+  memcpy(cb->buf + cb->len, s, n);
+  cb->len += n;
+  cb->buf[cb->len] = 0;
+}
+
+void tk_cb_puts(tk_codebuf *cb, const char *s) { tk_cb_put(cb, s, strlen(s)); }
+
+void tk_cb_printf(tk_codebuf *cb, const char *fmt, ...) {
+  if (cb->err != TK_OK) return;
+  char small[512];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(small, sizeof small, fmt, ap);
+  va_end(ap);
+  if (n < 0) {
+    tk_cb_fail(cb, TK_ERR_INTERNAL, "bad format string in the emitter");
+    return;
+  }
+  if ((size_t)n < sizeof small) {
+    tk_cb_put(cb, small, (size_t)n);
+    return;
+  }
+  char *big = malloc((size_t)n + 1);
+  if (!big) {
+    tk_cb_fail(cb, TK_ERR_NOMEM, "out of memory formatting %d bytes", n);
+    return;
+  }
+  va_start(ap, fmt);
+  vsnprintf(big, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  tk_cb_put(cb, big, (size_t)n);
+  free(big);
+}
+
+tk_status tk_cb_status(const tk_codebuf *cb) {
+  if (cb->err == TK_OK) return TK_OK;
+  return tk_fail(cb->err, "%s", cb->msg);
+}
+
+/* ---- templates -------------------------------------------------------------------------- */
+
+const char *tk_template_text(const char *name, size_t *len) {
+  char path[256];
+  snprintf(path, sizeof path, "templates/%s", name);
+  const tk_embedded_file *f = tk_embedded_find(path);
+  if (!f) return NULL;
+  if (len) *len = f->size;
+  return f->data;
+}
+
+#define TK_MAX_TPARAMS 64
+
+void tk_template_expand(tk_codebuf *cb, const char *name, const tk_tparam *params, int n_params) {
+  size_t len;
+  const char *text = tk_template_text(name, &len);
+  if (!text) {
+    tk_cb_fail(cb, TK_ERR_INTERNAL, "template %s: not embedded in this build", name);
+    return;
+  }
+  /* pass 1: declarations */
+  const char *decl[TK_MAX_TPARAMS];
+  size_t decl_len[TK_MAX_TPARAMS];
+  int n_decl = 0;
+  for (const char *p = text; p < text + len;) {
+    const char *eol = memchr(p, '\n', (size_t)(text + len - p));
+    if (!eol) eol = text + len;
+    if (eol - p > 10 && !strncmp(p, "//@param ", 9)) {
+      const char *s = p + 9, *e = s;
+      while (e < eol && *e != ' ') e++;
+      if (n_decl == TK_MAX_TPARAMS) {
+        tk_cb_fail(cb, TK_ERR_INTERNAL, "template %s: more than %d parameters", name, TK_MAX_TPARAMS);
+        return;
+      }
+      decl[n_decl] = s;
+      decl_len[n_decl++] = (size_t)(e - s);
+    }
+    p = eol + 1;
+  }
+  /* every given parameter is declared, every declared one is given */
+  for (int k = 0; k < n_params; k++) {
+    int found = 0;
+    for (int d = 0; d < n_decl && !found; d++)
+      found = strlen(params[k].name) == decl_len[d] && !strncmp(params[k].name, decl[d], decl_len[d]);
+    if (!found) {
+      tk_cb_fail(cb, TK_ERR_INTERNAL, "template %s: parameter %s is given but not declared", name, params[k].name);
+      return;
+    }
+  }
+  for (int d = 0; d < n_decl; d++) {
+    int found = 0;
+    for (int k = 0; k < n_params && !found; k++)
+      found = strlen(params[k].name) == decl_len[d] && !strncmp(params[k].name, decl[d], decl_len[d]);
+    if (!found) {
+      tk_cb_fail(cb, TK_ERR_INTERNAL, "template %s: parameter %.*s is declared but not given", name,
+                 (int)decl_len[d], decl[d]);
+      return;
+    }
+  }
+  /* pass 2: copy with substitution, dropping //@ lines */
+  int line = 1;
+  for (const char *p = text; p < text + len; line++) {
+    const char *eol = memchr(p, '\n', (size_t)(text + len - p));
+    const char *end = eol ? eol + 1 : text + len;
+    if (end - p >= 3 && !strncmp(p, "//@", 3)) {
+      p = end;
+      continue;
+    }
+    const char *q = p;
+    while (q < end) {
+      const char *d = q;
+      while (d + 1 < end && !(d[0] == '$' && d[1] == '{')) d++;
+      if (d + 1 >= end) {
+        tk_cb_put(cb, q, (size_t)(end - q));
+        break;
+      }
+      tk_cb_put(cb, q, (size_t)(d - q));
+      const char *nm = d + 2, *ne = nm;
+      while (ne < end && *ne != '}') ne++;
+      if (ne >= end) {
+        tk_cb_fail(cb, TK_ERR_INTERNAL, "template %s line %d: unterminated ${", name, line);
+        return;
+      }
+      const tk_tparam *hit = NULL;
+      for (int k = 0; k < n_params && !hit; k++)
+        if (strlen(params[k].name) == (size_t)(ne - nm) && !strncmp(params[k].name, nm, (size_t)(ne - nm))) hit = &params[k];
+      int declared = 0;
+      for (int k = 0; k < n_decl && !declared; k++)
+        declared = decl_len[k] == (size_t)(ne - nm) && !strncmp(decl[k], nm, decl_len[k]);
+      if (!hit || !declared) {
+        tk_cb_fail(cb, TK_ERR_INTERNAL, "template %s line %d: parameter %.*s is not declared", name, line,
+                   (int)(ne - nm), nm);
+        return;
+      }
+      tk_cb_puts(cb, hit->value);
+      q = ne + 1;
+    }
+    p = end;
+  }
+}
+
+/* Version number from a template's `//@version N` line (0 when absent). */
+static int template_version(const char *name) {
+  size_t len;
+  const char *t = tk_template_text(name, &len);
+  if (!t) return 0;
+  const char *v = strstr(t, "//@version ");
+  return v ? atoi(v + 11) : 0;
+}
+
+/* ---- hashing ------------------------------------------------------------------------------ */
+
+static inline uint64_t rotl64(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static inline uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+void tk_hash_init(tk_hash *h, uint64_t seed) {
+  h->a = 0x243F6A8885A308D3ull ^ seed;
+  h->b = 0x13198A2E03707344ull ^ mix64(seed + 1);
+  h->n = 0;
+}
+
+static inline void hash_word(tk_hash *h, uint64_t w) {
+  h->a = rotl64((h->a ^ w) * 0x9E3779B97F4A7C15ull, 29) * 0xC2B2AE3D27D4EB4Full;
+  h->b = rotl64(h->b + w * 0x165667B19E3779F9ull, 31) ^ (h->b >> 17);
+  h->b *= 0xD6E8FEB86659FD93ull;
+}
+
+void tk_hash_update(tk_hash *h, const void *p, size_t n) {
+  const unsigned char *s = p;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    memcpy(&w, s + i, 8);
+    hash_word(h, w);
+  }
+  if (i < n) {
+    uint64_t w = 0;
+    memcpy(&w, s + i, n - i);
+    hash_word(h, w ^ ((uint64_t)(n - i) << 56));
+  }
+  h->n += n;
+}
+
+void tk_hash_final(const tk_hash *h, uint64_t out[2]) {
+  out[0] = mix64(h->a ^ mix64(h->n));
+  out[1] = mix64(h->b + 0x7FB5D329728EA185ull * (h->n + 1)) ^ out[0];
+}
+
+void tk_model_hash(const tk_model *m, uint64_t out[2]) {
+  tk_hash h;
+  tk_hash_init(&h, 0x5469636B6574ull);
+  tk_hash_update(&h, &m->in_c, sizeof m->in_c);
+  tk_hash_update(&h, &m->in_h, sizeof m->in_h);
+  tk_hash_update(&h, &m->in_w, sizeof m->in_w);
+  tk_hash_update(&h, &m->classes, sizeof m->classes);
+  for (int i = 0; i < m->n_layers; i++) {
+    const tk_layer *l = &m->layers[i];
+    int f[] = {(int)l->op, l->inputs[0], l->inputs[1], l->weight, l->bias, l->kh, l->kw, l->sh, l->sw, l->ph, l->pw,
+               l->dh, l->dw, l->groups};
+    tk_hash_update(&h, f, sizeof f);
+  }
+  for (int t = 0; t < m->n_tensors; t++) {
+    const tk_tensor *tt = &m->tensors[t];
+    tk_hash_update(&h, tt->name, strlen(tt->name));
+    tk_hash_update(&h, tt->shape, sizeof tt->shape);
+    tk_hash_update(&h, tt->data, (size_t)tt->numel * sizeof(float));
+    if (tt->mask) tk_hash_update(&h, tt->mask, (size_t)tt->numel);
+  }
+  tk_hash_final(&h, out);
+}
+
+/* ---- geometry ----------------------------------------------------------------------------- */
+
+/* Vectors per block and blocks for nvec vectors: few wasted vectors, few blocks (each block
+ * re-reads the row's offsets and values, about 2 vector-slots per non-zero). */
+static void choose_blocks(int64_t nvec, int *nv, int *nblk) {
+  int64_t best = INT64_MAX;
+  for (int v = 8; v >= 1; v--) {
+    int64_t b = (nvec + v - 1) / v, cost = b * (v + 2);
+    if (cost < best) best = cost, *nv = v, *nblk = (int)b;
+  }
+}
+
+static int partials(int nv) {
+  int p = 8 / nv;
+  return p < 1 ? 1 : p;
+}
+
+static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g) {
+  memset(g, 0, sizeof *g);
+  if (layer < 0 || layer >= m->n_layers) return tk_fail(TK_ERR_ARG, "layer %d out of range", layer);
+  const tk_layer *l = &m->layers[layer];
+  if (l->op == TK_OP_LINEAR) {
+    g->linear = 1;
+    g->I = (int)tk_shape_numel(l->in);
+    g->O = l->out.c;
+    g->G = 1;
+    g->H = g->W = g->OH = g->OW = 1;
+    g->KH = g->KW = g->SH = g->SW = g->DH = g->DW = 1;
+    g->HQ = 1, g->WQ = 16, g->NPH = 1, g->CS = 16;
+    g->NV = g->NBLK = g->NVB = g->NBLKB = 1;
+    g->PZF = g->PZB = 16;
+    g->F = 0, g->SZ = 16;
+    g->xq_len = (int64_t)g->I * 16;
+    g->dz_len = (int64_t)g->O * 16;
+    g->z_len = 16;
+    g->dx_rows = g->I;
+    return TK_OK;
+  }
+  if (l->op != TK_OP_CONV2D)
+    return tk_fail(TK_ERR_ARG, "layer %d (%s): %s has no kernel", layer, l->name, tk_op_name(l->op));
+  g->I = l->in.c, g->O = l->out.c, g->G = l->groups;
+  g->H = l->in.h, g->W = l->in.w, g->OH = l->out.h, g->OW = l->out.w;
+  g->KH = l->kh, g->KW = l->kw, g->SH = l->sh, g->SW = l->sw, g->PH = l->ph, g->PW = l->pw, g->DH = l->dh,
+  g->DW = l->dw;
+  int64_t hp = (int64_t)g->H + 2 * g->PH, wp = (int64_t)g->W + 2 * g->PW;
+  g->HQ = (int)((hp + g->SH - 1) / g->SH);
+  g->WQ = (int)((wp + g->SW - 1) / g->SW);
+  g->NPH = g->SH * g->SW;
+  g->CS = (int64_t)g->HQ * g->WQ;
+  choose_blocks(((int64_t)g->OH * g->WQ + 15) / 16, &g->NV, &g->NBLK);
+  g->PZF = (int64_t)g->NBLK * g->NV * 16;
+  choose_blocks((g->CS + 15) / 16, &g->NVB, &g->NBLKB);
+  g->PZB = (int64_t)g->NBLKB * g->NVB * 16;
+  int64_t shift_max = (int64_t)((g->KH - 1) * g->DH / g->SH) * g->WQ + (g->KW - 1) * g->DW / g->SW;
+  g->F = round_up(shift_max, 16);
+  g->SZ = round_up(g->F + (g->PZF > g->PZB ? g->PZF : g->PZB), 16);
+  g->xq_len = (int64_t)g->NPH * g->I * g->CS + g->PZF + 16;
+  g->dz_len = (int64_t)g->O * g->SZ;
+  g->z_len = g->PZF > g->NPH * g->PZB ? g->PZF : g->NPH * g->PZB;
+  g->dx_rows = (int64_t)g->I * g->NPH;
+  if (g->xq_len > INT32_MAX || g->dz_len > INT32_MAX)
+    return tk_fail(TK_ERR_UNSUPPORTED, "layer %d (%s): scratch of %lld floats exceeds the 32-bit offsets", layer,
+                   l->name, (long long)(g->xq_len > g->dz_len ? g->xq_len : g->dz_len));
+  return TK_OK;
+}
+
+/* ---- tables ------------------------------------------------------------------------------- */
+
+void tk_tables_free(tk_tables *t) {
+  free(t->pos);
+  free(t->rp);
+  free(t->off);
+  free(t->rpt);
+  free(t->offt);
+  free(t->perm);
+  memset(t, 0, sizeof *t);
+}
+
+tk_status tk_tables_build(const tk_model *m, int layer, const tk_geom *g, int transposed, tk_tables *t) {
+  memset(t, 0, sizeof *t);
+  const tk_layer *l = &m->layers[layer];
+  const tk_tensor *wt = &m->tensors[l->weight];
+  const uint8_t *mask = wt->mask;
+  int64_t nnz = tk_tensor_nnz(wt);
+  if (nnz > INT32_MAX) return tk_fail(TK_ERR_UNSUPPORTED, "layer %d (%s): %lld non-zeros exceed the 32-bit tables", layer, l->name, (long long)nnz);
+  t->nnz = nnz;
+  t->pos = tk_malloc((size_t)(nnz ? nnz : 1) * sizeof *t->pos);
+  t->rp = tk_malloc((size_t)(g->O + 1) * sizeof *t->rp);
+  t->off = tk_malloc((size_t)(nnz ? nnz : 1) * sizeof *t->off);
+  if (!t->pos || !t->rp || !t->off) goto nomem;
+  /* per packed entry: forward offset, and the transposed row and offset */
+  int32_t *trow = NULL, *toff = NULL;
+  if (transposed) {
+    trow = tk_malloc((size_t)(nnz ? nnz : 1) * sizeof *trow);
+    toff = tk_malloc((size_t)(nnz ? nnz : 1) * sizeof *toff);
+    if (!trow || !toff) {
+      free(trow);
+      free(toff);
+      goto nomem;
+    }
+  }
+  int64_t j = 0;
+  if (g->linear) {
+    for (int o = 0; o < g->O; o++) {
+      t->rp[o] = (int32_t)j;
+      for (int i = 0; i < g->I; i++) {
+        int64_t p = (int64_t)o * g->I + i;
+        if (mask && !mask[p]) continue;
+        t->pos[j] = p;
+        t->off[j] = i * 16;
+        if (transposed) trow[j] = i, toff[j] = o * 16;
+        j++;
+      }
+    }
+  } else {
+    int ig = g->I / g->G, og = g->O / g->G;
+    for (int o = 0; o < g->O; o++) {
+      t->rp[o] = (int32_t)j;
+      int grp = o / og;
+      for (int il = 0; il < ig; il++)
+        for (int kh = 0; kh < g->KH; kh++)
+          for (int kw = 0; kw < g->KW; kw++) {
+            int64_t p = (((int64_t)o * ig + il) * g->KH + kh) * g->KW + kw;
+            if (mask && !mask[p]) continue;
+            int i = grp * ig + il, th = kh * g->DH, tw = kw * g->DW;
+            int pa = th % g->SH, pb = tw % g->SW;
+            int64_t shift = (int64_t)(th / g->SH) * g->WQ + tw / g->SW;
+            t->pos[j] = p;
+            t->off[j] = (int32_t)(((int64_t)(pa * g->SW + pb) * g->I + i) * g->CS + shift);
+            if (transposed) {
+              trow[j] = i * g->NPH + pa * g->SW + pb;
+              toff[j] = (int32_t)((int64_t)o * g->SZ + g->F - shift);
+            }
+            j++;
+          }
+    }
+  }
+  t->rp[g->O] = (int32_t)j;
+  TK_ASSERT(j == nnz);
+  if (transposed) {
+    int64_t rows = g->dx_rows;
+    t->rpt = tk_calloc((size_t)rows + 1, sizeof *t->rpt);
+    t->offt = tk_malloc((size_t)(nnz ? nnz : 1) * sizeof *t->offt);
+    t->perm = tk_malloc((size_t)(nnz ? nnz : 1) * sizeof *t->perm);
+    if (!t->rpt || !t->offt || !t->perm) {
+      free(trow);
+      free(toff);
+      goto nomem;
+    }
+    for (int64_t k = 0; k < nnz; k++) t->rpt[trow[k] + 1]++;
+    for (int64_t r = 0; r < rows; r++) t->rpt[r + 1] += t->rpt[r];
+    int32_t *fill = tk_malloc((size_t)rows * sizeof *fill + 1);
+    if (!fill) {
+      free(trow);
+      free(toff);
+      goto nomem;
+    }
+    memcpy(fill, t->rpt, (size_t)rows * sizeof *fill);
+    for (int64_t k = 0; k < nnz; k++) {
+      int32_t d = fill[trow[k]]++;
+      t->offt[d] = toff[k];
+      t->perm[d] = (int32_t)k;
+    }
+    free(fill);
+    free(trow);
+    free(toff);
+  }
+  return TK_OK;
+nomem:
+  tk_tables_free(t);
+  return tk_fail(TK_ERR_NOMEM, "layer %d (%s): out of memory building the pattern tables", layer, l->name);
+}
+
+/* ---- the layer source --------------------------------------------------------------------- */
+
+#define TK_EMIT_FORMAT 1 /* bump when the emitter's output changes in a way the templates do not show */
+
+static void emit_kargs(tk_codebuf *cb) {
+  tk_cb_puts(cb, "typedef struct {\n");
+#define X(t, n, c) tk_cb_printf(cb, "  %s %s; /* %s */\n", #t, #n, c);
+  TK_KARGS_FIELDS(X)
+#undef X
+  tk_cb_puts(cb, "} tk_kargs;");
+}
+
+typedef struct {
+  char names[48][16];
+  char values[48][24];
+  tk_tparam p[48];
+  int n;
+} param_set;
+
+static void pset(param_set *s, const char *name, int64_t v) {
+  TK_ASSERT(s->n < 48);
+  snprintf(s->names[s->n], sizeof s->names[0], "%s", name);
+  snprintf(s->values[s->n], sizeof s->values[0], "%lld", (long long)v);
+  s->p[s->n].name = s->names[s->n];
+  s->p[s->n].value = s->values[s->n];
+  s->n++;
+}
+
+static void conv_params(param_set *s, const tk_geom *g) {
+  pset(s, "I", g->I), pset(s, "O", g->O), pset(s, "H", g->H), pset(s, "W", g->W);
+  pset(s, "OH", g->OH), pset(s, "OW", g->OW), pset(s, "SH", g->SH), pset(s, "SW", g->SW);
+  pset(s, "PH", g->PH), pset(s, "PW", g->PW), pset(s, "HQ", g->HQ), pset(s, "WQ", g->WQ);
+  pset(s, "CS", g->CS), pset(s, "NPH", g->NPH), pset(s, "NV", g->NV), pset(s, "NP", partials(g->NV));
+  pset(s, "NBLK", g->NBLK), pset(s, "NVB", g->NVB), pset(s, "NPB", partials(g->NVB));
+  pset(s, "NBLKB", g->NBLKB), pset(s, "PZB", g->PZB), pset(s, "F", g->F), pset(s, "SZ", g->SZ);
+}
+
+/* Straight-line chunk functions for one table: rows [0, rows), rp/off the CSR, the value of
+ * entry k is w[widx[k]] (or the literal vals[widx[k]] when baked).  prefix "uf" or "ub". */
+static void emit_chunks(tk_codebuf *cb, const char *prefix, const char *nz_macro, int64_t rows, const int32_t *rp,
+                        const int32_t *off, const int32_t *widx, const float *baked, int nv) {
+  int np = partials(nv);
+  int64_t nfn = 0;
+  int64_t *first = malloc((size_t)(rows + 1) * sizeof *first);
+  if (!first) {
+    tk_cb_fail(cb, TK_ERR_NOMEM, "out of memory emitting unrolled code");
+    return;
+  }
+  for (int64_t r = 0; r < rows; r++) {
+    first[r] = nfn;
+    for (int64_t k0 = rp[r]; k0 < rp[r + 1]; k0 += TK_UNROLL_CHUNK, nfn++) {
+      int64_t k1 = k0 + TK_UNROLL_CHUNK < rp[r + 1] ? k0 + TK_UNROLL_CHUNK : rp[r + 1];
+      tk_cb_printf(cb, "TK_UCHUNK_BEGIN(TK_FN(%s_%lld), %d, %d)\n", prefix, (long long)nfn, nv, np);
+      for (int64_t k = k0; k < k1; k++) {
+        int q = (int)((k - k0) % np);
+        int64_t wi = widx ? widx[k] : k;
+        if (baked) {
+          float v = baked[wi];
+          if (!isfinite(v)) {
+            tk_cb_fail(cb, TK_ERR_ARG, "value-baked weight %lld is not finite (%g)", (long long)wi, v);
+            free(first);
+            return;
+          }
+          tk_cb_printf(cb, "  %sV(%d, %af, %d);\n", nz_macro, q, (double)v, off[k]);
+        } else {
+          tk_cb_printf(cb, "  %s(%d, %lld, %d);\n", nz_macro, q, (long long)wi, off[k]);
+        }
+      }
+      tk_cb_printf(cb, "TK_UCHUNK_END(%d, %d)\n", nv, np);
+    }
+  }
+  first[rows] = nfn;
+  tk_cb_printf(cb, "static const int32_t TK_FN(%s_first)[%lld] = {", prefix, (long long)rows + 1);
+  for (int64_t r = 0; r <= rows; r++) tk_cb_printf(cb, "%s%lld", r == 0 ? "\n  " : r % 16 ? ", " : ",\n  ", (long long)first[r]);
+  tk_cb_printf(cb, "};\nstatic const tk_uchunk_fn TK_FN(%s_fn)[%lld] = {", prefix, (long long)(nfn ? nfn : 1));
+  if (!nfn) tk_cb_puts(cb, "0");
+  for (int64_t f = 0; f < nfn; f++) tk_cb_printf(cb, "%sTK_FN(%s_%lld)", f == 0 ? "\n  " : f % 4 ? ", " : ",\n  ", prefix, (long long)f);
+  tk_cb_puts(cb, "};\n");
+  free(first);
+}
+
+static void emit_i32_array(tk_codebuf *cb, const char *name, const int32_t *a, int64_t n) {
+  tk_cb_printf(cb, "const int32_t TK_FN(%s)[%lld] = {", name, (long long)(n ? n : 1));
+  if (!n) tk_cb_puts(cb, "0");
+  for (int64_t k = 0; k < n; k++) tk_cb_printf(cb, "%s%d", k == 0 ? "\n  " : k % 16 ? ", " : ",\n  ", a[k]);
+  tk_cb_puts(cb, "};\n");
+}
+
+void tk_emit_body(tk_codebuf *body, const tk_model *m, int layer, const tk_geom *g, const tk_tables *t,
+                  const tk_emit_opts *eo, uint64_t key[2]) {
+  const tk_layer *l = &m->layers[layer];
+  tk_variant v = eo->variant;
+  if (v != TK_VARIANT_SPARSE_TABLE && v != TK_VARIANT_SPARSE_UNROLLED && v != TK_VARIANT_VALUE_BAKED) {
+    tk_cb_fail(body, TK_ERR_ARG, "layer %d (%s): variant %s is not generated", layer, l->name, tk_variant_name(v));
+    return;
+  }
+  if (v != TK_VARIANT_SPARSE_TABLE && g->linear) {
+    tk_cb_fail(body, TK_ERR_UNSUPPORTED, "layer %d (%s): %s code is generated for conv2d only", layer, l->name,
+               tk_variant_name(v));
+    return;
+  }
+  int need_t = eo->training || eo->static_tables;
+  if (need_t && !t->rpt) {
+    tk_cb_fail(body, TK_ERR_INTERNAL, "layer %d (%s): transposed table missing", layer, l->name);
+    return;
+  }
+  tk_codebuf kargs;
+  tk_cb_init(&kargs);
+  emit_kargs(&kargs);
+  if (kargs.err) {
+    tk_cb_fail(body, kargs.err, "%s", kargs.msg);
+    tk_cb_free(&kargs);
+    return;
+  }
+  tk_tparam cp = {"KARGS", kargs.buf};
+  tk_template_expand(body, "common.h.in", &cp, 1);
+  tk_cb_free(&kargs);
+  param_set ps = {0};
+  if (g->linear) {
+    pset(&ps, "I", g->I), pset(&ps, "O", g->O);
+    tk_template_expand(body, "linear_table.c.in", ps.p, ps.n);
+  } else {
+    conv_params(&ps, g);
+    tk_template_expand(body, "conv_table.c.in", ps.p, ps.n);
+  }
+  if (v == TK_VARIANT_SPARSE_UNROLLED || v == TK_VARIANT_VALUE_BAKED) {
+    const float *baked = NULL;
+    float *vals = NULL;
+    if (v == TK_VARIANT_VALUE_BAKED) {
+      const tk_tensor *wt = &m->tensors[l->weight];
+      vals = malloc((size_t)(t->nnz ? t->nnz : 1) * sizeof *vals);
+      if (!vals) {
+        tk_cb_fail(body, TK_ERR_NOMEM, "out of memory emitting layer %d", layer);
+        return;
+      }
+      for (int64_t k = 0; k < t->nnz; k++) vals[k] = wt->data[t->pos[k]];
+      baked = vals;
+    }
+    tk_codebuf uf, ub;
+    tk_cb_init(&uf);
+    tk_cb_init(&ub);
+    emit_chunks(&uf, "uf", baked ? "TK_UF" : "TK_UF", g->O, t->rp, t->off, NULL, baked, g->NV);
+    int have_ub = eo->training && v == TK_VARIANT_SPARSE_UNROLLED;
+    if (have_ub) emit_chunks(&ub, "ub", "TK_UB", g->dx_rows, t->rpt, t->offt, t->perm, NULL, g->NVB);
+    free(vals);
+    if (uf.err || ub.err) {
+      tk_cb_fail(body, uf.err ? uf.err : ub.err, "layer %d (%s): %s", layer, l->name, uf.err ? uf.msg : ub.msg);
+    } else {
+      param_set us = {0};
+      static const char *const keep[] = {"H", "W", "OH", "OW", "SH", "SW", "PH", "PW", "WQ", "NPH",
+                                         "NV", "NP", "NBLK", "NVB", "NPB", "NBLKB", "PZB"};
+      for (size_t k = 0; k < sizeof keep / sizeof *keep; k++)
+        for (int q = 0; q < ps.n; q++)
+          if (!strcmp(ps.p[q].name, keep[k])) pset(&us, keep[k], strtoll(ps.p[q].value, NULL, 10));
+      pset(&us, "HAVE_UB", have_ub);
+      tk_tparam up[32];
+      memcpy(up, us.p, (size_t)us.n * sizeof *up);
+      int nup = us.n;
+      up[nup++] = (tk_tparam){"UF", uf.buf ? uf.buf : ""};
+      up[nup++] = (tk_tparam){"UB", ub.buf ? ub.buf : ""};
+      tk_template_expand(body, "conv_unrolled.c.in", up, nup);
+    }
+    tk_cb_free(&uf);
+    tk_cb_free(&ub);
+  }
+  if (eo->static_tables) {
+    const tk_tensor *wt = &m->tensors[l->weight];
+    tk_cb_puts(body, "\n/* ---- tables and values (ahead-of-time build) ---- */\n");
+    emit_i32_array(body, "rp", t->rp, g->O + 1);
+    emit_i32_array(body, "off", t->off, t->nnz);
+    emit_i32_array(body, "rpt", t->rpt, g->dx_rows + 1);
+    emit_i32_array(body, "offt", t->offt, t->nnz);
+    emit_i32_array(body, "perm", t->perm, t->nnz);
+    tk_cb_printf(body, "const float TK_FN(w)[%lld] = {", (long long)(t->nnz ? t->nnz : 1));
+    if (!t->nnz) tk_cb_puts(body, "0");
+    for (int64_t k = 0; k < t->nnz; k++) {
+      float x = wt->data[t->pos[k]];
+      if (!isfinite(x)) {
+        tk_cb_fail(body, TK_ERR_ARG, "layer %d (%s): weight %lld is not finite", layer, l->name, (long long)t->pos[k]);
+        break;
+      }
+      tk_cb_printf(body, "%s%af", k == 0 ? "\n  " : k % 8 ? ", " : ",\n  ", (double)x);
+    }
+    tk_cb_puts(body, "};\n");
+  }
+  if (body->err == TK_OK && key) {
+    tk_hash h;
+    tk_hash_init(&h, TK_EMIT_FORMAT);
+    tk_hash_update(&h, body->buf, body->len);
+    tk_hash_final(&h, key);
+  }
+}
+
+/* Provenance text must not close the comment it sits in. */
+static void put_comment_safe(tk_codebuf *cb, const char *s) {
+  for (const char *p = s ? s : "-"; *p; p++) {
+    if (p[0] == '*' && p[1] == '/') tk_cb_puts(cb, "*_");
+    else if ((unsigned char)*p < 0x20 || *p == 0x7f) tk_cb_puts(cb, "?");
+    else tk_cb_put(cb, p, 1);
+  }
+}
+
+void tk_emit_layer(tk_codebuf *cb, const tk_model *m, int layer, const tk_geom *g, const tk_tables *t,
+                   const tk_emit_opts *eo, uint64_t key[2]) {
+  tk_codebuf body;
+  tk_cb_init(&body);
+  uint64_t k[2] = {0, 0};
+  tk_emit_body(&body, m, layer, g, t, eo, k);
+  if (body.err) {
+    tk_cb_fail(cb, body.err, "%s", body.msg);
+    tk_cb_free(&body);
+    return;
+  }
+  const tk_layer *l = &m->layers[layer];
+  int64_t numel = m->tensors[l->weight].numel;
+  tk_cb_puts(cb, "/* Generated by Ticket " TICKET_VERSION " -- do not edit.\n * model:     ");
+  put_comment_safe(cb, eo->model_hash);
+  tk_cb_puts(cb, " (");
+  put_comment_safe(cb, m->arch);
+  tk_cb_printf(cb, ")\n * layer:     %d ", layer);
+  put_comment_safe(cb, l->name);
+  tk_cb_printf(cb, " (%s)\n * variant:   %s%s\n * templates: common.h.in v%d, %s v%d", tk_op_name(l->op),
+               tk_variant_name(eo->variant), eo->training ? " (with gradients)" : "", template_version("common.h.in"),
+               g->linear ? "linear_table.c.in" : "conv_table.c.in",
+               template_version(g->linear ? "linear_table.c.in" : "conv_table.c.in"));
+  if (eo->variant != TK_VARIANT_SPARSE_TABLE)
+    tk_cb_printf(cb, ", conv_unrolled.c.in v%d", template_version("conv_unrolled.c.in"));
+  if (g->linear)
+    tk_cb_printf(cb, "\n * params:    I=%d O=%d (16 images per block)", g->I, g->O);
+  else
+    tk_cb_printf(cb,
+                 "\n * params:    I=%d O=%d groups=%d in=%dx%d out=%dx%d kernel=%dx%d stride=%dx%d pad=%dx%d "
+                 "dilation=%dx%d\n *            grid=%dx%d phases=%d NV=%d NBLK=%d NVB=%d NBLKB=%d F=%lld SZ=%lld",
+                 g->I, g->O, g->G, g->H, g->W, g->OH, g->OW, g->KH, g->KW, g->SH, g->SW, g->PH, g->PW, g->DH, g->DW,
+                 g->HQ, g->WQ, g->NPH, g->NV, g->NBLK, g->NVB, g->NBLKB, (long long)g->F, (long long)g->SZ);
+  tk_cb_printf(cb, "\n * nnz:       %lld of %lld (sparsity %.4f)\n * key:       %016" PRIx64 "%016" PRIx64 "\n */\n",
+               (long long)t->nnz, (long long)numel, numel ? 1.0 - (double)t->nnz / (double)numel : 0.0, k[0], k[1]);
+  tk_cb_printf(cb, "#define TK_FN(x) tk_k%016" PRIx64 "_##x\n", k[0]);
+  tk_cb_put(cb, body.buf, body.len);
+  tk_cb_free(&body);
+  if (key) key[0] = k[0], key[1] = k[1];
+}

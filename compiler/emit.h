@@ -1,0 +1,148 @@
+/* emit.h -- code generation for the sparse kernels: layer geometry, pattern tables, template
+ * expansion into a code buffer, and the per-layer kernel source.
+ *
+ * The emitter never exits and never prints: every function writes into a tk_codebuf that
+ * records the first error (status + one-line message); later appends are no-ops, and the
+ * caller checks cb->err once at the end (STYLE.md 4).
+ *
+ * A layer's kernel source (one C translation unit, compiled by clang without OpenMP) defines,
+ * for a symbol prefix P (a hash of everything that affects the code, see tk_emit_layer):
+ *   P_prep_x(a, c0, c1)      raw input image -> padded, stride-phase-split scratch  (channels)
+ *   P_prep_dy(a, o0, o1)     output gradient -> zero-margined scratch              (channels)
+ *   P_fwd(a, o0, o1)         y = conv(x, W*M) + b                                 (out channels)
+ *   P_bwd_input(a, i0, i1)   dx = conv_transpose(dy, W*M)                          (in channels)
+ *   P_bwd_weight(a, o0, o1)  dwv[j] += sum dy * x over the packed non-zeros j       (out channels)
+ *   P_fwd_u, P_bwd_input_u   the unrolled / value-baked forms (those variants only)
+ * each `void f(const tk_kargs *a, int r0, int r1)`, single-threaded over the row range
+ * [r0, r1).  Linear layers use the same functions over a block of up to 16 images.
+ */
+#ifndef TK_EMIT_H
+#define TK_EMIT_H
+
+#include "compile.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- the argument block shared by the host and the generated code ---------------------
+ * One X-macro list so the struct text emitted into every kernel and the host's struct are
+ * the same by construction.  X(type, name, comment) */
+#define TK_KARGS_FIELDS(X)                                                                  \
+  X(const float *, src, "prep: raw image; fwd/bwd_weight: x scratch; bwd_input: dy scratch") \
+  X(const float *, src2, "bwd_weight: dy scratch")                                           \
+  X(float *, dst, "prep: scratch; fwd: y image; bwd_input: dx image; bwd_weight: dw packed")  \
+  X(const float *, w, "packed values (forward order, or transposed order for bwd_input)")    \
+  X(const int32_t *, rp, "CSR row pointers")                                                 \
+  X(const int32_t *, off, "CSR element offsets into the source scratch")                     \
+  X(const float *, bias, "bias (O) or NULL")                                                 \
+  X(float *, z, "per-thread scratch row(s)")                                                 \
+  X(int, nb, "linear: images in this block (1..16)")
+
+typedef struct {
+#define X(t, n, c) t n;
+  TK_KARGS_FIELDS(X)
+#undef X
+} tk_kargs;
+
+typedef void (*tk_kfn)(const tk_kargs *a, int r0, int r1);
+
+/* ---- code buffer ------------------------------------------------------------------------ */
+typedef struct {
+  char *buf;
+  size_t len, cap;
+  tk_status err;      /* first error, TK_OK while none */
+  char msg[512];      /* its one-line message */
+} tk_codebuf;
+
+void tk_cb_init(tk_codebuf *cb);
+void tk_cb_free(tk_codebuf *cb);
+void tk_cb_put(tk_codebuf *cb, const char *s, size_t n);
+void tk_cb_puts(tk_codebuf *cb, const char *s);
+void tk_cb_printf(tk_codebuf *cb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Record an error (the first one wins). */
+void tk_cb_fail(tk_codebuf *cb, tk_status st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Copy the buffer's error into tk_fail() and return its status (TK_OK when none). */
+tk_status tk_cb_status(const tk_codebuf *cb);
+
+/* ---- templates -------------------------------------------------------------------------- */
+typedef struct { const char *name, *value; } tk_tparam;
+/* Expand templates/<name> (embedded at build time) with ${NAME} substitution.  A template
+ * declares its parameters at the top with `//@param NAME what`; using an undeclared one,
+ * leaving a declared one unset, or passing an unknown one is an error naming the template,
+ * the line and the parameter.  `//@` lines are not copied to the output. */
+void tk_template_expand(tk_codebuf *cb, const char *name, const tk_tparam *params, int n_params);
+/* Text of an embedded template, or NULL. */
+const char *tk_template_text(const char *name, size_t *len);
+
+/* ---- geometry ------------------------------------------------------------------------------
+ * Conv: the input is zero-padded and split into stride phases:
+ *   xq[((a*SW + b)*I + i)*CS + r*WQ + c] = xpad[i][r*SH + a][c*SW + b]
+ * so that tap (kh, kw) of every output (oh, ow) reads xq at the flattened index
+ *   oh*WQ + ow + off,  off = ((kh*DH % SH)*SW + kw*DW % SW)*I*CS + i*CS + (kh*DH/SH)*WQ + kw*DW/SW,
+ * and a kernel row is an axpy over the flattened index p = oh*WQ + ow (columns ow >= OW
+ * are computed and dropped).  The output gradient is laid out on the same grid with a zero
+ * front margin F: dz[o*SZ + F + oh*WQ + ow], zero elsewhere.
+ * Linear: a block of up to 16 images is the "spatial" axis: xq[i*16 + lane], dz[o*16 + lane]. */
+typedef struct {
+  int linear;
+  int I, O, G;                /* channels and groups */
+  int H, W, OH, OW;
+  int KH, KW, SH, SW, PH, PW, DH, DW;
+  int HQ, WQ, NPH;            /* phase grid, NPH = SH*SW */
+  int64_t CS;                 /* channel stride of xq */
+  int NV, NBLK;               /* forward: vectors per block, blocks; PZF = NBLK*NV*16 */
+  int64_t PZF;
+  int NVB, NBLKB;             /* input gradient: per phase, PZB = NBLKB*NVB*16 */
+  int64_t PZB;
+  int64_t F, SZ;              /* dz: front margin and channel stride */
+  int64_t xq_len, dz_len, z_len; /* floats per image (linear: per 16-image block) */
+  int64_t dx_rows;            /* rows of the transposed table: I*NPH (linear: I) */
+} tk_geom;
+
+/* Fills g for conv2d/linear layer `layer`; errors name the layer. */
+tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g);
+
+/* Pattern tables built from the mask (all of the weight when it has none).
+ * Packed index j follows the weight's own element order (o, i, kh, kw), so pos[j] is the
+ * position in the weight tensor, w[j] = data[pos[j]]. */
+typedef struct {
+  int64_t nnz;
+  int64_t *pos;               /* nnz: element index in the weight */
+  int32_t *rp, *off;          /* forward CSR: O+1, nnz */
+  int32_t *rpt, *offt, *perm; /* transposed CSR: dx_rows+1, nnz, nnz (wt[k] = w[perm[k]]) */
+} tk_tables;
+
+tk_status tk_tables_build(const tk_model *m, int layer, const tk_geom *g, int transposed, tk_tables *t);
+void tk_tables_free(tk_tables *t);
+
+/* ---- the layer source ---------------------------------------------------------------------- */
+typedef struct {
+  tk_variant variant;         /* SPARSE_TABLE, SPARSE_UNROLLED or VALUE_BAKED */
+  int training;               /* emit the input-gradient unrolled form too */
+  int static_tables;          /* AOT: also emit the tables (and values) as static const data:
+                                 P_rp, P_off, P_rpt, P_offt, P_perm, P_w (int32/float arrays) */
+  const char *model_hash;     /* for the provenance header; NULL = "-" */
+} tk_emit_opts;
+
+/* Writes the layer's full kernel source into cb: provenance header, `#define TK_FN`, body.
+ * The symbol prefix is "tk_k" + the 16-hex-digit key (the hash of the body, which contains
+ * everything that affects the code: template text, shape constants, the pattern for unrolled
+ * code, the values for value-baked code).  *key receives that hash (may be NULL).
+ * `t` must hold the transposed table when eo->training or the variant is unrolled. */
+void tk_emit_layer(tk_codebuf *cb, const tk_model *m, int layer, const tk_geom *g, const tk_tables *t,
+                   const tk_emit_opts *eo, uint64_t key[2]);
+/* Just the body and its key (what the cache is keyed on); the caller frees body with tk_cb_free. */
+void tk_emit_body(tk_codebuf *body, const tk_model *m, int layer, const tk_geom *g, const tk_tables *t,
+                  const tk_emit_opts *eo, uint64_t key[2]);
+/* Non-zeros per unrolled straight-line function. */
+#define TK_UNROLL_CHUNK 96
+
+/* ---- hashing (cache keys, model hash): 128-bit, two independent 64-bit lanes ---------------- */
+typedef struct { uint64_t a, b; uint64_t n; } tk_hash;
+void tk_hash_init(tk_hash *h, uint64_t seed);
+void tk_hash_update(tk_hash *h, const void *p, size_t n);
+void tk_hash_final(const tk_hash *h, uint64_t out[2]);
+/* Hash of a model's structure, tensor shapes, masks and values (provenance). */
+void tk_model_hash(const tk_model *m, uint64_t out[2]);
+
+#endif

@@ -1,0 +1,353 @@
+/* plan.c -- the per-layer kernel plan: for every conv2d / linear layer choose dense (oneDNN),
+ * sparse table-driven, sparse unrolled, value-baked, empty or reference, with a one-line
+ * reason.  A cost model calibrated on this machine's measurements (DESIGN.md section 4 and
+ * bench/bench_layers.c) decides by default; `tune` builds the candidates and times them.
+ *
+ * The cost model (per call of n images on T threads; rates per thread):
+ *   dense   2*MACs / (R_DENSE * eff) + C_DENSE          eff < 1 for small problems
+ *   sparse  2*nnz*lanes / R_SPARSE + prep/epilogue + per-entry table reads + C_SPARSE
+ * where `lanes` counts the positions the kernel really computes (the flattened, padded grid),
+ * so small maps pay for their wasted columns.  The constants are at the top.
+ */
+#include "compile.h"
+#include "emit.h"
+#include "jit.h"
+#include "toolchain.h"
+#include "../runtime/dense.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ---- calibration (1 thread, Zen 4, AVX-512; see bench/bench_layers.c) --------------------- */
+#define R_DENSE 115e9       /* oneDNN flop/s per core on large convolutions */
+#define C_DENSE 4e-6        /* oneDNN per-call overhead (s) */
+#define R_SPARSE 48e9       /* table-driven kernel, flop/s of computed lanes */
+#define C_SPARSE 1.5e-6     /* per-call overhead (s) */
+#define T_ENTRY 0.6e-9      /* per non-zero per position block: offset + value reads (s) */
+#define T_ELEM 0.25e-9      /* per element of prep (pad / phase split) and epilogue (s) */
+#define UNROLL_BUDGET 20000 /* most non-zeros per layer for unrolled / value-baked code */
+
+const char *tk_variant_name(tk_variant v) {
+  switch (v) {
+  case TK_VARIANT_NONE: return "none";
+  case TK_VARIANT_REFERENCE: return "reference";
+  case TK_VARIANT_DENSE: return "dense";
+  case TK_VARIANT_SPARSE_TABLE: return "sparse-table";
+  case TK_VARIANT_SPARSE_UNROLLED: return "sparse-unrolled";
+  case TK_VARIANT_VALUE_BAKED: return "value-baked";
+  case TK_VARIANT_EMPTY: return "empty";
+  case TK_VARIANT_COUNT: break;
+  }
+  return "?";
+}
+
+void tk_compile_opts_default(tk_compile_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->force = -1;
+}
+
+void tk_plan_free(tk_plan *p) {
+  if (!p) return;
+  free(p->layers);
+  free(p);
+}
+
+static int no_fallback(void) {
+  const char *e = getenv("TICKET_NO_FALLBACK");
+  return e && *e && strcmp(e, "0") != 0;
+}
+
+/* ---- the cost model --------------------------------------------------------------------------- */
+
+static double est_dense(const tk_model *m, const tk_layer *l, int n, int T) {
+  int64_t dense, sparse;
+  tk_layer_macs(m, l, &dense, &sparse);
+  double flops = 2.0 * (double)dense * n;
+  /* oneDNN is less efficient on small problems (blocking, short loops) */
+  double eff = pow(fmin(1.0, flops / 2e7), 0.25);
+  if (eff < 0.2) eff = 0.2;
+  return flops / (R_DENSE * T * eff) + C_DENSE;
+}
+
+static double est_sparse(const tk_geom *g, int64_t nnz, int n, int T, int vec_batch_linear) {
+  double lanes, blocks, elems;
+  if (g->linear) {
+    double nblk = ceil(n / 16.0);
+    lanes = 16.0 * nblk;
+    blocks = nblk;
+    elems = (double)(g->I + g->O) * 16.0 * nblk;
+    (void)vec_batch_linear;
+  } else {
+    lanes = (double)g->PZF * n;
+    blocks = (double)g->NBLK * n;
+    elems = ((double)g->NPH * g->I * g->CS + (double)g->O * g->OH * g->OW) * n;
+  }
+  double t = 2.0 * (double)nnz * lanes / R_SPARSE + (double)nnz * blocks * T_ENTRY + elems * T_ELEM;
+  return t / T + C_SPARSE;
+}
+
+/* ---- tuning: build the candidates and time them ---------------------------------------------- */
+
+static double median(double *v, int n) {
+  for (int a = 1; a < n; a++)
+    for (int b = a; b > 0 && v[b] < v[b - 1]; b--) {
+      double t = v[b];
+      v[b] = v[b - 1], v[b - 1] = t;
+    }
+  return n ? v[n / 2] : INFINITY;
+}
+
+/* Median seconds per call of fwd (+ bwd_input + bwd_weight when training). */
+static double time_kernel(tk_kernel *k, const tk_layer *l, const tk_model *m, int n, int training, float *x, float *y,
+                          float *dx, float *dw, float *db) {
+  (void)l;
+  double v[15];
+  int reps = 0;
+  double start = tk_now();
+  for (int r = 0; r < 16; r++) {
+    double t0 = tk_now();
+    if (k->v->fwd(k, x, y, n) != TK_OK) return INFINITY;
+    if (training) {
+      if (k->v->bwd_input(k, y, dx, n) != TK_OK) return INFINITY;
+      if (k->v->bwd_weight(k, x, y, dw, db, n) != TK_OK) return INFINITY;
+    }
+    double t = tk_now() - t0;
+    if (r > 0) v[reps++] = t; /* the first call warms caches and pages */
+    if (reps >= 3 && tk_now() - start > 0.05) break;
+  }
+  (void)m;
+  return median(v, reps);
+}
+
+static tk_status tune(const tk_model *m, const tk_compile_opts *o, tk_plan *p) {
+  const int L = m->n_layers, n = p->batch;
+  int have_jit = 0;
+  char why[256];
+  have_jit = tk_jit_built(why, sizeof why) && tk_cc_path(why, sizeof why);
+  /* the candidate variants, each built for every layer in one tk_sparse_build call */
+  static const tk_variant cands[] = {TK_VARIANT_SPARSE_TABLE, TK_VARIANT_SPARSE_UNROLLED, TK_VARIANT_VALUE_BAKED};
+  const int NC = 3;
+  tk_kernel **ks[3] = {0};
+  tk_plan cp[3];
+  memset(cp, 0, sizeof cp);
+  tk_status st = TK_OK;
+  int64_t max_in = 1, max_out = 1, max_w = 1;
+  for (int i = 0; i < L; i++) {
+    const tk_layer *l = &m->layers[i];
+    if (l->op != TK_OP_CONV2D && l->op != TK_OP_LINEAR) continue;
+    int64_t a = tk_shape_numel(l->in), b = tk_shape_numel(l->out), w = m->tensors[l->weight].numel;
+    if (a > max_in) max_in = a;
+    if (b > max_out) max_out = b;
+    if (w > max_w) max_w = w;
+  }
+  float *x = tk_alloc_aligned((size_t)(max_in * n) * sizeof(float));
+  float *dx = tk_alloc_aligned((size_t)(max_in * n) * sizeof(float));
+  float *y = tk_alloc_aligned((size_t)(max_out * n) * sizeof(float));
+  float *dw = tk_alloc_aligned((size_t)max_w * sizeof(float));
+  float *db = tk_alloc_aligned((size_t)max_out * sizeof(float));
+  if (!x || !dx || !y || !dw || !db) {
+    st = TK_ERR_NOMEM;
+    goto done;
+  }
+  tk_rng rng;
+  tk_rng_seed(&rng, 7);
+  for (int64_t q = 0; q < max_in * n; q++) x[q] = (float)tk_rng_uniform(&rng);
+  for (int c = 0; c < NC && have_jit; c++) {
+    if (c > 0 && o->training && cands[c] == TK_VARIANT_VALUE_BAKED) continue;
+    cp[c] = *p;
+    cp[c].layers = tk_calloc((size_t)L, sizeof *cp[c].layers);
+    ks[c] = tk_calloc((size_t)L, sizeof *ks[c]);
+    if (!cp[c].layers || !ks[c]) {
+      st = TK_ERR_NOMEM;
+      goto done;
+    }
+    int any = 0;
+    for (int i = 0; i < L; i++) {
+      const tk_layer *l = &m->layers[i];
+      tk_variant pv = p->layers[i].variant;
+      int cand = pv == TK_VARIANT_SPARSE_TABLE || pv == TK_VARIANT_DENSE;
+      if (c > 0) /* unrolled forms: conv only, within the compile budget */
+        cand = cand && l->op == TK_OP_CONV2D && tk_tensor_nnz(&m->tensors[l->weight]) <= UNROLL_BUDGET;
+      if (!cand) continue;
+      tk_geom g;
+      if (tk_geom_make(m, i, &g) != TK_OK) continue;
+      cp[c].layers[i].variant = cands[c];
+      any = 1;
+    }
+    if (!any) continue;
+    tk_compile_opts bo = *o;
+    if ((st = tk_sparse_build(m, &cp[c], &bo, n, ks[c])) != TK_OK) goto done;
+  }
+  for (int i = 0; i < L; i++) {
+    const tk_layer *l = &m->layers[i];
+    tk_layer_plan *lp = &p->layers[i];
+    if (lp->variant != TK_VARIANT_SPARSE_TABLE && lp->variant != TK_VARIANT_DENSE) continue;
+    double best = INFINITY, t_dense = INFINITY, t_table = INFINITY;
+    tk_variant bv = lp->variant;
+    if (tk_dense_available()) {
+      tk_kernel *dk = NULL;
+      if (tk_kernel_dense_create(m, i, n, &dk) == TK_OK) {
+        t_dense = time_kernel(dk, l, m, n, o->training, x, y, dx, dw, db);
+        dk->v->destroy(dk);
+        if (t_dense < best) best = t_dense, bv = TK_VARIANT_DENSE;
+      }
+    }
+    for (int c = 0; c < NC; c++) {
+      if (!ks[c] || !ks[c][i]) continue;
+      double t = time_kernel(ks[c][i], l, m, n, o->training, x, y, dx, dw, db);
+      if (c == 0) t_table = t;
+      /* the unrolled forms must win clearly: they cost compile time and code size */
+      double need = c == 0 ? 1.0 : 0.9;
+      if (t < best * need) best = t, bv = cands[c];
+    }
+    if (!isfinite(best)) continue; /* nothing could be timed: keep the model's choice */
+    lp->variant = bv;
+    lp->est_dense_us = t_dense * 1e6;
+    lp->est_sparse_us = (bv == TK_VARIANT_DENSE ? t_table : best) * 1e6;
+    snprintf(lp->reason, sizeof lp->reason, "tuned: %s fastest (%.1f us; dense %.1f us, table %.1f us)",
+             tk_variant_name(bv), best * 1e6, t_dense * 1e6, t_table * 1e6);
+  }
+done:
+  for (int c = 0; c < NC; c++) {
+    for (int i = 0; ks[c] && i < L; i++)
+      if (ks[c][i]) ks[c][i]->v->destroy(ks[c][i]);
+    free(ks[c]);
+    free(cp[c].layers);
+  }
+  free(x);
+  free(dx);
+  free(y);
+  free(dw);
+  free(db);
+  if (st == TK_ERR_NOMEM) tk_fail(TK_ERR_NOMEM, "out of memory while tuning");
+  return st;
+}
+
+/* ---- the plan --------------------------------------------------------------------------------- */
+
+tk_status tk_plan_make(const tk_model *m, const tk_compile_opts *o, tk_plan **out) {
+  *out = NULL;
+  tk_compile_opts defaults;
+  if (!o) {
+    tk_compile_opts_default(&defaults);
+    o = &defaults;
+  }
+  if (!m->values) return tk_fail(TK_ERR_ARG, "plan: the model has no inferred shapes (call tk_model_infer)");
+  if (o->force >= TK_VARIANT_COUNT || (o->force < 0 && o->force != -1) || o->force == TK_VARIANT_NONE)
+    return tk_fail(TK_ERR_ARG, "plan: force = %d is not a kernel variant", o->force);
+  if (o->batch < 0 || o->threads < 0) return tk_fail(TK_ERR_ARG, "plan: batch %d / threads %d", o->batch, o->threads);
+  tk_plan *p = tk_calloc(1, sizeof *p);
+  if (!p) return TK_ERR_NOMEM;
+  p->n_layers = m->n_layers;
+  p->batch = o->batch > 0 ? o->batch : 1;
+#ifdef _OPENMP
+  p->threads = o->threads > 0 ? o->threads : omp_get_max_threads();
+#else
+  p->threads = 1;
+#endif
+  p->layers = tk_calloc((size_t)(m->n_layers ? m->n_layers : 1), sizeof *p->layers);
+  if (!p->layers) {
+    free(p);
+    return TK_ERR_NOMEM;
+  }
+  char why[256] = "";
+  int have_jit = tk_jit_built(why, sizeof why) && tk_cc_path(why, sizeof why);
+  int have_dense = tk_dense_available();
+  int strict = no_fallback();
+  tk_status st = TK_OK;
+  const int n = p->batch, T = p->threads;
+  for (int i = 0; i < m->n_layers && st == TK_OK; i++) {
+    const tk_layer *l = &m->layers[i];
+    tk_layer_plan *lp = &p->layers[i];
+    lp->variant = TK_VARIANT_NONE;
+    if (l->op != TK_OP_CONV2D && l->op != TK_OP_LINEAR) continue;
+    const tk_tensor *w = &m->tensors[l->weight];
+    int64_t nnz = tk_tensor_nnz(w);
+    double sp = w->numel ? 1.0 - (double)nnz / (double)w->numel : 0.0;
+    tk_geom g;
+    int gen_ok = 0;
+    char gen_why[192] = "";
+    if (!have_jit) {
+      snprintf(gen_why, sizeof gen_why, "%s", why);
+    } else if (tk_geom_make(m, i, &g) != TK_OK) {
+      snprintf(gen_why, sizeof gen_why, "%s", tk_last_error());
+    } else {
+      gen_ok = 1;
+    }
+    lp->vec_batch = l->op == TK_OP_LINEAR;
+    lp->est_dense_us = est_dense(m, l, n, T) * 1e6;
+    lp->est_sparse_us = gen_ok ? est_sparse(&g, nnz, n, T, 1) * 1e6 : NAN;
+    tk_variant v;
+    if (nnz == 0 && (o->force < 0 || o->force == TK_VARIANT_EMPTY || o->force == TK_VARIANT_SPARSE_TABLE)) {
+      v = TK_VARIANT_EMPTY;
+      snprintf(lp->reason, sizeof lp->reason, "every weight pruned: the output is the bias");
+    } else if (o->force >= 0) {
+      v = (tk_variant)o->force;
+      snprintf(lp->reason, sizeof lp->reason, "forced to %s", tk_variant_name(v));
+      if (v == TK_VARIANT_EMPTY && nnz)
+        st = tk_fail(TK_ERR_ARG, "plan: layer %d (%s): cannot force empty, %lld weights are kept", i, l->name,
+                     (long long)nnz);
+      if (v == TK_VARIANT_VALUE_BAKED && o->training)
+        st = tk_fail(TK_ERR_ARG, "plan: layer %d (%s): value-baked kernels are for inference only", i, l->name);
+      if (v == TK_VARIANT_DENSE && !have_dense)
+        st = tk_fail(TK_ERR_UNSUPPORTED, "plan: layer %d (%s): dense forced but this build has no oneDNN", i, l->name);
+      if ((v == TK_VARIANT_SPARSE_UNROLLED || v == TK_VARIANT_VALUE_BAKED) && l->op == TK_OP_LINEAR) {
+        v = TK_VARIANT_SPARSE_TABLE;
+        snprintf(lp->reason, sizeof lp->reason, "forced %s, but linear layers use the table kernel",
+                 tk_variant_name((tk_variant)o->force));
+      }
+      if (v == TK_VARIANT_SPARSE_TABLE || v == TK_VARIANT_SPARSE_UNROLLED || v == TK_VARIANT_VALUE_BAKED) {
+        if (!gen_ok) {
+          if (strict)
+            st = tk_fail(TK_ERR_UNSUPPORTED, "plan: layer %d (%s): no generated kernel (%s) and TICKET_NO_FALLBACK "
+                                             "forbids the reference", i, l->name, gen_why);
+          v = TK_VARIANT_REFERENCE;
+          snprintf(lp->reason, sizeof lp->reason, "forced %s unavailable: %.150s", tk_variant_name((tk_variant)o->force),
+                   gen_why);
+        }
+      }
+      if (v == TK_VARIANT_REFERENCE && strict && o->force == TK_VARIANT_REFERENCE)
+        st = tk_fail(TK_ERR_ARG, "plan: layer %d (%s): reference forced but TICKET_NO_FALLBACK is set", i, l->name);
+    } else if (!gen_ok) {
+      if (have_dense) {
+        v = TK_VARIANT_DENSE;
+        snprintf(lp->reason, sizeof lp->reason, "dense: no generated kernel (%.150s)", gen_why);
+      } else if (strict) {
+        st = tk_fail(TK_ERR_UNSUPPORTED, "plan: layer %d (%s): no generated or dense kernel (%s) and "
+                                         "TICKET_NO_FALLBACK forbids the reference", i, l->name, gen_why);
+        v = TK_VARIANT_REFERENCE;
+      } else {
+        v = TK_VARIANT_REFERENCE;
+        snprintf(lp->reason, sizeof lp->reason, "reference: no generated kernel (%.120s) and no oneDNN", gen_why);
+      }
+    } else if (!have_dense) {
+      v = TK_VARIANT_SPARSE_TABLE;
+      snprintf(lp->reason, sizeof lp->reason, "sparsity %.3f: sparse table (no oneDNN in this build)", sp);
+    } else if (lp->est_sparse_us < lp->est_dense_us) {
+      v = TK_VARIANT_SPARSE_TABLE;
+      snprintf(lp->reason, sizeof lp->reason, "sparsity %.3f: sparse table est %.1f us < dense %.1f us (%.1fx)", sp,
+               lp->est_sparse_us, lp->est_dense_us, lp->est_dense_us / lp->est_sparse_us);
+    } else {
+      v = TK_VARIANT_DENSE;
+      snprintf(lp->reason, sizeof lp->reason, "sparsity %.3f: dense est %.1f us <= sparse table %.1f us", sp,
+               lp->est_dense_us, lp->est_sparse_us);
+    }
+    lp->variant = v;
+  }
+  if (st == TK_OK && o->tune && o->force < 0) st = tune(m, o, p);
+  if (st != TK_OK) {
+    tk_plan_free(p);
+    return st;
+  }
+  if (o->verbose)
+    for (int i = 0; i < m->n_layers; i++)
+      if (p->layers[i].variant != TK_VARIANT_NONE)
+        fprintf(stderr, "ticket: plan: layer %d (%s): %s -- %s\n", i, m->layers[i].name,
+                tk_variant_name(p->layers[i].variant), p->layers[i].reason);
+  *out = p;
+  return TK_OK;
+}

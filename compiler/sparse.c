@@ -1,0 +1,710 @@
+/* sparse.c -- tk_sparse_build: for every layer the plan gives a generated variant, build the
+ * pattern tables from the mask, emit the kernel source, compile it (parallel clang, on-disk
+ * cache), load it into one LLJIT, and wrap it as a tk_kernel.  Also the EMPTY kernel of a
+ * fully pruned layer (bias only).
+ *
+ * Threads: the generated functions are single-threaded over a row range; this file owns the
+ * OpenMP regions.  With at least as many images as threads each thread takes whole images
+ * with its own scratch (no barriers); otherwise the threads split the rows of every image,
+ * balanced by non-zero count.  A kernel must not be called concurrently with itself. */
+#include "cache.h"
+#include "compile.h"
+#include "emit.h"
+#include "jit.h"
+#include "toolchain.h"
+
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* ---- the kernel object -------------------------------------------------------------------- */
+
+typedef struct {
+  float *xq, *dz, *z, *dwv;
+} scratch_set;
+
+typedef struct {
+  tk_kernel base;
+  tk_geom g;
+  tk_tables t;
+  int training, threads;
+  tk_jit *jit;
+  tk_kfn prep_x, prep_dy, fwd, bwd_input, bwd_weight;
+  float *wv, *wvt, *baked; /* packed values; transposed order; values baked into the code */
+  int nsets;
+  scratch_set *sets;
+  float *arena;
+} sparse_kernel;
+
+static const tk_layer *klayer(const tk_kernel *k) { return &k->m->layers[k->layer]; }
+static const float *kbias(const tk_kernel *k) {
+  int b = klayer(k)->bias;
+  return b >= 0 ? k->m->tensors[b].data : NULL;
+}
+
+static int want_threads(const sparse_kernel *k) {
+#ifdef _OPENMP
+  if (omp_in_parallel()) return 1;
+  int t = k->threads > 0 ? k->threads : omp_get_max_threads();
+  return t < 1 ? 1 : t > k->nsets ? k->nsets : t;
+#else
+  (void)k;
+  return 1;
+#endif
+}
+
+static int thread_id(void) {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+/* First row r in [0, rows] whose cumulative cost reaches `target`; cost(r) = nz(r)*a + c. */
+static int split_rows(const int32_t *rp, int rows, int stride, double a, double c, double target) {
+  int lo = 0, hi = rows;
+  while (lo < hi) {
+    int mid = (lo + hi) / 2;
+    double cost = (double)rp[(int64_t)mid * stride] * a + (double)mid * c;
+    if (cost < target) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+static void row_range(const int32_t *rp, int rows, int stride, double a, double c, int t, int T, int *r0, int *r1) {
+  double total = (double)rp[(int64_t)rows * stride] * a + (double)rows * c;
+  *r0 = t == 0 ? 0 : split_rows(rp, rows, stride, a, c, total * t / T);
+  *r1 = t == T - 1 ? rows : split_rows(rp, rows, stride, a, c, total * (t + 1) / T);
+}
+
+static tk_status check_n(const tk_kernel *k, int n) {
+  if (n < 1 || n > k->max_batch)
+    return tk_fail(TK_ERR_ARG, "layer %d (%s): batch %d outside 1..%d", k->layer, klayer(k)->name, n, k->max_batch);
+  return TK_OK;
+}
+
+/* ---- conv2d ------------------------------------------------------------------------------ */
+
+/* One image, one thread: prep and all rows. */
+static void conv_fwd_image(sparse_kernel *k, const scratch_set *s, const float *x, float *y, const float *bias) {
+  const tk_geom *g = &k->g;
+  tk_kargs a = {.src = x, .dst = s->xq};
+  k->prep_x(&a, 0, g->I);
+  tk_kargs f = {.src = s->xq, .dst = y, .w = k->baked ? k->baked : k->wv, .rp = k->t.rp, .off = k->t.off,
+                .bias = bias, .z = s->z};
+  k->fwd(&f, 0, g->O);
+}
+
+static tk_status conv_fwd(tk_kernel *kb, const float *x, float *y, int n) {
+  sparse_kernel *k = (sparse_kernel *)kb;
+  tk_status st = check_n(kb, n);
+  if (st) return st;
+  const tk_geom *g = &k->g;
+  const float *bias = kbias(kb);
+  int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
+  int T = want_threads(k);
+  if (T == 1) {
+    for (int i = 0; i < n; i++) conv_fwd_image(k, &k->sets[0], x + i * xs, y + i * ys, bias);
+    return TK_OK;
+  }
+#ifdef _OPENMP
+  if (n >= T) {
+#pragma omp parallel num_threads(T)
+    {
+      int t = thread_id(), nt = omp_get_num_threads();
+      for (int i = n * t / nt; i < n * (t + 1) / nt; i++) conv_fwd_image(k, &k->sets[t], x + i * xs, y + i * ys, bias);
+    }
+    return TK_OK;
+  }
+#pragma omp parallel num_threads(T)
+  {
+    int t = thread_id(), nt = omp_get_num_threads(), r0, r1;
+    row_range(k->t.rp, g->O, 1, (double)g->PZF, (double)g->OH * g->OW, t, nt, &r0, &r1);
+    for (int i = 0; i < n; i++) {
+      tk_kargs a = {.src = x + i * xs, .dst = k->sets[0].xq};
+      k->prep_x(&a, g->I * t / nt, g->I * (t + 1) / nt);
+#pragma omp barrier
+      tk_kargs f = {.src = k->sets[0].xq, .dst = y + i * ys, .w = k->baked ? k->baked : k->wv, .rp = k->t.rp,
+                    .off = k->t.off, .bias = bias, .z = k->sets[t].z};
+      k->fwd(&f, r0, r1);
+#pragma omp barrier
+    }
+  }
+#endif
+  return TK_OK;
+}
+
+static void conv_bwdi_image(sparse_kernel *k, const scratch_set *s, const float *dy, float *dx) {
+  const tk_geom *g = &k->g;
+  tk_kargs a = {.src = dy, .dst = s->dz};
+  k->prep_dy(&a, 0, g->O);
+  tk_kargs b = {.src = s->dz, .dst = dx, .w = k->wvt, .rp = k->t.rpt, .off = k->t.offt, .z = s->z};
+  k->bwd_input(&b, 0, g->I);
+}
+
+static tk_status conv_bwd_input(tk_kernel *kb, const float *dy, float *dx, int n) {
+  sparse_kernel *k = (sparse_kernel *)kb;
+  tk_status st = check_n(kb, n);
+  if (st) return st;
+  if (!k->training)
+    return tk_fail(TK_ERR_ARG, "layer %d (%s): kernel built without gradients (plan with training)", kb->layer,
+                   klayer(kb)->name);
+  const tk_geom *g = &k->g;
+  int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
+  int T = want_threads(k);
+  if (T == 1) {
+    for (int i = 0; i < n; i++) conv_bwdi_image(k, &k->sets[0], dy + i * ys, dx + i * xs);
+    return TK_OK;
+  }
+#ifdef _OPENMP
+  if (n >= T) {
+#pragma omp parallel num_threads(T)
+    {
+      int t = thread_id(), nt = omp_get_num_threads();
+      for (int i = n * t / nt; i < n * (t + 1) / nt; i++) conv_bwdi_image(k, &k->sets[t], dy + i * ys, dx + i * xs);
+    }
+    return TK_OK;
+  }
+#pragma omp parallel num_threads(T)
+  {
+    int t = thread_id(), nt = omp_get_num_threads(), r0, r1;
+    row_range(k->t.rpt, g->I, g->NPH, (double)g->PZB, (double)g->H * g->W, t, nt, &r0, &r1);
+    for (int i = 0; i < n; i++) {
+      tk_kargs a = {.src = dy + i * ys, .dst = k->sets[0].dz};
+      k->prep_dy(&a, g->O * t / nt, g->O * (t + 1) / nt);
+#pragma omp barrier
+      tk_kargs b = {.src = k->sets[0].dz, .dst = dx + i * xs, .w = k->wvt, .rp = k->t.rpt, .off = k->t.offt,
+                    .z = k->sets[t].z};
+      k->bwd_input(&b, r0, r1);
+#pragma omp barrier
+    }
+  }
+#endif
+  return TK_OK;
+}
+
+/* Adds image i's weight gradient into s->dwv. */
+static void conv_bwdw_image(sparse_kernel *k, const scratch_set *s, const float *x, const float *dy) {
+  const tk_geom *g = &k->g;
+  tk_kargs a = {.src = x, .dst = s->xq};
+  k->prep_x(&a, 0, g->I);
+  tk_kargs b = {.src = dy, .dst = s->dz};
+  k->prep_dy(&b, 0, g->O);
+  tk_kargs c = {.src = s->xq, .src2 = s->dz, .dst = s->dwv, .rp = k->t.rp, .off = k->t.off};
+  k->bwd_weight(&c, 0, g->O);
+}
+
+/* dw (numel) from the packed sums; db = sum of dy over images and positions */
+static void finish_bwd_weight(sparse_kernel *k, const float *dwv, const float *dy, float *dw, float *db, int n,
+                              int64_t per_o) {
+  const tk_tensor *wt = &k->base.m->tensors[klayer(&k->base)->weight];
+  memset(dw, 0, (size_t)wt->numel * sizeof *dw);
+  for (int64_t j = 0; j < k->t.nnz; j++) dw[k->t.pos[j]] = dwv[j];
+  if (!db) return;
+  const tk_geom *g = &k->g;
+  for (int o = 0; o < g->O; o++) {
+    double s = 0;
+    for (int i = 0; i < n; i++) {
+      const float *d = dy + ((int64_t)i * g->O + o) * per_o;
+      for (int64_t p = 0; p < per_o; p++) s += d[p];
+    }
+    db[o] = (float)s;
+  }
+}
+
+static tk_status conv_bwd_weight(tk_kernel *kb, const float *x, const float *dy, float *dw, float *db, int n) {
+  sparse_kernel *k = (sparse_kernel *)kb;
+  tk_status st = check_n(kb, n);
+  if (st) return st;
+  if (!k->training)
+    return tk_fail(TK_ERR_ARG, "layer %d (%s): kernel built without gradients (plan with training)", kb->layer,
+                   klayer(kb)->name);
+  const tk_geom *g = &k->g;
+  int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
+  int64_t nnz = k->t.nnz;
+  int T = want_threads(k);
+  for (int t = 0; t < T; t++) memset(k->sets[t].dwv, 0, (size_t)(nnz ? nnz : 1) * sizeof(float));
+  if (T == 1) {
+    for (int i = 0; i < n; i++) conv_bwdw_image(k, &k->sets[0], x + i * xs, dy + i * ys);
+  }
+#ifdef _OPENMP
+  else if (n >= T) {
+#pragma omp parallel num_threads(T)
+    {
+      int t = thread_id(), nt = omp_get_num_threads();
+      for (int i = n * t / nt; i < n * (t + 1) / nt; i++) conv_bwdw_image(k, &k->sets[t], x + i * xs, dy + i * ys);
+    }
+    for (int t = 1; t < T; t++)
+      for (int64_t j = 0; j < nnz; j++) k->sets[0].dwv[j] += k->sets[t].dwv[j];
+  } else {
+#pragma omp parallel num_threads(T)
+    {
+      int t = thread_id(), nt = omp_get_num_threads(), r0, r1;
+      row_range(k->t.rp, g->O, 1, (double)g->PZF, 0.0, t, nt, &r0, &r1);
+      for (int i = 0; i < n; i++) {
+        tk_kargs a = {.src = x + i * xs, .dst = k->sets[0].xq};
+        k->prep_x(&a, g->I * t / nt, g->I * (t + 1) / nt);
+        tk_kargs b = {.src = dy + i * ys, .dst = k->sets[0].dz};
+        k->prep_dy(&b, g->O * t / nt, g->O * (t + 1) / nt);
+#pragma omp barrier
+        tk_kargs c = {.src = k->sets[0].xq, .src2 = k->sets[0].dz, .dst = k->sets[0].dwv, .rp = k->t.rp,
+                      .off = k->t.off};
+        k->bwd_weight(&c, r0, r1);
+#pragma omp barrier
+      }
+    }
+  }
+#endif
+  finish_bwd_weight(k, k->sets[0].dwv, dy, dw, db, n, (int64_t)g->OH * g->OW);
+  return TK_OK;
+}
+
+/* ---- linear: blocks of 16 images -------------------------------------------------------------- */
+
+static tk_status lin_fwd(tk_kernel *kb, const float *x, float *y, int n) {
+  sparse_kernel *k = (sparse_kernel *)kb;
+  tk_status st = check_n(kb, n);
+  if (st) return st;
+  const tk_geom *g = &k->g;
+  const float *bias = kbias(kb);
+  int nblk = (n + 15) / 16, T = want_threads(k);
+  if (T > nblk) T = nblk;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(T) if (T > 1)
+#endif
+  {
+    int t = thread_id(), nt = T > 1 ? T : 1;
+    for (int b = nblk * t / nt; b < nblk * (t + 1) / nt; b++) {
+      int nb = n - b * 16 < 16 ? n - b * 16 : 16;
+      tk_kargs a = {.src = x + (int64_t)b * 16 * g->I, .dst = k->sets[t].xq, .nb = nb};
+      k->prep_x(&a, 0, g->I);
+      tk_kargs f = {.src = k->sets[t].xq, .dst = y + (int64_t)b * 16 * g->O, .w = k->wv, .rp = k->t.rp,
+                    .off = k->t.off, .bias = bias, .z = k->sets[t].z, .nb = nb};
+      k->fwd(&f, 0, g->O);
+    }
+  }
+  return TK_OK;
+}
+
+static tk_status lin_bwd_input(tk_kernel *kb, const float *dy, float *dx, int n) {
+  sparse_kernel *k = (sparse_kernel *)kb;
+  tk_status st = check_n(kb, n);
+  if (st) return st;
+  if (!k->training)
+    return tk_fail(TK_ERR_ARG, "layer %d (%s): kernel built without gradients (plan with training)", kb->layer,
+                   klayer(kb)->name);
+  const tk_geom *g = &k->g;
+  int nblk = (n + 15) / 16, T = want_threads(k);
+  if (T > nblk) T = nblk;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(T) if (T > 1)
+#endif
+  {
+    int t = thread_id(), nt = T > 1 ? T : 1;
+    for (int b = nblk * t / nt; b < nblk * (t + 1) / nt; b++) {
+      int nb = n - b * 16 < 16 ? n - b * 16 : 16;
+      tk_kargs a = {.src = dy + (int64_t)b * 16 * g->O, .dst = k->sets[t].dz, .nb = nb};
+      k->prep_dy(&a, 0, g->O);
+      tk_kargs f = {.src = k->sets[t].dz, .dst = dx + (int64_t)b * 16 * g->I, .w = k->wvt, .rp = k->t.rpt,
+                    .off = k->t.offt, .z = k->sets[t].z, .nb = nb};
+      k->bwd_input(&f, 0, g->I);
+    }
+  }
+  return TK_OK;
+}
+
+static tk_status lin_bwd_weight(tk_kernel *kb, const float *x, const float *dy, float *dw, float *db, int n) {
+  sparse_kernel *k = (sparse_kernel *)kb;
+  tk_status st = check_n(kb, n);
+  if (st) return st;
+  if (!k->training)
+    return tk_fail(TK_ERR_ARG, "layer %d (%s): kernel built without gradients (plan with training)", kb->layer,
+                   klayer(kb)->name);
+  const tk_geom *g = &k->g;
+  int64_t nnz = k->t.nnz;
+  int nblk = (n + 15) / 16, T = want_threads(k);
+  if (T > nblk) T = nblk;
+  for (int t = 0; t < T; t++) memset(k->sets[t].dwv, 0, (size_t)(nnz ? nnz : 1) * sizeof(float));
+#ifdef _OPENMP
+#pragma omp parallel num_threads(T) if (T > 1)
+#endif
+  {
+    int t = thread_id(), nt = T > 1 ? T : 1;
+    for (int b = nblk * t / nt; b < nblk * (t + 1) / nt; b++) {
+      int nb = n - b * 16 < 16 ? n - b * 16 : 16;
+      tk_kargs a = {.src = x + (int64_t)b * 16 * g->I, .dst = k->sets[t].xq, .nb = nb};
+      k->prep_x(&a, 0, g->I);
+      tk_kargs d = {.src = dy + (int64_t)b * 16 * g->O, .dst = k->sets[t].dz, .nb = nb};
+      k->prep_dy(&d, 0, g->O);
+      tk_kargs c = {.src = k->sets[t].xq, .src2 = k->sets[t].dz, .dst = k->sets[t].dwv, .rp = k->t.rp,
+                    .off = k->t.off, .nb = nb};
+      k->bwd_weight(&c, 0, g->O);
+    }
+  }
+  for (int t = 1; t < T; t++)
+    for (int64_t j = 0; j < nnz; j++) k->sets[0].dwv[j] += k->sets[t].dwv[j];
+  finish_bwd_weight(k, k->sets[0].dwv, dy, dw, db, n, 1);
+  return TK_OK;
+}
+
+/* ---- shared: values, destroy ---------------------------------------------------------------- */
+
+static tk_status sk_update(tk_kernel *kb) {
+  sparse_kernel *k = (sparse_kernel *)kb;
+  const tk_tensor *wt = &kb->m->tensors[klayer(kb)->weight];
+  if (k->baked) {
+    for (int64_t j = 0; j < k->t.nnz; j++)
+      if (k->baked[j] != wt->data[k->t.pos[j]])
+        return tk_fail(TK_ERR_UNSUPPORTED,
+                       "layer %d (%s): weights changed but the value-baked kernel has them compiled in (rebuild, or "
+                       "plan without value baking)",
+                       kb->layer, klayer(kb)->name);
+  }
+  for (int64_t j = 0; j < k->t.nnz; j++) k->wv[j] = wt->data[k->t.pos[j]];
+  if (k->wvt)
+    for (int64_t q = 0; q < k->t.nnz; q++) k->wvt[q] = k->wv[k->t.perm[q]];
+  return TK_OK;
+}
+
+static void sk_destroy(tk_kernel *kb) {
+  if (!kb) return;
+  sparse_kernel *k = (sparse_kernel *)kb;
+  tk_tables_free(&k->t);
+  free(k->wv);
+  free(k->wvt);
+  free(k->baked);
+  free(k->sets);
+  free(k->arena);
+  tk_jit_release(k->jit);
+  free(k);
+}
+
+static const tk_kernel_vtbl conv_vtbl = {conv_fwd, conv_bwd_input, conv_bwd_weight, sk_update, sk_destroy};
+static const tk_kernel_vtbl lin_vtbl = {lin_fwd, lin_bwd_input, lin_bwd_weight, sk_update, sk_destroy};
+
+/* ---- the EMPTY kernel: every weight pruned ---------------------------------------------------- */
+
+static tk_status empty_fwd(tk_kernel *k, const float *x, float *y, int n) {
+  (void)x;
+  tk_status st = check_n(k, n);
+  if (st) return st;
+  const tk_layer *l = klayer(k);
+  const float *b = kbias(k);
+  int64_t per = (int64_t)l->out.h * l->out.w;
+  for (int i = 0; i < n; i++)
+    for (int o = 0; o < l->out.c; o++) {
+      float *yo = y + ((int64_t)i * l->out.c + o) * per;
+      for (int64_t p = 0; p < per; p++) yo[p] = b ? b[o] : 0.0f;
+    }
+  return TK_OK;
+}
+
+static tk_status empty_bwd_input(tk_kernel *k, const float *dy, float *dx, int n) {
+  (void)dy;
+  tk_status st = check_n(k, n);
+  if (st) return st;
+  memset(dx, 0, (size_t)n * (size_t)tk_shape_numel(klayer(k)->in) * sizeof *dx);
+  return TK_OK;
+}
+
+static tk_status empty_bwd_weight(tk_kernel *k, const float *x, const float *dy, float *dw, float *db, int n) {
+  (void)x;
+  tk_status st = check_n(k, n);
+  if (st) return st;
+  const tk_layer *l = klayer(k);
+  memset(dw, 0, (size_t)k->m->tensors[l->weight].numel * sizeof *dw);
+  if (db) {
+    int64_t per = (int64_t)l->out.h * l->out.w;
+    for (int o = 0; o < l->out.c; o++) {
+      double s = 0;
+      for (int i = 0; i < n; i++)
+        for (int64_t p = 0; p < per; p++) s += dy[((int64_t)i * l->out.c + o) * per + p];
+      db[o] = (float)s;
+    }
+  }
+  return TK_OK;
+}
+
+static tk_status empty_update(tk_kernel *k) {
+  (void)k;
+  return TK_OK;
+}
+static void empty_destroy(tk_kernel *k) { free(k); }
+static const tk_kernel_vtbl empty_vtbl = {empty_fwd, empty_bwd_input, empty_bwd_weight, empty_update, empty_destroy};
+
+static tk_status empty_create(const tk_model *m, int layer, int max_batch, tk_kernel **out) {
+  const tk_layer *l = &m->layers[layer];
+  if (tk_tensor_nnz(&m->tensors[l->weight]) != 0)
+    return tk_fail(TK_ERR_ARG, "layer %d (%s): planned as empty but has kept weights", layer, l->name);
+  tk_kernel *k = tk_calloc(1, sizeof *k);
+  if (!k) return TK_ERR_NOMEM;
+  *k = (tk_kernel){&empty_vtbl, TK_VARIANT_EMPTY, m, layer, max_batch};
+  *out = k;
+  return TK_OK;
+}
+
+/* ---- building -------------------------------------------------------------------------------- */
+
+static int is_generated(tk_variant v) {
+  return v == TK_VARIANT_SPARSE_TABLE || v == TK_VARIANT_SPARSE_UNROLLED || v == TK_VARIANT_VALUE_BAKED;
+}
+
+typedef struct {
+  int layer;
+  tk_variant variant;
+  tk_geom g;
+  tk_tables t;
+  uint64_t key[2];    /* cache key: body hash + toolchain */
+  uint64_t sym;       /* symbol prefix: body hash */
+  int unit;           /* index into the unique objects */
+} build_item;
+
+typedef struct {
+  uint64_t key[2];
+  void *obj;
+  size_t len;
+  int from_cache;
+  int item;           /* first item with this key */
+} obj_entry;
+
+static int nthreads_default(const tk_compile_opts *o) {
+#ifdef _OPENMP
+  int t = o && o->threads > 0 ? o->threads : omp_get_max_threads();
+#else
+  int t = 1;
+  (void)o;
+#endif
+  return t < 1 ? 1 : t;
+}
+
+static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int training, int max_batch, int threads,
+                             tk_kernel **out) {
+  const tk_layer *l = &m->layers[it->layer];
+  sparse_kernel *k = tk_calloc(1, sizeof *k);
+  if (!k) return TK_ERR_NOMEM;
+  k->base = (tk_kernel){it->g.linear ? &lin_vtbl : &conv_vtbl, it->variant, m, it->layer, max_batch};
+  k->g = it->g;
+  k->t = it->t;
+  memset(&it->t, 0, sizeof it->t); /* owned by the kernel now */
+  k->training = training;
+  k->threads = threads;
+  k->jit = jit;
+  tk_jit_retain(jit);
+  char name[64];
+  int unrolled = it->variant != TK_VARIANT_SPARSE_TABLE;
+  struct {
+    tk_kfn *dst;
+    const char *fn;
+  } syms[] = {{&k->prep_x, "prep_x"},
+              {&k->prep_dy, "prep_dy"},
+              {&k->fwd, unrolled ? "fwd_u" : "fwd"},
+              {&k->bwd_input, unrolled && training && it->variant == TK_VARIANT_SPARSE_UNROLLED ? "bwd_input_u" : "bwd_input"},
+              {&k->bwd_weight, "bwd_weight"}};
+  for (size_t s = 0; s < sizeof syms / sizeof *syms; s++) {
+    snprintf(name, sizeof name, "tk_k%016" PRIx64 "_%s", it->sym, syms[s].fn);
+    void *p = tk_jit_lookup(jit, name);
+    if (!p) {
+      sk_destroy(&k->base);
+      return tk_fail_prefix(TK_ERR_COMPILE, "layer %d (%s)", it->layer, l->name);
+    }
+    memcpy(syms[s].dst, &p, sizeof p);
+  }
+  int64_t nnz = k->t.nnz, nz1 = nnz ? nnz : 1;
+  k->wv = tk_alloc_aligned((size_t)nz1 * sizeof(float));
+  if (training) k->wvt = tk_alloc_aligned((size_t)nz1 * sizeof(float));
+  if (it->variant == TK_VARIANT_VALUE_BAKED) k->baked = tk_alloc_aligned((size_t)nz1 * sizeof(float));
+  k->nsets = threads;
+  k->sets = tk_calloc((size_t)threads, sizeof *k->sets);
+  /* one arena: per thread xq, z, and (training) dz, dwv; 64-byte aligned pieces */
+  int64_t xq = (it->g.xq_len + 15) / 16 * 16, z = (it->g.z_len + 15) / 16 * 16;
+  int64_t dz = training ? (it->g.dz_len + 15) / 16 * 16 : 0, dwv = training ? (nz1 + 15) / 16 * 16 : 0;
+  int64_t per = xq + z + dz + dwv;
+  k->arena = tk_alloc_aligned((size_t)(per * threads) * sizeof(float));
+  if (!k->wv || (training && !k->wvt) || (it->variant == TK_VARIANT_VALUE_BAKED && !k->baked) || !k->sets || !k->arena) {
+    sk_destroy(&k->base);
+    return tk_fail(TK_ERR_NOMEM, "layer %d (%s): out of memory for kernel scratch (%lld floats per thread)", it->layer,
+                   l->name, (long long)per);
+  }
+  for (int t = 0; t < threads; t++) {
+    float *b = k->arena + per * t;
+    k->sets[t].xq = b;
+    k->sets[t].z = b + xq;
+    k->sets[t].dz = training ? b + xq + z : NULL;
+    k->sets[t].dwv = training ? b + xq + z + dz : NULL;
+  }
+  if (k->baked) {
+    const tk_tensor *wt = &m->tensors[l->weight];
+    for (int64_t j = 0; j < nnz; j++) k->baked[j] = wt->data[k->t.pos[j]];
+  }
+  sk_update(&k->base);
+  *out = &k->base;
+  return TK_OK;
+}
+
+tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_opts *o, int max_batch,
+                          tk_kernel **kernels) {
+  tk_compile_opts defaults;
+  if (!o) {
+    tk_compile_opts_default(&defaults);
+    o = &defaults;
+  }
+  if (!p || p->n_layers != m->n_layers) return tk_fail(TK_ERR_ARG, "tk_sparse_build: plan does not match the model");
+  if (max_batch < 1) return tk_fail(TK_ERR_ARG, "tk_sparse_build: max_batch %d must be at least 1", max_batch);
+  double t0 = tk_now();
+  int threads = nthreads_default(o);
+  if (p->threads > 0 && !(o->threads > 0)) threads = p->threads;
+  int n_items = 0;
+  for (int i = 0; i < m->n_layers; i++) n_items += is_generated(p->layers[i].variant);
+  /* EMPTY layers need no toolchain */
+  tk_status st = TK_OK;
+  tk_kernel **made_k = tk_calloc((size_t)m->n_layers, sizeof *made_k);
+  build_item *items = tk_calloc((size_t)(n_items ? n_items : 1), sizeof *items);
+  obj_entry *objs = tk_calloc((size_t)(n_items ? n_items : 1), sizeof *objs);
+  tk_cc_unit *units = tk_calloc((size_t)(n_items ? n_items : 1), sizeof *units);
+  tk_codebuf *srcs = tk_calloc((size_t)(n_items ? n_items : 1), sizeof *srcs);
+  char (*unames)[96] = tk_calloc((size_t)(n_items ? n_items : 1), sizeof *unames);
+  tk_jit *jit = NULL;
+  int n_objs = 0, n_units = 0;
+  if (!made_k || !items || !objs || !units || !srcs || !unames) {
+    st = TK_ERR_NOMEM;
+    goto done;
+  }
+  for (int i = 0; i < m->n_layers; i++)
+    if (p->layers[i].variant == TK_VARIANT_EMPTY) {
+      if ((st = empty_create(m, i, max_batch, &made_k[i])) != TK_OK) goto done;
+    }
+  if (n_items) {
+    char why[256];
+    if (!tk_jit_built(why, sizeof why) || !tk_cc_path(why, sizeof why)) {
+      for (int i = 0; i < m->n_layers; i++)
+        if (is_generated(p->layers[i].variant)) {
+          st = tk_fail(TK_ERR_UNSUPPORTED, "layer %d (%s): needs generated code (%s) but %s", i, m->layers[i].name,
+                       tk_variant_name(p->layers[i].variant), why);
+          goto done;
+        }
+    }
+    tk_cache cache;
+    if ((st = tk_cache_open(&cache, o->cache_dir, o->no_cache)) != TK_OK) goto done;
+    const char *ident = tk_cc_identity();
+    /* 1. tables, body, keys */
+    int n = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+      tk_variant v = p->layers[i].variant;
+      if (!is_generated(v)) continue;
+      build_item *it = &items[n++];
+      it->layer = i;
+      it->variant = v;
+      if ((st = tk_geom_make(m, i, &it->g)) != TK_OK) goto done;
+      if ((st = tk_tables_build(m, i, &it->g, o->training || v == TK_VARIANT_SPARSE_UNROLLED, &it->t)) != TK_OK)
+        goto done;
+      tk_emit_opts eo = {.variant = v, .training = o->training};
+      tk_codebuf body;
+      tk_cb_init(&body);
+      uint64_t bk[2];
+      tk_emit_body(&body, m, i, &it->g, &it->t, &eo, bk);
+      st = tk_cb_status(&body);
+      tk_cb_free(&body);
+      if (st) goto done;
+      tk_hash h;
+      tk_hash_init(&h, 0x0B1EC7);
+      tk_hash_update(&h, bk, sizeof bk);
+      tk_hash_update(&h, ident, strlen(ident));
+      tk_hash_final(&h, it->key);
+      it->sym = bk[0];
+      /* same code as an earlier layer: share its object */
+      it->unit = -1;
+      for (int q = 0; q < n_objs && it->unit < 0; q++)
+        if (objs[q].key[0] == it->key[0] && objs[q].key[1] == it->key[1]) it->unit = q;
+      if (it->unit < 0) {
+        it->unit = n_objs;
+        obj_entry *e = &objs[n_objs++];
+        e->key[0] = it->key[0], e->key[1] = it->key[1];
+        e->item = n - 1;
+        e->from_cache = tk_cache_get(&cache, e->key, &e->obj, &e->len);
+      }
+    }
+    /* 2. compile the misses, in parallel */
+    char mhash[40] = "";
+    for (int q = 0; q < n_objs; q++) {
+      if (objs[q].from_cache) continue;
+      build_item *it = &items[objs[q].item];
+      if (!mhash[0]) {
+        uint64_t h[2];
+        tk_model_hash(m, h);
+        snprintf(mhash, sizeof mhash, "%016" PRIx64 "%016" PRIx64, h[0], h[1]);
+      }
+      tk_emit_opts eo = {.variant = it->variant, .training = o->training, .model_hash = mhash};
+      tk_codebuf *cb = &srcs[n_units];
+      tk_cb_init(cb);
+      tk_emit_layer(cb, m, it->layer, &it->g, &it->t, &eo, NULL);
+      if ((st = tk_cb_status(cb)) != TK_OK) goto done;
+      snprintf(unames[n_units], sizeof unames[0], "layer %d (%.60s)", it->layer, m->layers[it->layer].name);
+      units[n_units] = (tk_cc_unit){unames[n_units], cb->buf, cb->len, NULL, 0};
+      const char *dump = getenv("TICKET_DUMP_DIR");
+      if (dump && *dump) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/layer%03d_%016" PRIx64 ".c", dump, it->layer, it->sym);
+        tk_write_file_atomic(path, cb->buf, cb->len); /* best effort: a debugging aid */
+      }
+      n_units++;
+    }
+    double t1 = tk_now();
+    if (n_units) {
+      if ((st = tk_cc_compile(units, n_units, 0, getenv("TICKET_CLANG_EXTRA"))) != TK_OK) goto done;
+      tk_cache_stats_add_compiled(n_units);
+      int u = 0;
+      for (int q = 0; q < n_objs; q++) {
+        if (objs[q].from_cache) continue;
+        objs[q].obj = units[u].obj, objs[q].len = units[u].obj_len;
+        units[u].obj = NULL;
+        u++;
+        if (tk_cache_put(&cache, objs[q].key, objs[q].obj, objs[q].len) != TK_OK && o->verbose)
+          fprintf(stderr, "ticket: warning: %s\n", tk_last_error()); /* a read-only cache still works */
+      }
+    }
+    double t2 = tk_now();
+    /* 3. one JIT for all of them */
+    if ((st = tk_jit_create(&jit)) != TK_OK) goto done;
+    for (int q = 0; q < n_objs; q++) {
+      build_item *it = &items[objs[q].item];
+      char what[96];
+      snprintf(what, sizeof what, "layer %d (%.60s)", it->layer, m->layers[it->layer].name);
+      if ((st = tk_jit_add_object(jit, objs[q].obj, objs[q].len, what)) != TK_OK) goto done;
+    }
+    for (int q = 0; q < n; q++) {
+      build_item *it = &items[q];
+      if ((st = make_kernel(m, it, jit, o->training, max_batch, threads, &made_k[it->layer])) != TK_OK) goto done;
+    }
+    if (o->verbose)
+      fprintf(stderr, "ticket: %d generated kernels: %d objects, %d compiled in %.2f s, %d from cache %s; load %.3f s\n",
+              n, n_objs, n_units, t2 - t1, n_objs - n_units, cache.disabled ? "(disabled)" : cache.dir,
+              tk_now() - t2);
+  }
+  (void)t0;
+done:
+  if (st == TK_ERR_NOMEM && !strstr(tk_last_error(), "memory")) tk_fail(TK_ERR_NOMEM, "out of memory building kernels");
+  if (st == TK_OK) {
+    for (int i = 0; i < m->n_layers; i++)
+      if (made_k[i]) kernels[i] = made_k[i];
+  } else if (made_k) {
+    for (int i = 0; i < m->n_layers; i++)
+      if (made_k[i]) made_k[i]->v->destroy(made_k[i]);
+  }
+  for (int q = 0; items && q < n_items; q++) tk_tables_free(&items[q].t);
+  for (int q = 0; objs && q < n_objs; q++) free(objs[q].obj);
+  for (int u = 0; units && u < n_items; u++) free(units[u].obj);
+  for (int u = 0; srcs && u < n_items; u++) tk_cb_free(&srcs[u]);
+  tk_jit_release(jit); /* the kernels hold their own references */
+  free(made_k);
+  free(items);
+  free(objs);
+  free(units);
+  free(srcs);
+  free(unames);
+  return st;
+}

@@ -1,0 +1,809 @@
+/* exec.c -- the fast graph executor: the compiled engine and the dense engine (engine.h).
+ *
+ * Both run a model's layers in order on NCHW activations.  conv2d and linear layers call a
+ * tk_kernel (compiler/compile.h); everything else calls the fast ops of runtime/ops.c.
+ *   compiled engine: the plan (compiler/plan.c) names each layer's kernel: generated sparse
+ *                    kernels (one tk_sparse_build call for all of them), oneDNN (dense.c),
+ *                    the naive reference (kernel_ref.c), or "empty" (every weight pruned:
+ *                    the output is the bias; built in here).
+ *   dense engine:    every conv/linear on oneDNN -- the honest dense baseline.
+ *
+ * Plan, then execute (STYLE.md 6, 7): create() decides every buffer from the model's shapes
+ * and max_batch, fills a table of sizes, makes ONE allocation (the arena) and carves it into
+ * named pointers; forward and backward allocate nothing.
+ *
+ * Memory (per value v, "numel" = elements per image, all buffers for max_batch images):
+ *   act[v]     (N, C, H, W) NCHW activation; act[0] is the normalised input.  Aliases:
+ *              flatten is a view of its input; a ReLU whose input has no other reader runs
+ *              in place, and after batchnorm or add it is fused into that layer (the layer
+ *              writes relu(out); the ReLU step does nothing; backward masks by out > 0).
+ *   grad slots gradient buffers shared by liveness: walking the layers backwards, a value's
+ *              gradient is born at its last reader and dies at its producer.  Elementwise
+ *              layers (batchnorm, relu, add, flatten, scale) hand their output-gradient
+ *              buffer to their first unborn input and work in place; later readers add in.
+ *   gtmp       input gradient of a conv/linear whose input gradient already holds a sum
+ *              (kernels overwrite), added in afterwards
+ *   bn stats   per batchnorm: mean and 1/std of the last forward (C each)
+ *   argmax     per maxpool: int32 (N, C, OH, OW) index of each maximum in its input plane
+ *   kscratch   the dense kernels' shared scratch (blocked copies, oneDNN scratchpad)
+ *
+ * Numerics follow PyTorch (runtime/ops.h); the reference engine (runtime/ref/ref.c) is the
+ * oracle in tests/unit/test_exec.c.  Results are deterministic for a given thread count.
+ */
+#include "exec.h"
+
+#include "dense.h"
+#include "ops.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* The compiler's half of compile.h is linked weakly so that builds whose planner or sparse
+ * code generator is missing still get a working executor ("dense everywhere"). */
+#pragma weak tk_plan_make
+#pragma weak tk_plan_free
+#pragma weak tk_sparse_build
+#pragma weak tk_compile_opts_default
+
+typedef enum { G_NONE = 0, G_WRITE, G_ACC, G_INPLACE } grad_mode;
+
+typedef struct {
+  const tk_layer *l;
+  int relu_fused;   /* batchnorm/add: also applies the ReLU that reads its output */
+  int folded;       /* ReLU done by its producer: no forward work, backward passes through */
+  float *in[2], *out;
+  int64_t in_elems, out_elems; /* per image */
+  int gout;                    /* grad slot of the output, -1: no gradient reaches this layer */
+  int gin[2];                  /* grad slots of the inputs */
+  grad_mode gmode[2];
+  float *mean, *invstd;        /* batchnorm */
+  int32_t *argmax;             /* maxpool */
+  tk_pool_dims pool;
+  tk_kernel *k;                /* conv/linear */
+  tk_variant variant;
+  double t_fwd, t_bwd;
+  long n_fwd, n_bwd;
+} step;
+
+typedef struct {
+  tk_engine base;
+  int dense_only;
+  tk_compile_opts opts;
+  tk_plan *plan;
+  char how[256];
+  int n_values;
+  step *steps;        /* n_layers */
+  float **act;        /* n_values */
+  int n_slots;
+  float **slot;       /* n_slots gradient buffers */
+  int grad0;          /* slot of value 0's gradient, -1 when nothing reaches the input */
+  float *gtmp;
+  uint8_t *zero_grad; /* per tensor: grads[t] is not written by any layer, zero it */
+  char *arena;
+  size_t arena_bytes;
+  void *kscratch, *kscratch_extra; /* kscratch lives in the arena; extra after a re-plan */
+  size_t kscratch_bytes;
+  int last_n;
+  tk_bn_mode last_bn;
+  int profile;
+} exec_engine;
+
+static const tk_engine_vtbl g_compiled_vtbl, g_dense_vtbl;
+
+static exec_engine *as_exec(const tk_engine *e) {
+  return (e && (e->v == &g_compiled_vtbl || e->v == &g_dense_vtbl)) ? (exec_engine *)e : NULL;
+}
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+#define LAYER_FAIL(st, i, l, ...) \
+  tk_fail_prefix(tk_fail(st, __VA_ARGS__), "layer %d (%s, %s)", (i), (l)->name, tk_op_name((l)->op))
+
+/* ---- the empty kernel: every weight pruned, y = bias -------------------------------------------- */
+
+static tk_status empty_fwd(tk_kernel *k, const float *x, float *y, int n) {
+  (void)x;
+  const tk_layer *l = &k->m->layers[k->layer];
+  const float *b = l->bias >= 0 ? k->m->tensors[l->bias].data : NULL;
+  const int64_t hw = (int64_t)l->out.h * l->out.w;
+  for (int64_t p = 0; p < (int64_t)n * l->out.c; p++) {
+    float v = b ? b[p % l->out.c] : 0.0f;
+    for (int64_t i = 0; i < hw; i++) y[p * hw + i] = v;
+  }
+  return TK_OK;
+}
+
+static tk_status empty_bwd_input(tk_kernel *k, const float *dy, float *dx, int n) {
+  (void)dy;
+  memset(dx, 0, (size_t)n * tk_shape_numel(k->m->layers[k->layer].in) * sizeof(float));
+  return TK_OK;
+}
+
+static tk_status empty_bwd_weight(tk_kernel *k, const float *x, const float *dy, float *dw, float *db, int n) {
+  (void)x;
+  const tk_layer *l = &k->m->layers[k->layer];
+  if (dw) memset(dw, 0, (size_t)k->m->tensors[l->weight].numel * sizeof(float));
+  if (db) tk_ops_channel_sum(dy, db, n, l->out.c, l->out.h * l->out.w);
+  return TK_OK;
+}
+
+static tk_status empty_update(tk_kernel *k) {
+  const tk_layer *l = &k->m->layers[k->layer];
+  if (tk_tensor_nnz(&k->m->tensors[l->weight]) != 0)
+    return tk_fail(TK_ERR_INTERNAL, "layer %d (%s): planned as empty but its mask keeps weights", k->layer, l->name);
+  return TK_OK;
+}
+
+static void empty_destroy(tk_kernel *k) { free(k); }
+
+static const tk_kernel_vtbl g_empty_vtbl = {empty_fwd, empty_bwd_input, empty_bwd_weight, empty_update,
+                                            empty_destroy};
+
+static tk_status empty_create(const tk_model *m, int layer, int max_batch, tk_kernel **out) {
+  tk_kernel *k = tk_calloc(1, sizeof *k);
+  if (!k) return TK_ERR_NOMEM;
+  *k = (tk_kernel){&g_empty_vtbl, TK_VARIANT_EMPTY, m, layer, max_batch};
+  tk_status st = empty_update(k);
+  if (st != TK_OK) {
+    free(k);
+    return st;
+  }
+  *out = k;
+  return TK_OK;
+}
+
+/* ---- kernels ---------------------------------------------------------------------------------------- */
+
+static int is_kernel_op(tk_op op) { return op == TK_OP_CONV2D || op == TK_OP_LINEAR; }
+
+static int is_generated(tk_variant v) {
+  return v == TK_VARIANT_SPARSE_TABLE || v == TK_VARIANT_SPARSE_UNROLLED || v == TK_VARIANT_VALUE_BAKED;
+}
+
+static void kernels_free(exec_engine *x) {
+  for (int i = 0; x->steps && i < x->base.m->n_layers; i++)
+    if (x->steps[i].k) {
+      x->steps[i].k->v->destroy(x->steps[i].k);
+      x->steps[i].k = NULL;
+    }
+  if (x->plan && tk_plan_free) tk_plan_free(x->plan);
+  x->plan = NULL;
+}
+
+/* Plans (compiled engine) and creates every conv/linear kernel. */
+static tk_status kernels_make(exec_engine *x) {
+  tk_model *m = x->base.m;
+  const int L = m->n_layers;
+  tk_status st = TK_OK;
+  tk_kernel **ks = tk_calloc((size_t)L, sizeof *ks);
+  if (!ks) return TK_ERR_NOMEM;
+  for (int i = 0; i < L; i++) x->steps[i].variant = is_kernel_op(m->layers[i].op) ? TK_VARIANT_DENSE : TK_VARIANT_NONE;
+  if (x->dense_only) {
+    snprintf(x->how, sizeof x->how, "dense: every conv/linear on oneDNN");
+  } else if (!tk_plan_make) { /* honour a forced reference/dense choice, else dense */
+    tk_variant f = x->opts.force == TK_VARIANT_REFERENCE ? TK_VARIANT_REFERENCE : TK_VARIANT_DENSE;
+    for (int i = 0; i < L; i++)
+      if (is_kernel_op(m->layers[i].op)) x->steps[i].variant = f;
+    snprintf(x->how, sizeof x->how, "%s everywhere: this build has no planner (compiler/plan.c)",
+             f == TK_VARIANT_REFERENCE ? "reference" : "dense");
+  } else {
+    if ((st = tk_plan_make(m, &x->opts, &x->plan)) != TK_OK) goto done;
+    if (x->plan->n_layers != L) {
+      st = tk_fail(TK_ERR_INTERNAL, "plan: %d layers for a model of %d", x->plan->n_layers, L);
+      goto done;
+    }
+    int gen = 0;
+    for (int i = 0; i < L; i++) {
+      if (!is_kernel_op(m->layers[i].op)) continue;
+      x->steps[i].variant = x->plan->layers[i].variant;
+      gen += is_generated(x->steps[i].variant);
+    }
+    snprintf(x->how, sizeof x->how, "plan for batch %d, %d threads: %d generated layer(s)", x->plan->batch,
+             x->plan->threads, gen);
+    if (gen) {
+      if (!tk_sparse_build) {
+        st = tk_fail(TK_ERR_UNSUPPORTED, "the plan asks for generated kernels but this build has no sparse "
+                                         "code generator (compiler/sparse.c)");
+        goto done;
+      }
+      if ((st = tk_sparse_build(m, x->plan, &x->opts, x->base.max_batch, ks)) != TK_OK) goto done;
+    }
+  }
+  for (int i = 0; i < L; i++) {
+    const tk_layer *l = &m->layers[i];
+    tk_variant v = x->steps[i].variant;
+    if (!is_kernel_op(l->op) || ks[i]) continue;
+    switch (v) {
+    case TK_VARIANT_EMPTY: st = empty_create(m, i, x->base.max_batch, &ks[i]); break;
+    case TK_VARIANT_REFERENCE: st = tk_kernel_reference_create(m, i, x->base.max_batch, &ks[i]); break;
+    case TK_VARIANT_DENSE:
+      st = tk_kernel_dense_create_ext(m, i, x->base.max_batch, 1, &ks[i]);
+      if (st == TK_ERR_UNSUPPORTED && !x->dense_only) { /* no oneDNN in this build */
+        x->steps[i].variant = TK_VARIANT_REFERENCE;
+        st = tk_kernel_reference_create(m, i, x->base.max_batch, &ks[i]);
+      }
+      break;
+    default:
+      st = LAYER_FAIL(TK_ERR_INTERNAL, i, l, "kernel: the plan's variant %d produced no kernel", (int)v);
+      break;
+    }
+    if (st != TK_OK) goto done;
+  }
+  for (int i = 0; i < L; i++) {
+    x->steps[i].k = ks[i];
+    ks[i] = NULL;
+  }
+done:
+  for (int i = 0; i < L; i++)
+    if (ks[i]) ks[i]->v->destroy(ks[i]);
+  free(ks);
+  return st;
+}
+
+static size_t kernels_scratch(const exec_engine *x) {
+  size_t s = 0;
+  for (int i = 0; i < x->base.m->n_layers; i++) {
+    const tk_kernel *k = x->steps[i].k;
+    if (k && k->variant == TK_VARIANT_DENSE) {
+      size_t z = tk_kernel_dense_scratch_size(k);
+      if (z > s) s = z;
+    }
+  }
+  return s;
+}
+
+/* Hands the shared scratch to the dense kernels and packs every kernel's weights. */
+static tk_status kernels_bind_and_update(exec_engine *x) {
+  for (int i = 0; i < x->base.m->n_layers; i++) {
+    tk_kernel *k = x->steps[i].k;
+    if (!k) continue;
+    if (k->variant == TK_VARIANT_DENSE) tk_kernel_dense_set_scratch(k, x->kscratch);
+    tk_status st = k->v->update(k);
+    if (st != TK_OK) return st;
+  }
+  return TK_OK;
+}
+
+/* ---- planning the buffers ------------------------------------------------------------------------ */
+
+/* Elementwise layers whose backward may run in place on their output gradient. */
+static int grad_inplace_ok(tk_op op) {
+  return op == TK_OP_BATCHNORM || op == TK_OP_RELU || op == TK_OP_ADD || op == TK_OP_FLATTEN || op == TK_OP_SCALE;
+}
+
+typedef struct {
+  size_t cap;
+  int busy;
+} slot_info;
+
+/* A free slot for `need` bytes: the smallest that fits, else the largest free one grown, else new. */
+static int slot_get(slot_info *s, int *ns, size_t need) {
+  int best = -1;
+  for (int i = 0; i < *ns; i++)
+    if (!s[i].busy && s[i].cap >= need && (best < 0 || s[i].cap < s[best].cap)) best = i;
+  if (best < 0)
+    for (int i = 0; i < *ns; i++)
+      if (!s[i].busy && (best < 0 || s[i].cap > s[best].cap)) best = i;
+  if (best < 0) best = (*ns)++;
+  if (s[best].cap < need) s[best].cap = need;
+  s[best].busy = 1;
+  return best;
+}
+
+/* The arena: every buffer, its size in the table, then one allocation carved in order. */
+typedef struct {
+  size_t *act_off;   /* n_values; SIZE_MAX: alias */
+  int *act_alias;    /* n_values; value whose buffer is used, or -1 */
+  size_t *slot_off;  /* n_slots */
+  size_t *stat_off;  /* n_layers: bn stats or argmax */
+  size_t gtmp_off, kscratch_off, total;
+} arena_table;
+
+static tk_status plan_memory(exec_engine *x) {
+  tk_model *m = x->base.m;
+  const int L = m->n_layers, V = L + 1;
+  const size_t B = (size_t)x->base.max_batch;
+  tk_status st = TK_ERR_NOMEM;
+  int *readers = tk_calloc((size_t)V, sizeof(int));
+  int *alias = tk_malloc((size_t)V * sizeof(int));
+  int *vslot = tk_malloc((size_t)V * sizeof(int));
+  slot_info *slots = tk_calloc((size_t)V + 1, sizeof(slot_info));
+  arena_table t = {0};
+  t.act_off = tk_calloc((size_t)V, sizeof(size_t));
+  t.slot_off = tk_calloc((size_t)V + 1, sizeof(size_t));
+  t.stat_off = tk_calloc((size_t)L, sizeof(size_t));
+  x->zero_grad = tk_calloc((size_t)(m->n_tensors ? m->n_tensors : 1), 1);
+  x->act = tk_calloc((size_t)V, sizeof(float *));
+  x->slot = tk_calloc((size_t)V + 1, sizeof(float *));
+  if (!readers || !alias || !vslot || !slots || !t.act_off || !t.slot_off || !t.stat_off || !x->zero_grad ||
+      !x->act || !x->slot)
+    goto done;
+#define VBYTES(v) (B * (size_t)tk_shape_numel(m->values[v]) * sizeof(float))
+
+  /* forward: who reads what, aliases, fusions */
+  for (int i = 0; i < L; i++)
+    for (int k = 0; k < m->layers[i].n_inputs; k++) readers[m->layers[i].inputs[k]]++;
+  for (int v = 0; v < V; v++) alias[v] = -1;
+  for (int i = 0; i < L; i++) {
+    const tk_layer *l = &m->layers[i];
+    step *s = &x->steps[i];
+    const int in = l->inputs[0], out = i + 1;
+    if (l->op == TK_OP_FLATTEN) alias[out] = in;
+    if (l->op != TK_OP_RELU) continue;
+    int ok = 1; /* in place: nobody else reads the buffer, and it is not the input image */
+    for (int u = in; ok; u = alias[u]) {
+      if (u == 0 || readers[u] != 1) ok = 0;
+      if (alias[u] < 0) break;
+    }
+    if (!ok) continue;
+    alias[out] = in;
+    const tk_layer *p = in > 0 ? &m->layers[in - 1] : NULL;
+    if (p && alias[in] < 0 && (p->op == TK_OP_BATCHNORM || p->op == TK_OP_ADD) && !x->steps[in - 1].relu_fused) {
+      x->steps[in - 1].relu_fused = 1;
+      s->folded = 1;
+    }
+  }
+
+  /* backward: gradient slots by liveness */
+  for (int v = 0; v < V; v++) vslot[v] = -1;
+  int ns = 0;
+  size_t gtmp = 0;
+  vslot[L] = slot_get(slots, &ns, VBYTES(L));
+  for (int i = L - 1; i >= 0; i--) {
+    const tk_layer *l = &m->layers[i];
+    step *s = &x->steps[i];
+    s->gout = vslot[i + 1];
+    s->gin[0] = s->gin[1] = -1;
+    s->gmode[0] = s->gmode[1] = G_NONE;
+    if (s->gout < 0) continue; /* no gradient reaches this layer */
+    int handed = 0;
+    for (int k = 0; k < l->n_inputs; k++) {
+      int v = l->inputs[k];
+      if (vslot[v] >= 0) {
+        s->gmode[k] = G_ACC;
+        if (is_kernel_op(l->op) && VBYTES(v) > gtmp) gtmp = VBYTES(v);
+      } else if (!handed && grad_inplace_ok(l->op)) {
+        vslot[v] = s->gout;
+        handed = 1;
+        s->gmode[k] = G_INPLACE;
+      } else {
+        vslot[v] = slot_get(slots, &ns, VBYTES(v));
+        s->gmode[k] = G_WRITE;
+      }
+      s->gin[k] = vslot[v];
+    }
+    if (s->folded && s->gmode[0] != G_INPLACE) {
+      st = LAYER_FAIL(TK_ERR_INTERNAL, i, l, "fused ReLU without an in-place gradient");
+      goto done;
+    }
+    if (!handed) slots[s->gout].busy = 0;
+  }
+  x->grad0 = vslot[0];
+
+  /* parameter gradients no live layer writes are zeroed by backward */
+  for (int ti = 0; ti < m->n_tensors; ti++) x->zero_grad[ti] = 1;
+  for (int i = 0; i < L; i++) {
+    const tk_layer *l = &m->layers[i];
+    if (x->steps[i].gout < 0) continue;
+    if (l->weight >= 0) x->zero_grad[l->weight] = 0;
+    if (l->bias >= 0 && l->op != TK_OP_SCALE) x->zero_grad[l->bias] = 0;
+  }
+
+  /* the table of sizes */
+  size_t off = 0;
+  for (int v = 0; v < V; v++) {
+    t.act_off[v] = off;
+    if (alias[v] < 0) off += align64(VBYTES(v));
+  }
+  for (int k = 0; k < ns; k++) {
+    t.slot_off[k] = off;
+    off += align64(slots[k].cap);
+  }
+  for (int i = 0; i < L; i++) {
+    const tk_layer *l = &m->layers[i];
+    t.stat_off[i] = off;
+    if (l->op == TK_OP_BATCHNORM) off += 2 * align64((size_t)l->in.c * sizeof(float));
+    if (l->op == TK_OP_MAXPOOL) off += align64(B * (size_t)tk_shape_numel(l->out) * sizeof(int32_t));
+  }
+  t.gtmp_off = off;
+  off += align64(gtmp);
+  t.kscratch_off = off;
+  x->kscratch_bytes = kernels_scratch(x);
+  off += align64(x->kscratch_bytes);
+  t.total = off;
+
+  /* refuse what this machine cannot hold rather than touching memory until the kernel kills us */
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  const double phys = pages > 0 && page > 0 ? (double)pages * (double)page : 0.0;
+  if (phys > 0 && (double)t.total > 0.8 * phys) {
+    st = tk_fail(TK_ERR_NOMEM, "engine: batch %d needs %.2f GB of buffers, more than this machine's %.2f GB allows "
+                               "(use a smaller batch)", x->base.max_batch, (double)t.total / 1e9, phys / 1e9);
+    goto done;
+  }
+  if (!(x->arena = tk_alloc_aligned(t.total))) goto done;
+  x->arena_bytes = t.total;
+
+  /* carve */
+  for (int v = 0; v < V; v++) x->act[v] = alias[v] < 0 ? (float *)(x->arena + t.act_off[v]) : x->act[alias[v]];
+  x->n_slots = ns;
+  for (int k = 0; k < ns; k++) x->slot[k] = (float *)(x->arena + t.slot_off[k]);
+  x->gtmp = gtmp ? (float *)(x->arena + t.gtmp_off) : NULL;
+  x->kscratch = x->kscratch_bytes ? x->arena + t.kscratch_off : NULL;
+  for (int i = 0; i < L; i++) {
+    const tk_layer *l = &m->layers[i];
+    step *s = &x->steps[i];
+    s->l = l;
+    s->in[0] = x->act[l->inputs[0]];
+    s->in[1] = l->n_inputs > 1 ? x->act[l->inputs[1]] : NULL;
+    s->out = x->act[i + 1];
+    s->in_elems = tk_shape_numel(l->in);
+    s->out_elems = tk_shape_numel(l->out);
+    if (l->op == TK_OP_BATCHNORM) {
+      s->mean = (float *)(x->arena + t.stat_off[i]);
+      s->invstd = (float *)(x->arena + t.stat_off[i] + align64((size_t)l->in.c * sizeof(float)));
+    }
+    if (l->op == TK_OP_MAXPOOL) s->argmax = (int32_t *)(x->arena + t.stat_off[i]);
+    if (l->op == TK_OP_MAXPOOL || l->op == TK_OP_AVGPOOL)
+      s->pool = (tk_pool_dims){l->in.c, l->in.h, l->in.w, l->out.h, l->out.w, l->kh, l->kw, l->sh, l->sw, l->ph, l->pw};
+  }
+  st = TK_OK;
+#undef VBYTES
+done:
+  free(readers);
+  free(alias);
+  free(vslot);
+  free(slots);
+  free(t.act_off);
+  free(t.slot_off);
+  free(t.stat_off);
+  return st;
+}
+
+/* ---- threads ---------------------------------------------------------------------------------------- */
+
+static int threads_enter(const exec_engine *x) {
+#ifdef _OPENMP
+  int old = omp_get_max_threads();
+  if (x->base.threads > 0 && x->base.threads != old) omp_set_num_threads(x->base.threads);
+  return old;
+#else
+  (void)x;
+  return 1;
+#endif
+}
+
+static void threads_leave(const exec_engine *x, int old) {
+#ifdef _OPENMP
+  if (x->base.threads > 0 && x->base.threads != old) omp_set_num_threads(old);
+#else
+  (void)x, (void)old;
+#endif
+}
+
+/* ---- forward ---------------------------------------------------------------------------------------- */
+
+static tk_status step_fwd(exec_engine *x, int i, int n, tk_bn_mode bn) {
+  tk_model *m = x->base.m;
+  step *s = &x->steps[i];
+  const tk_layer *l = s->l;
+  const int c = l->in.c, hw = l->in.h * l->in.w;
+  const size_t count = (size_t)n * s->out_elems;
+  switch (l->op) {
+  case TK_OP_CONV2D:
+  case TK_OP_LINEAR: {
+    tk_status st = s->k->v->fwd(s->k, s->in[0], s->out, n);
+    if (st != TK_OK) return tk_fail_prefix(st, "layer %d (%s)", i, l->name);
+    break;
+  }
+  case TK_OP_BATCHNORM: {
+    const float *g = m->tensors[l->weight].data, *b = m->tensors[l->bias].data;
+    float *rm = m->tensors[l->mean].data, *rv = m->tensors[l->var].data;
+    if (bn == TK_BN_TRAIN)
+      tk_ops_bn_train_fwd(s->in[0], g, b, rm, rv, l->eps, l->momentum, s->relu_fused, s->out, s->mean, s->invstd, n,
+                          c, hw);
+    else
+      tk_ops_bn_eval_fwd(s->in[0], g, b, rm, rv, l->eps, s->relu_fused, s->out, s->mean, s->invstd, n, c, hw);
+    break;
+  }
+  case TK_OP_RELU:
+    if (!s->folded) tk_ops_relu_fwd(s->in[0], s->out, count);
+    break;
+  case TK_OP_MAXPOOL: tk_ops_maxpool_fwd(&s->pool, s->in[0], s->out, s->argmax, n); break;
+  case TK_OP_AVGPOOL: tk_ops_avgpool_fwd(&s->pool, s->in[0], s->out, n); break;
+  case TK_OP_GLOBALAVGPOOL: tk_ops_gap_fwd(s->in[0], s->out, n, c, hw); break;
+  case TK_OP_ADD: tk_ops_add_fwd(s->in[0], s->in[1], s->relu_fused, s->out, count); break;
+  case TK_OP_FLATTEN: break; /* a view */
+  case TK_OP_SCALE: tk_ops_scale_fwd(s->in[0], m->tensors[l->weight].data, s->out, n, c, hw); break;
+  case TK_OP_COUNT: return tk_fail(TK_ERR_INTERNAL, "layer %d (%s): unknown op", i, l->name);
+  }
+  return TK_OK;
+}
+
+static tk_status exec_forward(tk_engine *e, const float *xin, int n, tk_bn_mode bn, float *logits) {
+  exec_engine *x = (exec_engine *)e;
+  tk_model *m = e->m;
+  if (n < 1 || n > e->max_batch)
+    return tk_fail(TK_ERR_ARG, "%s engine: batch %d outside 1..%d (max_batch)", e->v->name, n, e->max_batch);
+  if (bn != TK_BN_EVAL && bn != TK_BN_TRAIN) return tk_fail(TK_ERR_ARG, "%s engine: bn mode %d unknown", e->v->name, bn);
+  for (int i = 0; bn == TK_BN_TRAIN && i < m->n_layers; i++) {
+    const tk_layer *l = &m->layers[i];
+    if (l->op == TK_OP_BATCHNORM && (int64_t)n * l->in.h * l->in.w < 2)
+      return tk_fail(TK_ERR_ARG, "layer %d (%s, batchnorm): train mode needs more than 1 value per channel "
+                                 "(batch %d of %dx%d maps)", i, l->name, n, l->in.h, l->in.w);
+  }
+  x->last_n = 0;
+  int old = threads_enter(x);
+  tk_status st = TK_OK;
+  tk_ops_normalize_fwd(xin, m->mean, m->std, x->act[0], n, m->in_c, m->in_h * m->in_w);
+  for (int i = 0; i < m->n_layers && st == TK_OK; i++) {
+    step *s = &x->steps[i];
+    if (!x->profile) {
+      st = step_fwd(x, i, n, bn);
+      continue;
+    }
+    double t0 = tk_now();
+    st = step_fwd(x, i, n, bn);
+    s->t_fwd += tk_now() - t0;
+    s->n_fwd++;
+  }
+  threads_leave(x, old);
+  if (st != TK_OK) return st;
+  memcpy(logits, x->act[m->n_layers], (size_t)n * m->classes * sizeof(float));
+  x->last_n = n;
+  x->last_bn = bn;
+  return TK_OK;
+}
+
+/* ---- backward --------------------------------------------------------------------------------------- */
+
+static tk_status step_bwd(exec_engine *x, int i, int n, int want_dx, int param_grads) {
+  tk_model *m = x->base.m;
+  step *s = &x->steps[i];
+  const tk_layer *l = s->l;
+  float **grads = x->base.grads;
+  const int c = l->in.c, hw = l->in.h * l->in.w;
+  const size_t count = (size_t)n * s->out_elems;
+  float *dy = x->slot[s->gout];
+  /* input k's gradient buffer, or NULL when it is not wanted (the input image without dx) */
+  float *din[2] = {NULL, NULL};
+  for (int k = 0; k < l->n_inputs; k++)
+    if (s->gin[k] >= 0 && (l->inputs[k] != 0 || want_dx)) din[k] = x->slot[s->gin[k]];
+  const int acc0 = s->gmode[0] == G_ACC, acc1 = s->gmode[1] == G_ACC;
+  tk_status st = TK_OK;
+  switch (l->op) {
+  case TK_OP_CONV2D:
+  case TK_OP_LINEAR: {
+    tk_kernel *k = s->k;
+    if (!k->v->bwd_input || !k->v->bwd_weight)
+      return tk_fail(TK_ERR_UNSUPPORTED, "layer %d (%s): the engine was built for inference only (no gradient "
+                                         "kernels; compile with training = 1)", i, l->name);
+    float *dw = param_grads && l->weight >= 0 ? grads[l->weight] : NULL;
+    float *db = param_grads && l->bias >= 0 ? grads[l->bias] : NULL;
+    if (dw) st = k->v->bwd_weight(k, s->in[0], dy, dw, db, n);
+    else if (db) tk_ops_channel_sum(dy, db, n, l->out.c, l->out.h * l->out.w);
+    if (st == TK_OK && din[0]) {
+      st = k->v->bwd_input(k, dy, acc0 ? x->gtmp : din[0], n);
+      if (st == TK_OK && acc0) tk_ops_accumulate(din[0], x->gtmp, (size_t)n * s->in_elems);
+    }
+    if (st != TK_OK) return tk_fail_prefix(st, "layer %d (%s)", i, l->name);
+    break;
+  }
+  case TK_OP_BATCHNORM: {
+    float *dg = param_grads ? grads[l->weight] : NULL, *dbeta = param_grads ? grads[l->bias] : NULL;
+    tk_ops_bn_bwd(s->in[0], s->relu_fused ? s->out : NULL, dy, m->tensors[l->weight].data, s->mean, s->invstd,
+                  x->last_bn == TK_BN_TRAIN, din[0], dg, dbeta, n, c, hw, acc0);
+    break;
+  }
+  case TK_OP_RELU:
+    if (!s->folded && din[0]) tk_ops_relu_bwd(s->out, dy, din[0], count, acc0);
+    break; /* folded: the producer masks the gradient, which already sits in its buffer */
+  case TK_OP_MAXPOOL:
+    if (din[0]) tk_ops_maxpool_bwd(&s->pool, dy, s->argmax, din[0], n, acc0);
+    break;
+  case TK_OP_AVGPOOL:
+    if (din[0]) tk_ops_avgpool_bwd(&s->pool, dy, din[0], n, acc0);
+    break;
+  case TK_OP_GLOBALAVGPOOL:
+    if (din[0]) tk_ops_gap_bwd(dy, din[0], n, c, hw, acc0);
+    break;
+  case TK_OP_ADD:
+    tk_ops_add_bwd(s->relu_fused ? s->out : NULL, dy, din[0], acc0, din[1], acc1, count);
+    break;
+  case TK_OP_FLATTEN:
+    if (din[0] && s->gmode[0] != G_INPLACE) {
+      if (acc0) tk_ops_accumulate(din[0], dy, count);
+      else memcpy(din[0], dy, count * sizeof(float));
+    }
+    break;
+  case TK_OP_SCALE: {
+    float *dw = param_grads ? grads[l->weight] : NULL;
+    tk_ops_scale_bwd(s->in[0], dy, m->tensors[l->weight].data, din[0], dw, n, c, hw, acc0);
+    break;
+  }
+  case TK_OP_COUNT: return tk_fail(TK_ERR_INTERNAL, "layer %d (%s): unknown op", i, l->name);
+  }
+  return TK_OK;
+}
+
+static tk_status exec_backward(tk_engine *e, const float *dlogits, float *dx, int param_grads) {
+  exec_engine *x = (exec_engine *)e;
+  tk_model *m = e->m;
+  const int n = x->last_n, L = m->n_layers;
+  if (n < 1) return tk_fail(TK_ERR_ARG, "%s engine: backward without a forward", e->v->name);
+  if (param_grads && !e->grads) return tk_fail(TK_ERR_INTERNAL, "%s engine: no gradient buffers", e->v->name);
+  int old = threads_enter(x);
+  tk_status st = TK_OK;
+  if (param_grads)
+    for (int t = 0; t < m->n_tensors; t++)
+      if (e->grads[t] && x->zero_grad[t]) memset(e->grads[t], 0, (size_t)m->tensors[t].numel * sizeof(float));
+  memcpy(x->slot[x->steps[L - 1].gout], dlogits, (size_t)n * m->classes * sizeof(float));
+  for (int i = L - 1; i >= 0 && st == TK_OK; i--) {
+    step *s = &x->steps[i];
+    if (s->gout < 0) continue;
+    if (!x->profile) {
+      st = step_bwd(x, i, n, dx != NULL, param_grads);
+      continue;
+    }
+    double t0 = tk_now();
+    st = step_bwd(x, i, n, dx != NULL, param_grads);
+    s->t_bwd += tk_now() - t0;
+    s->n_bwd++;
+  }
+  if (st == TK_OK && dx) {
+    if (x->grad0 >= 0) tk_ops_normalize_bwd(x->slot[x->grad0], m->std, dx, n, m->in_c, m->in_h * m->in_w, 0);
+    else memset(dx, 0, (size_t)n * m->in_c * m->in_h * m->in_w * sizeof(float));
+  }
+  threads_leave(x, old);
+  return st;
+}
+
+/* ---- sync, destroy, create --------------------------------------------------------------------------- */
+
+static tk_status exec_sync(tk_engine *e, int masks_changed) {
+  exec_engine *x = (exec_engine *)e;
+  int old = threads_enter(x);
+  tk_status st = TK_OK;
+  if (masks_changed) { /* the plan depends on the masks: plan and build again */
+    kernels_free(x);
+    x->last_n = 0;
+    if ((st = kernels_make(x)) != TK_OK) goto done;
+    size_t need = kernels_scratch(x);
+    if (need > x->kscratch_bytes) {
+      free(x->kscratch_extra);
+      if (!(x->kscratch_extra = tk_alloc_aligned(need))) {
+        st = TK_ERR_NOMEM;
+        goto done;
+      }
+      x->kscratch = x->kscratch_extra;
+      x->kscratch_bytes = need;
+    }
+  }
+  st = kernels_bind_and_update(x);
+done:
+  threads_leave(x, old);
+  return st;
+}
+
+static void exec_destroy(tk_engine *e) {
+  exec_engine *x = (exec_engine *)e;
+  if (!x) return;
+  kernels_free(x);
+  free(x->steps);
+  free(x->act);
+  free(x->slot);
+  free(x->zero_grad);
+  free(x->arena);
+  free(x->kscratch_extra);
+  tk_engine_free_grads(e);
+  free(x);
+}
+
+static const tk_engine_vtbl g_compiled_vtbl = {"compiled", exec_forward, exec_backward, exec_sync, exec_destroy};
+static const tk_engine_vtbl g_dense_vtbl = {"dense", exec_forward, exec_backward, exec_sync, exec_destroy};
+
+static void opts_default(tk_compile_opts *o) {
+  if (tk_compile_opts_default) {
+    tk_compile_opts_default(o);
+    return;
+  }
+  memset(o, 0, sizeof *o);
+  o->force = -1;
+}
+
+static tk_status exec_create(tk_model *m, int max_batch, const tk_compile_opts *opts, int dense_only,
+                             tk_engine **out) {
+  *out = NULL;
+  if (max_batch < 1) return tk_fail(TK_ERR_ARG, "max_batch: %d must be at least 1", max_batch);
+  if (!m->values) return tk_fail(TK_ERR_ARG, "engine: the model has no inferred shapes (run tk_model_infer)");
+  exec_engine *x = tk_calloc(1, sizeof *x);
+  if (!x) return TK_ERR_NOMEM;
+  x->base.v = dense_only ? &g_dense_vtbl : &g_compiled_vtbl;
+  x->base.m = m;
+  x->base.max_batch = max_batch;
+  x->dense_only = dense_only;
+  x->n_values = m->n_layers + 1;
+  x->grad0 = -1;
+  if (opts) {
+    x->opts = *opts;
+  } else {
+    opts_default(&x->opts);
+    x->opts.training = 1; /* engines made through tk_engine_create serve attacks and training */
+  }
+  if (x->opts.batch <= 0) x->opts.batch = max_batch;
+#ifdef _OPENMP
+  x->base.threads = x->opts.threads > 0 ? x->opts.threads : omp_get_max_threads();
+#else
+  x->base.threads = 1;
+#endif
+  x->opts.threads = x->base.threads;
+  int old = threads_enter(x);
+  tk_status st = TK_ERR_NOMEM;
+  if (!(x->steps = tk_calloc((size_t)m->n_layers, sizeof(step)))) goto fail;
+  if ((st = kernels_make(x)) != TK_OK) goto fail;
+  if ((st = plan_memory(x)) != TK_OK) goto fail;
+  if ((st = kernels_bind_and_update(x)) != TK_OK) goto fail;
+  if ((st = tk_engine_alloc_grads(&x->base)) != TK_OK) goto fail;
+  threads_leave(x, old);
+  *out = &x->base;
+  return TK_OK;
+fail:
+  threads_leave(x, old);
+  exec_destroy(&x->base);
+  return st;
+}
+
+tk_status tk_compiled_engine_create(tk_model *m, int max_batch, const tk_compile_opts *opts, tk_engine **out) {
+  return exec_create(m, max_batch, opts, 0, out);
+}
+
+tk_status tk_dense_engine_create(tk_model *m, int max_batch, tk_engine **out) {
+  if (!tk_dense_available())
+    return tk_fail(TK_ERR_UNSUPPORTED, "dense engine: this build has no oneDNN (configured with -DTICKET_DNNL=OFF)");
+  return exec_create(m, max_batch, NULL, 1, out);
+}
+
+/* ---- exec.h --------------------------------------------------------------------------------------- */
+
+int tk_exec_is_exec(const tk_engine *e) { return as_exec(e) != NULL; }
+
+tk_variant tk_exec_layer_variant(const tk_engine *e, int layer) {
+  const exec_engine *x = as_exec(e);
+  if (!x || layer < 0 || layer >= e->m->n_layers) return TK_VARIANT_NONE;
+  return x->steps[layer].k ? x->steps[layer].k->variant : TK_VARIANT_NONE;
+}
+
+const char *tk_exec_how(const tk_engine *e) {
+  const exec_engine *x = as_exec(e);
+  return x ? x->how : "not an executor engine";
+}
+
+size_t tk_exec_arena_bytes(const tk_engine *e) {
+  const exec_engine *x = as_exec(e);
+  return x ? x->arena_bytes + (x->kscratch_extra ? x->kscratch_bytes : 0) : 0;
+}
+
+void tk_exec_profile_enable(tk_engine *e, int on) {
+  exec_engine *x = as_exec(e);
+  if (!x) return;
+  x->profile = on;
+  for (int i = 0; i < e->m->n_layers; i++) {
+    step *s = &x->steps[i];
+    s->t_fwd = s->t_bwd = 0;
+    s->n_fwd = s->n_bwd = 0;
+  }
+}
+
+int tk_exec_profile(const tk_engine *e, tk_exec_layer_time *out, int cap) {
+  const exec_engine *x = as_exec(e);
+  if (!x) return 0;
+  for (int i = 0; i < e->m->n_layers && i < cap; i++) {
+    const step *s = &x->steps[i];
+    out[i] = (tk_exec_layer_time){s->t_fwd, s->t_bwd, s->n_fwd, s->n_bwd};
+  }
+  return e->m->n_layers;
+}

@@ -1,0 +1,35 @@
+/* exec.h -- extras of the fast graph executor (runtime/exec.c) beyond engine.h: the plan it
+ * runs, its memory, and an optional per-layer profile for benchmarks.
+ *
+ * The engines themselves are created through engine.h (tk_compiled_engine_create,
+ * tk_dense_engine_create) or tk_engine_create().  Every function here accepts any engine and
+ * answers 0 / NULL for engines that are not executor engines (the reference engine).
+ */
+#ifndef TK_EXEC_H
+#define TK_EXEC_H
+
+#include "../compiler/compile.h"
+#include "engine.h"
+
+/* 1 when e is a compiled or dense engine of this executor. */
+int tk_exec_is_exec(const tk_engine *e);
+
+/* The kernel variant each conv/linear layer runs (TK_VARIANT_NONE for other layers). */
+tk_variant tk_exec_layer_variant(const tk_engine *e, int layer);
+/* One line on how the kernels were chosen ("plan", "dense everywhere: ...").  Never NULL. */
+const char *tk_exec_how(const tk_engine *e);
+/* Bytes of the engine's arena (activations, gradients, statistics, kernel scratch). */
+size_t tk_exec_arena_bytes(const tk_engine *e);
+
+/* Per-layer wall time of forward and backward, summed over calls since the last enable.
+ * Timing costs two clock reads per layer and call; off by default. */
+typedef struct {
+  double fwd_s, bwd_s;
+  long fwd_calls, bwd_calls;
+} tk_exec_layer_time;
+void tk_exec_profile_enable(tk_engine *e, int on); /* also resets the sums */
+/* Copies min(cap, n_layers) entries; returns n_layers (0 for other engines).  Time spent in a
+ * ReLU fused into the layer before it is counted there. */
+int tk_exec_profile(const tk_engine *e, tk_exec_layer_time *out, int cap);
+
+#endif

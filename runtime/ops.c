@@ -1,0 +1,378 @@
+/* ops.c -- fast NCHW ops of the executor: input normalisation, batch norm (fused with ReLU),
+ * ReLU, max/avg/global pools, add (fused with ReLU), per-channel scale.  See ops.h for the
+ * contract.  N batch, C channels, HW = H*W.
+ *
+ * Parallel loops run over N x C planes or over channels; per-channel sums use double
+ * accumulators in a fixed order, so results do not depend on the thread count.  Loops below
+ * PAR_MIN elements stay on the calling thread (an OpenMP region costs about a microsecond,
+ * which matters at batch 1 on small maps).
+ */
+#include "ops.h"
+
+#include <math.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#define TK_PRAGMA(x) _Pragma(x)
+#else
+#define TK_PRAGMA(x)
+#endif
+
+#define PAR_MIN 16384 /* elements below which a loop stays serial */
+
+/* ---- input normalisation ------------------------------------------------------------------ */
+
+void tk_ops_normalize_fwd(const float *x, const float *mean, const float *std, float *y, int n, int c, int hw) {
+  long planes = (long)n * c;
+  TK_PRAGMA("omp parallel for schedule(static) if(planes * hw > PAR_MIN)")
+  for (long p = 0; p < planes; p++) {
+    const float *xp = x + p * hw;
+    float *yp = y + p * hw;
+    if (!mean) {
+      memcpy(yp, xp, (size_t)hw * sizeof(float));
+      continue;
+    }
+    int ch = (int)(p % c);
+    float m = mean[ch], r = 1.0f / std[ch];
+    for (int i = 0; i < hw; i++) yp[i] = (xp[i] - m) * r;
+  }
+}
+
+void tk_ops_normalize_bwd(const float *dy, const float *std, float *dx, int n, int c, int hw, int acc) {
+  long planes = (long)n * c;
+  TK_PRAGMA("omp parallel for schedule(static) if(planes * hw > PAR_MIN)")
+  for (long p = 0; p < planes; p++) {
+    const float *g = dy + p * hw;
+    float *d = dx + p * hw;
+    float r = std ? 1.0f / std[p % c] : 1.0f;
+    if (acc)
+      for (int i = 0; i < hw; i++) d[i] += g[i] * r;
+    else
+      for (int i = 0; i < hw; i++) d[i] = g[i] * r;
+  }
+}
+
+/* ---- batch normalisation ---------------------------------------------------------------------- */
+
+/* ReLU that lets NaN through, as PyTorch's does */
+static inline float relu1(float v) { return (v > 0.0f || v != v) ? v : 0.0f; }
+
+/* y = relu?(x * a + b) for one plane */
+static inline void affine_plane(const float *x, float a, float b, int relu, float *y, int hw) {
+  if (relu)
+    for (int i = 0; i < hw; i++) y[i] = relu1(x[i] * a + b);
+  else
+    for (int i = 0; i < hw; i++) y[i] = x[i] * a + b;
+}
+
+void tk_ops_bn_eval_fwd(const float *x, const float *gamma, const float *beta, const float *running_mean,
+                        const float *running_var, float eps, int relu, float *y, float *save_mean,
+                        float *save_invstd, int n, int c, int hw) {
+  for (int ch = 0; ch < c; ch++) {
+    save_mean[ch] = running_mean[ch];
+    save_invstd[ch] = (float)(1.0 / sqrt((double)running_var[ch] + (double)eps));
+  }
+  long planes = (long)n * c;
+  TK_PRAGMA("omp parallel for schedule(static) if(planes * hw > PAR_MIN)")
+  for (long p = 0; p < planes; p++) {
+    int ch = (int)(p % c);
+    float a = gamma[ch] * save_invstd[ch];
+    float b = beta[ch] - save_mean[ch] * a;
+    affine_plane(x + p * hw, a, b, relu, y + p * hw, hw);
+  }
+}
+
+void tk_ops_bn_train_fwd(const float *x, const float *gamma, const float *beta, float *running_mean,
+                         float *running_var, float eps, float momentum, int relu, float *y, float *save_mean,
+                         float *save_invstd, int n, int c, int hw) {
+  const double count = (double)n * hw;
+  const size_t cs = (size_t)c * hw; /* stride between images */
+  TK_PRAGMA("omp parallel for schedule(static) if(count * c > PAR_MIN)")
+  for (int ch = 0; ch < c; ch++) {
+    double s = 0.0;
+    for (int i = 0; i < n; i++) {
+      const float *xp = x + i * cs + (size_t)ch * hw;
+      for (int k = 0; k < hw; k++) s += xp[k];
+    }
+    double mean = s / count, ss = 0.0;
+    for (int i = 0; i < n; i++) {
+      const float *xp = x + i * cs + (size_t)ch * hw;
+      for (int k = 0; k < hw; k++) {
+        double d = xp[k] - mean;
+        ss += d * d;
+      }
+    }
+    double var = ss / count; /* biased: used to normalise */
+    double invstd = 1.0 / sqrt(var + (double)eps);
+    save_mean[ch] = (float)mean;
+    save_invstd[ch] = (float)invstd;
+    double unbiased = count > 1 ? ss / (count - 1.0) : var;
+    running_mean[ch] = (float)((1.0 - momentum) * running_mean[ch] + momentum * mean);
+    running_var[ch] = (float)((1.0 - momentum) * running_var[ch] + momentum * unbiased);
+    float a = (float)(gamma[ch] * invstd);
+    float b = (float)(beta[ch] - mean * gamma[ch] * invstd);
+    for (int i = 0; i < n; i++)
+      affine_plane(x + i * cs + (size_t)ch * hw, a, b, relu, y + i * cs + (size_t)ch * hw, hw);
+  }
+}
+
+void tk_ops_bn_bwd(const float *x, const float *relu_y, const float *dy, const float *gamma, const float *save_mean,
+                   const float *save_invstd, int train, float *dx, float *dgamma, float *dbeta, int n, int c,
+                   int hw, int acc) {
+  const double count = (double)n * hw;
+  const size_t cs = (size_t)c * hw;
+  TK_PRAGMA("omp parallel for schedule(static) if(count * c > PAR_MIN)")
+  for (int ch = 0; ch < c; ch++) {
+    const float mean = save_mean[ch], invstd = save_invstd[ch];
+    double sg = 0.0, sgx = 0.0; /* sum g, sum g * xhat */
+    for (int i = 0; i < n; i++) {
+      size_t off = i * cs + (size_t)ch * hw;
+      const float *xp = x + off, *gp = dy + off, *yp = relu_y ? relu_y + off : NULL;
+      for (int k = 0; k < hw; k++) {
+        float g = (yp && !(yp[k] > 0.0f)) ? 0.0f : gp[k];
+        sg += g;
+        sgx += (double)g * ((xp[k] - mean) * invstd);
+      }
+    }
+    if (dgamma) dgamma[ch] = (float)sgx;
+    if (dbeta) dbeta[ch] = (float)sg;
+    if (!dx) continue;
+    const float k0 = gamma[ch] * invstd;
+    const float mg = train ? (float)(sg / count) : 0.0f;    /* mean of g */
+    const float mgx = train ? (float)(sgx / count) : 0.0f;  /* mean of g * xhat */
+    for (int i = 0; i < n; i++) {
+      size_t off = i * cs + (size_t)ch * hw;
+      const float *xp = x + off, *gp = dy + off, *yp = relu_y ? relu_y + off : NULL;
+      float *dp = dx + off;
+      for (int k = 0; k < hw; k++) {
+        float g = (yp && !(yp[k] > 0.0f)) ? 0.0f : gp[k];
+        float v = k0 * (g - mg - (xp[k] - mean) * invstd * mgx);
+        dp[k] = acc ? dp[k] + v : v;
+      }
+    }
+  }
+}
+
+/* ---- ReLU ------------------------------------------------------------------------------------ */
+
+void tk_ops_relu_fwd(const float *x, float *y, size_t count) {
+  TK_PRAGMA("omp parallel for schedule(static) if(count > PAR_MIN)")
+  for (size_t i = 0; i < count; i++) y[i] = relu1(x[i]);
+}
+
+void tk_ops_relu_bwd(const float *y, const float *dy, float *dx, size_t count, int acc) {
+  if (acc) {
+    TK_PRAGMA("omp parallel for schedule(static) if(count > PAR_MIN)")
+    for (size_t i = 0; i < count; i++) dx[i] += y[i] > 0.0f ? dy[i] : 0.0f;
+  } else {
+    TK_PRAGMA("omp parallel for schedule(static) if(count > PAR_MIN)")
+    for (size_t i = 0; i < count; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+  }
+}
+
+/* ---- pools ------------------------------------------------------------------------------------ */
+
+void tk_ops_maxpool_fwd(const tk_pool_dims *d, const float *x, float *y, int32_t *argmax, int n) {
+  const long planes = (long)n * d->c;
+  const int ih = d->ih, iw = d->iw, oh = d->oh, ow = d->ow;
+  TK_PRAGMA("omp parallel for schedule(static) if(planes * oh * ow * d->kh * d->kw > PAR_MIN)")
+  for (long p = 0; p < planes; p++) {
+    const float *xp = x + p * ih * iw;
+    float *yp = y + p * oh * ow;
+    int32_t *ap = argmax + p * oh * ow;
+    for (int oy = 0; oy < oh; oy++) {
+      int y0 = oy * d->sh - d->ph, y1 = y0 + d->kh;
+      if (y0 < 0) y0 = 0;
+      if (y1 > ih) y1 = ih;
+      for (int ox = 0; ox < ow; ox++) {
+        int x0 = ox * d->sw - d->pw, x1 = x0 + d->kw;
+        if (x0 < 0) x0 = 0;
+        if (x1 > iw) x1 = iw;
+        int best = y0 * iw + x0;
+        float bv = xp[best];
+        for (int yy = y0; yy < y1; yy++)
+          for (int xx = x0; xx < x1; xx++) {
+            float v = xp[yy * iw + xx];
+            if (v > bv || isnan(v)) { /* a NaN wins (the last one), as in PyTorch */
+              bv = v;
+              best = yy * iw + xx;
+            }
+          }
+        yp[oy * ow + ox] = bv;
+        ap[oy * ow + ox] = best;
+      }
+    }
+  }
+}
+
+void tk_ops_maxpool_bwd(const tk_pool_dims *d, const float *dy, const int32_t *argmax, float *dx, int n, int acc) {
+  const long planes = (long)n * d->c;
+  const int in = d->ih * d->iw, on = d->oh * d->ow;
+  TK_PRAGMA("omp parallel for schedule(static) if(planes * in > PAR_MIN)")
+  for (long p = 0; p < planes; p++) {
+    float *dp = dx + p * in;
+    const float *gp = dy + p * on;
+    const int32_t *ap = argmax + p * on;
+    if (!acc) memset(dp, 0, (size_t)in * sizeof(float));
+    for (int o = 0; o < on; o++) dp[ap[o]] += gp[o];
+  }
+}
+
+void tk_ops_avgpool_fwd(const tk_pool_dims *d, const float *x, float *y, int n) {
+  const long planes = (long)n * d->c;
+  const int ih = d->ih, iw = d->iw, oh = d->oh, ow = d->ow;
+  const float inv = 1.0f / (float)(d->kh * d->kw);
+  TK_PRAGMA("omp parallel for schedule(static) if(planes * oh * ow * d->kh * d->kw > PAR_MIN)")
+  for (long p = 0; p < planes; p++) {
+    const float *xp = x + p * ih * iw;
+    float *yp = y + p * oh * ow;
+    for (int oy = 0; oy < oh; oy++) {
+      int y0 = oy * d->sh - d->ph, y1 = y0 + d->kh;
+      if (y0 < 0) y0 = 0;
+      if (y1 > ih) y1 = ih;
+      for (int ox = 0; ox < ow; ox++) {
+        int x0 = ox * d->sw - d->pw, x1 = x0 + d->kw;
+        if (x0 < 0) x0 = 0;
+        if (x1 > iw) x1 = iw;
+        float s = 0.0f;
+        for (int yy = y0; yy < y1; yy++)
+          for (int xx = x0; xx < x1; xx++) s += xp[yy * iw + xx];
+        yp[oy * ow + ox] = s * inv;
+      }
+    }
+  }
+}
+
+void tk_ops_avgpool_bwd(const tk_pool_dims *d, const float *dy, float *dx, int n, int acc) {
+  const long planes = (long)n * d->c;
+  const int ih = d->ih, iw = d->iw, oh = d->oh, ow = d->ow;
+  const float inv = 1.0f / (float)(d->kh * d->kw);
+  TK_PRAGMA("omp parallel for schedule(static) if(planes * oh * ow * d->kh * d->kw > PAR_MIN)")
+  for (long p = 0; p < planes; p++) {
+    float *dp = dx + p * ih * iw;
+    const float *gp = dy + p * oh * ow;
+    if (!acc) memset(dp, 0, (size_t)ih * iw * sizeof(float));
+    for (int oy = 0; oy < oh; oy++) {
+      int y0 = oy * d->sh - d->ph, y1 = y0 + d->kh;
+      if (y0 < 0) y0 = 0;
+      if (y1 > ih) y1 = ih;
+      for (int ox = 0; ox < ow; ox++) {
+        int x0 = ox * d->sw - d->pw, x1 = x0 + d->kw;
+        if (x0 < 0) x0 = 0;
+        if (x1 > iw) x1 = iw;
+        float g = gp[oy * ow + ox] * inv;
+        for (int yy = y0; yy < y1; yy++)
+          for (int xx = x0; xx < x1; xx++) dp[yy * iw + xx] += g;
+      }
+    }
+  }
+}
+
+/* ---- global average pool ---------------------------------------------------------------------- */
+
+void tk_ops_gap_fwd(const float *x, float *y, int n, int c, int hw) {
+  long planes = (long)n * c;
+  TK_PRAGMA("omp parallel for schedule(static) if(planes * hw > PAR_MIN)")
+  for (long p = 0; p < planes; p++) {
+    const float *xp = x + p * hw;
+    double s = 0.0;
+    for (int i = 0; i < hw; i++) s += xp[i];
+    y[p] = (float)(s / hw);
+  }
+}
+
+void tk_ops_gap_bwd(const float *dy, float *dx, int n, int c, int hw, int acc) {
+  long planes = (long)n * c;
+  TK_PRAGMA("omp parallel for schedule(static) if(planes * hw > PAR_MIN)")
+  for (long p = 0; p < planes; p++) {
+    float g = dy[p] / (float)hw;
+    float *dp = dx + p * hw;
+    if (acc)
+      for (int i = 0; i < hw; i++) dp[i] += g;
+    else
+      for (int i = 0; i < hw; i++) dp[i] = g;
+  }
+}
+
+/* ---- add ----------------------------------------------------------------------------------------- */
+
+void tk_ops_add_fwd(const float *a, const float *b, int relu, float *y, size_t count) {
+  if (relu) {
+    TK_PRAGMA("omp parallel for schedule(static) if(count > PAR_MIN)")
+    for (size_t i = 0; i < count; i++) y[i] = relu1(a[i] + b[i]);
+  } else {
+    TK_PRAGMA("omp parallel for schedule(static) if(count > PAR_MIN)")
+    for (size_t i = 0; i < count; i++) y[i] = a[i] + b[i];
+  }
+}
+
+void tk_ops_add_bwd(const float *relu_y, float *dy, float *da, int acc_a, float *db, int acc_b, size_t count) {
+  /* One pass; g is read before da/db are written at the same index, so da == dy works. */
+  TK_PRAGMA("omp parallel for schedule(static) if(count > PAR_MIN)")
+  for (size_t i = 0; i < count; i++) {
+    float g = (relu_y && !(relu_y[i] > 0.0f)) ? 0.0f : dy[i];
+    if (da) da[i] = acc_a ? da[i] + g : g;
+    if (db) db[i] = acc_b ? db[i] + g : g;
+  }
+}
+
+/* ---- per-channel scale ---------------------------------------------------------------------------- */
+
+void tk_ops_scale_fwd(const float *x, const float *w, float *y, int n, int c, int hw) {
+  long planes = (long)n * c;
+  TK_PRAGMA("omp parallel for schedule(static) if(planes * hw > PAR_MIN)")
+  for (long p = 0; p < planes; p++) {
+    float s = w[p % c];
+    const float *xp = x + p * hw;
+    float *yp = y + p * hw;
+    for (int i = 0; i < hw; i++) yp[i] = xp[i] * s;
+  }
+}
+
+void tk_ops_scale_bwd(const float *x, const float *dy, const float *w, float *dx, float *dw, int n, int c, int hw,
+                      int acc) {
+  const size_t cs = (size_t)c * hw;
+  if (dw) {
+    TK_PRAGMA("omp parallel for schedule(static) if((long)n * c * hw > PAR_MIN)")
+    for (int ch = 0; ch < c; ch++) {
+      double s = 0.0;
+      for (int i = 0; i < n; i++) {
+        const float *xp = x + i * cs + (size_t)ch * hw, *gp = dy + i * cs + (size_t)ch * hw;
+        for (int k = 0; k < hw; k++) s += (double)xp[k] * gp[k];
+      }
+      dw[ch] = (float)s;
+    }
+  }
+  if (!dx) return;
+  long planes = (long)n * c;
+  TK_PRAGMA("omp parallel for schedule(static) if(planes * hw > PAR_MIN)")
+  for (long p = 0; p < planes; p++) {
+    float s = w[p % c];
+    const float *gp = dy + p * hw;
+    float *dp = dx + p * hw;
+    if (acc)
+      for (int i = 0; i < hw; i++) dp[i] += gp[i] * s;
+    else
+      for (int i = 0; i < hw; i++) dp[i] = gp[i] * s;
+  }
+}
+
+/* ---- helpers ---------------------------------------------------------------------------------------- */
+
+void tk_ops_accumulate(float *y, const float *x, size_t count) {
+  TK_PRAGMA("omp parallel for schedule(static) if(count > PAR_MIN)")
+  for (size_t i = 0; i < count; i++) y[i] += x[i];
+}
+
+void tk_ops_channel_sum(const float *dy, float *db, int n, int c, int hw) {
+  const size_t cs = (size_t)c * hw;
+  TK_PRAGMA("omp parallel for schedule(static) if((long)n * c * hw > PAR_MIN)")
+  for (int ch = 0; ch < c; ch++) {
+    double s = 0.0;
+    for (int i = 0; i < n; i++) {
+      const float *gp = dy + i * cs + (size_t)ch * hw;
+      for (int k = 0; k < hw; k++) s += gp[k];
+    }
+    db[ch] = (float)s;
+  }
+}

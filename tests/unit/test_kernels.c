@@ -1,0 +1,341 @@
+/* test_kernels.c -- every generated kernel variant against the naive reference ops
+ * (runtime/ref/ref_ops.h): forward, input gradient and weight gradient.
+ *
+ * Each case is a one-layer model (conv2d -> global average pool, or linear) with a random
+ * mask; the plan is forced to each variant with TICKET_NO_FALLBACK=1 so that a reference
+ * fallback cannot hide a bug, and every emitted kernel is compiled with -Werror
+ * (TICKET_CLANG_EXTRA) so template warnings fail the test.  The cache lives in a fresh
+ * temporary directory.  Pass criterion: relative error (max |got - ref| / max |ref|) at most
+ * 1e-5, exact zeros in dw off the mask, and the kernel's variant is the one asked for.
+ *
+ * Cases: sparsity 0 (no mask and an all-ones mask), 0.5, 0.9, 0.99, 1.0; an all-zero output
+ * channel and input channel; stride 2; 1x1; 3x3, 5x5, 4x4 stride 2 pad 1; odd maps (7x7,
+ * 13x11); channel counts 1..17 (every remainder of the 16-wide vector); batch 1, 3, 32;
+ * dilation 2 and groups 2; linear layers. */
+#include "check.h"
+
+#include "compiler/compile.h"
+#include "compiler/emit.h"
+#include "compiler/jit.h"
+#include "compiler/toolchain.h"
+#include "runtime/ref/ref_ops.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* the variants under test: X(variant, trains) */
+#define VARIANTS(X)                      \
+  X(TK_VARIANT_SPARSE_TABLE, 1)          \
+  X(TK_VARIANT_SPARSE_UNROLLED, 1)       \
+  X(TK_VARIANT_VALUE_BAKED, 0)
+
+typedef struct {
+  const char *name;
+  int linear;
+  int I, O, H, W, KH, KW, S, P, D, G;
+  double sparsity;
+  int n;
+  int special;   /* 0: random mask; 1: no mask; 2: output channel 1 and input channel 0 all zero */
+  int all_variants;
+} kcase;
+
+static tk_rng g_rng;
+static int g_cases_run;
+
+static void fill(float *p, int64_t n) {
+  for (int64_t i = 0; i < n; i++) p[i] = (float)(2.0 * tk_rng_uniform(&g_rng) - 1.0);
+}
+
+/* conv -> globalavgpool (classes = O), or linear (classes = O) */
+static tk_model *make_model(const kcase *c) {
+  tk_model *m = c->linear ? tk_model_new("kernel-test", c->O, c->I, 1, 1) : tk_model_new("kernel-test", c->O, c->I, c->H, c->W);
+  if (!m) return NULL;
+  int64_t ws[4], bs[1] = {c->O};
+  int wi, bi;
+  if (c->linear) {
+    ws[0] = c->O, ws[1] = c->I;
+    wi = tk_model_add_tensor(m, "fc.weight", 2, ws);
+  } else {
+    ws[0] = c->O, ws[1] = c->I / c->G, ws[2] = c->KH, ws[3] = c->KW;
+    wi = tk_model_add_tensor(m, "conv.weight", 4, ws);
+  }
+  bi = tk_model_add_tensor(m, c->linear ? "fc.bias" : "conv.bias", 1, bs);
+  tk_tensor *w = &m->tensors[wi];
+  w->prunable = w->trainable = true;
+  m->tensors[bi].trainable = true;
+  fill(w->data, w->numel);
+  fill(m->tensors[bi].data, c->O);
+  if (c->special != 1) {
+    uint8_t *mask = malloc((size_t)w->numel);
+    for (int64_t k = 0; k < w->numel; k++) mask[k] = tk_rng_uniform(&g_rng) >= c->sparsity;
+    if (c->special == 2) {
+      int64_t per_o = w->numel / c->O, per_i = c->linear ? 1 : (int64_t)c->KH * c->KW;
+      int ig = c->linear ? c->I : c->I / c->G;
+      for (int64_t k = 0; k < per_o; k++) mask[1 * per_o + k] = 0;                 /* output channel 1 */
+      for (int o = 0; o < c->O; o++)
+        for (int64_t k = 0; k < per_i; k++) mask[(int64_t)o * ig * per_i + k] = 0; /* input channel 0 */
+    }
+    tk_tensor_set_mask(w, mask);
+    free(mask);
+  }
+  tk_layer l = tk_layer_default(c->linear ? TK_OP_LINEAR : TK_OP_CONV2D, c->linear ? "fc" : "conv", 0);
+  l.weight = wi, l.bias = bi;
+  if (!c->linear) {
+    l.kh = c->KH, l.kw = c->KW, l.sh = l.sw = c->S, l.ph = l.pw = c->P, l.dh = l.dw = c->D, l.groups = c->G;
+  }
+  tk_model_add_layer(m, &l);
+  if (!c->linear) {
+    tk_layer gp = tk_layer_default(TK_OP_GLOBALAVGPOOL, "pool", 1);
+    tk_model_add_layer(m, &gp);
+  }
+  if (tk_model_infer(m) != TK_OK) {
+    fprintf(stderr, "%s: infer: %s\n", c->name, tk_last_error());
+    tk_model_free(m);
+    return NULL;
+  }
+  return m;
+}
+
+static void check_rel(const char *what, const kcase *c, const char *vname, const float *got, const float *want,
+                      int64_t n) {
+  double r = check_rel_err(got, want, (size_t)n);
+  if (!(r <= 1e-5)) {
+    int64_t worst = 0;
+    double wd = -1;
+    for (int64_t k = 0; k < n; k++)
+      if (fabs((double)got[k] - want[k]) > wd || isnan(got[k])) wd = fabs((double)got[k] - want[k]), worst = k;
+    fprintf(stderr, "%s [%s] %s: relative error %.3g > 1e-5; worst [%lld]: got %.9g expected %.9g\n", c->name, vname,
+            what, r, (long long)worst, got[worst], want[worst]);
+    check_failures++;
+  }
+}
+
+static void run_variant(const kcase *c, tk_model *m, tk_variant v, int training, const char *cache) {
+  const char *vname = tk_variant_name(v);
+  const tk_layer *l = &m->layers[0];
+  const tk_tensor *w = &m->tensors[l->weight];
+  const float *b = m->tensors[l->bias].data;
+  int64_t nnz = tk_tensor_nnz(w);
+  tk_compile_opts o;
+  tk_compile_opts_default(&o);
+  o.batch = c->n;
+  o.training = training;
+  o.force = v;
+  o.cache_dir = cache;
+  tk_plan *p = NULL;
+  if (tk_plan_make(m, &o, &p) != TK_OK) {
+    fprintf(stderr, "%s [%s]: plan: %s\n", c->name, vname, tk_last_error());
+    check_failures++;
+    return;
+  }
+  tk_variant want = nnz == 0 ? TK_VARIANT_EMPTY : (c->linear ? TK_VARIANT_SPARSE_TABLE : v);
+  CHECK_MSG(p->layers[0].variant == want, "%s [%s]: planned %s", c->name, vname, tk_variant_name(p->layers[0].variant));
+  tk_kernel *ks[2] = {NULL, NULL};
+  if (tk_sparse_build(m, p, &o, c->n, ks) != TK_OK || !ks[0]) {
+    fprintf(stderr, "%s [%s]: build: %s\n", c->name, vname, tk_last_error());
+    check_failures++;
+    tk_plan_free(p);
+    return;
+  }
+  tk_kernel *k = ks[0];
+  CHECK_MSG(k->variant == want, "%s [%s]: kernel variant %s", c->name, vname, tk_variant_name(k->variant));
+  int64_t xs = tk_shape_numel(l->in) * c->n, ys = tk_shape_numel(l->out) * c->n;
+  float *x = malloc((size_t)xs * 4), *y = malloc((size_t)ys * 4), *yr = malloc((size_t)ys * 4);
+  float *dy = malloc((size_t)ys * 4), *dx = malloc((size_t)xs * 4), *dxr = malloc((size_t)xs * 4);
+  float *dw = malloc((size_t)w->numel * 4), *dwr = malloc((size_t)w->numel * 4);
+  float *db = malloc((size_t)c->O * 4), *dbr = malloc((size_t)c->O * 4);
+  fill(x, xs);
+  fill(dy, ys);
+  for (int64_t q = 0; q < ys; q++) y[q] = NAN;
+  /* forward, twice: the second call must not depend on state left by the first */
+  for (int rep = 0; rep < 2; rep++) {
+    CHECK(k->v->fwd(k, x, y, c->n) == TK_OK);
+    if (c->linear) tk_ref_linear_fwd(l, x, w->data, b, yr, c->n);
+    else tk_ref_conv2d_fwd(l, x, w->data, b, yr, c->n);
+    check_rel(rep ? "forward (repeat)" : "forward", c, vname, y, yr, ys);
+  }
+  /* batch smaller than max: only the first image */
+  if (c->n > 1) {
+    CHECK(k->v->fwd(k, x, y, 1) == TK_OK);
+    check_rel("forward n=1", c, vname, y, yr, ys / c->n);
+  }
+  /* new values, same mask: update() repacks (value-baked must refuse changed values) */
+  if (v != TK_VARIANT_VALUE_BAKED || nnz == 0) {
+    for (int64_t q = 0; q < w->numel; q++) w->data[q] *= -0.5f;
+    tk_tensor_apply_mask(&m->tensors[l->weight]);
+    CHECK(k->v->update(k) == TK_OK);
+    CHECK(k->v->fwd(k, x, y, c->n) == TK_OK);
+    if (c->linear) tk_ref_linear_fwd(l, x, w->data, b, yr, c->n);
+    else tk_ref_conv2d_fwd(l, x, w->data, b, yr, c->n);
+    check_rel("forward after update", c, vname, y, yr, ys);
+  } else {
+    float keep = w->data[0];
+    int64_t q = 0;
+    while (q < w->numel && w->mask && !w->mask[q]) q++;
+    if (q < w->numel) {
+      keep = w->data[q];
+      w->data[q] += 1.0f;
+      CHECK_MSG(k->v->update(k) != TK_OK, "%s [%s]: update with changed values must fail", c->name, vname);
+      w->data[q] = keep;
+      CHECK(k->v->update(k) == TK_OK);
+    }
+  }
+  if (training) {
+    CHECK(k->v->bwd_input(k, dy, dx, c->n) == TK_OK);
+    if (c->linear) tk_ref_linear_bwd_input(l, dy, w->data, dxr, c->n);
+    else tk_ref_conv2d_bwd_input(l, dy, w->data, dxr, c->n);
+    check_rel("input gradient", c, vname, dx, dxr, xs);
+    for (int64_t q = 0; q < w->numel; q++) dw[q] = NAN;
+    CHECK(k->v->bwd_weight(k, x, dy, dw, db, c->n) == TK_OK);
+    if (c->linear) tk_ref_linear_bwd_weight(l, x, dy, dwr, dbr, c->n);
+    else tk_ref_conv2d_bwd_weight(l, x, dy, dwr, dbr, c->n);
+    int64_t off_mask_bad = 0;
+    for (int64_t q = 0; q < w->numel; q++) {
+      if (w->mask && !w->mask[q]) {
+        off_mask_bad += dw[q] != 0.0f;
+        dwr[q] = 0.0f;
+      }
+    }
+    CHECK_MSG(off_mask_bad == 0, "%s [%s]: %lld weight-gradient entries off the mask are not 0", c->name, vname,
+              (long long)off_mask_bad);
+    check_rel("weight gradient", c, vname, dw, dwr, w->numel);
+    check_rel("bias gradient", c, vname, db, dbr, c->O);
+    /* db may be NULL */
+    CHECK(k->v->bwd_weight(k, x, dy, dw, NULL, c->n) == TK_OK);
+  } else {
+    CHECK(k->v->bwd_input(k, dy, dx, c->n) != TK_OK); /* no gradients were built */
+  }
+  CHECK(k->v->fwd(k, x, y, c->n + 1) != TK_OK); /* batch over max_batch */
+  k->v->destroy(k);
+  tk_plan_free(p);
+  free(x), free(y), free(yr), free(dy), free(dx), free(dxr), free(dw), free(dwr), free(db), free(dbr);
+  g_cases_run++;
+}
+
+static void run_case(const kcase *c, const char *cache) {
+  tk_model *m = make_model(c);
+  if (!m) {
+    check_failures++;
+    return;
+  }
+  float *w0 = malloc((size_t)m->tensors[m->layers[0].weight].numel * 4);
+  memcpy(w0, m->tensors[m->layers[0].weight].data, (size_t)m->tensors[m->layers[0].weight].numel * 4);
+#define X(v, trains)                                                                                       \
+  if (v == TK_VARIANT_SPARSE_TABLE || c->all_variants) {                                                   \
+    memcpy(m->tensors[m->layers[0].weight].data, w0, (size_t)m->tensors[m->layers[0].weight].numel * 4); \
+    run_variant(c, m, v, trains, cache);                                                                   \
+  }
+  VARIANTS(X)
+#undef X
+  free(w0);
+  tk_model_free(m);
+}
+
+/* The emitted source: provenance header, and a clang error names the layer. */
+static void check_source(const char *cache) {
+  kcase c = {"source", 0, 8, 8, 6, 6, 3, 3, 1, 1, 1, 1, 0.5, 1, 0, 0};
+  tk_model *m = make_model(&c);
+  tk_geom g;
+  tk_tables t;
+  CHECK(tk_geom_make(m, 0, &g) == TK_OK);
+  CHECK(tk_tables_build(m, 0, &g, 1, &t) == TK_OK);
+  tk_codebuf cb;
+  tk_cb_init(&cb);
+  tk_emit_opts eo = {.variant = TK_VARIANT_SPARSE_UNROLLED, .training = 1, .static_tables = 1, .model_hash = "abc"};
+  uint64_t key[2];
+  tk_emit_layer(&cb, m, 0, &g, &t, &eo, key);
+  CHECK(cb.err == TK_OK);
+  CHECK(cb.buf && !strncmp(cb.buf, "/* Generated by Ticket", 22));
+  CHECK(cb.buf && strstr(cb.buf, " * layer:     0 conv (conv2d)") != NULL);
+  CHECK(cb.buf && strstr(cb.buf, "TK_FN(rp)") != NULL);
+  /* the static-table source compiles warning-free too */
+  tk_cc_unit u = {"layer 0 (conv)", cb.buf, cb.len, NULL, 0};
+  CHECK_MSG(tk_cc_compile(&u, 1, 1, "-Werror") == TK_OK, "static-table source: %s", tk_last_error());
+  free(u.obj);
+  /* a broken source: the error names the unit (the layer) */
+  const char *bad = "int f(void) { return undefined_thing; }\n";
+  tk_cc_unit ub = {"layer 7 (broken)", bad, strlen(bad), NULL, 0};
+  fprintf(stderr, "(an intentional clang error follows)\n");
+  CHECK(tk_cc_compile(&ub, 1, 1, NULL) == TK_ERR_COMPILE);
+  CHECK_MSG(strstr(tk_last_error(), "layer 7 (broken)") && strstr(tk_last_error(), "undefined_thing"), "message: %s",
+            tk_last_error());
+  /* a template with an undeclared parameter is an emitter error, not a crash */
+  tk_codebuf e;
+  tk_cb_init(&e);
+  tk_tparam bogus = {"NOPE", "1"};
+  tk_template_expand(&e, "linear_table.c.in", &bogus, 1);
+  CHECK(e.err != TK_OK && strstr(e.msg, "NOPE"));
+  tk_cb_free(&e);
+  tk_cb_free(&cb);
+  tk_tables_free(&t);
+  tk_model_free(m);
+  (void)cache;
+}
+
+int main(void) {
+  char why[256];
+  if (!tk_jit_built(why, sizeof why) || !tk_cc_path(why, sizeof why)) check_skip(why);
+  setenv("TICKET_NO_FALLBACK", "1", 1);
+  setenv("TICKET_CLANG_EXTRA", "-Werror", 1);
+  char cache[] = "/tmp/ticket-test-kernels-XXXXXX";
+  if (!mkdtemp(cache)) check_skip("cannot create a temporary cache directory");
+  tk_rng_seed(&g_rng, 12345);
+  const int heavy = getenv("TICKET_HEAVY") && !strcmp(getenv("TICKET_HEAVY"), "1");
+  static const kcase cases[] = {
+      /* name                  lin  I   O   H   W  KH KW S  P  D  G  sparsity n special all */
+      {"3x3 s=0 no mask", 0, 16, 24, 8, 8, 3, 3, 1, 1, 1, 1, 0.0, 3, 1, 1},
+      {"3x3 s=0 ones mask", 0, 16, 24, 8, 8, 3, 3, 1, 1, 1, 1, 0.0, 3, 0, 0},
+      {"3x3 s=0.5", 0, 16, 24, 8, 8, 3, 3, 1, 1, 1, 1, 0.5, 3, 0, 1},
+      {"3x3 s=0.9", 0, 32, 32, 16, 16, 3, 3, 1, 1, 1, 1, 0.9, 3, 0, 1},
+      {"3x3 s=0.99", 0, 64, 64, 8, 8, 3, 3, 1, 1, 1, 1, 0.99, 3, 0, 1},
+      {"3x3 s=1.0 (empty)", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 1.0, 3, 0, 0},
+      {"zero out+in channel", 0, 12, 20, 9, 9, 3, 3, 1, 1, 1, 1, 0.3, 3, 2, 1},
+      {"3x3 stride 2", 0, 16, 32, 16, 16, 3, 3, 2, 1, 1, 1, 0.5, 3, 0, 1},
+      {"3x3 stride 2 odd", 0, 8, 8, 9, 9, 3, 3, 2, 1, 1, 1, 0.5, 3, 0, 0},
+      {"1x1", 0, 32, 48, 8, 8, 1, 1, 1, 0, 1, 1, 0.5, 3, 0, 1},
+      {"1x1 stride 2", 0, 16, 32, 16, 16, 1, 1, 2, 0, 1, 1, 0.5, 3, 0, 1},
+      {"5x5 pad 2", 0, 6, 10, 12, 12, 5, 5, 1, 2, 1, 1, 0.5, 3, 0, 1},
+      {"4x4 s2 p1 (cifar_model)", 0, 16, 32, 32, 32, 4, 4, 2, 1, 1, 1, 0.9, 3, 0, 1},
+      {"7x7 map", 0, 8, 8, 7, 7, 3, 3, 1, 1, 1, 1, 0.5, 3, 0, 0},
+      {"13x11 map", 0, 8, 8, 13, 11, 3, 3, 1, 1, 1, 1, 0.5, 3, 0, 1},
+      {"13x11 5x5 s2 no pad", 0, 4, 6, 13, 11, 5, 5, 2, 0, 1, 1, 0.3, 3, 0, 0},
+      {"4x4 map (resnet layer4)", 0, 32, 32, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 3, 0, 1},
+      {"large map 33x33", 0, 4, 8, 33, 33, 3, 3, 1, 1, 1, 1, 0.5, 1, 0, 0},
+      {"dilation 2", 0, 8, 8, 12, 12, 3, 3, 1, 2, 2, 1, 0.5, 3, 0, 1},
+      {"groups 2", 0, 8, 12, 8, 8, 3, 3, 1, 1, 1, 2, 0.5, 3, 0, 1},
+      {"depthwise", 0, 8, 8, 8, 8, 3, 3, 1, 1, 1, 8, 0.3, 3, 0, 0},
+      {"batch 1", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.9, 1, 0, 1},
+      {"batch 32", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 1},
+      {"first layer 3->16", 0, 3, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.5, 3, 0, 0},
+      {"linear 37->10", 1, 37, 10, 1, 1, 1, 1, 1, 0, 1, 1, 0.5, 3, 0, 1},
+      {"linear 512->10 s=0.9", 1, 512, 10, 1, 1, 1, 1, 1, 0, 1, 1, 0.9, 1, 0, 0},
+      {"linear batch 32", 1, 64, 33, 1, 1, 1, 1, 1, 0, 1, 1, 0.5, 32, 0, 0},
+      {"linear batch 17", 1, 20, 17, 1, 1, 1, 1, 1, 0, 1, 1, 0.5, 17, 0, 0},
+      {"linear s=0", 1, 20, 7, 1, 1, 1, 1, 1, 0, 1, 1, 0.0, 3, 1, 0},
+      {"linear zero out+in", 1, 24, 9, 1, 1, 1, 1, 1, 0, 1, 1, 0.2, 3, 2, 0},
+      {"linear empty", 1, 24, 9, 1, 1, 1, 1, 1, 0, 1, 1, 1.0, 3, 0, 0},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) run_case(&cases[i], cache);
+  /* channel counts 1..17: every remainder of the vector width, in and out */
+  for (int ch = 1; ch <= 17; ch++) {
+    char name[64];
+    snprintf(name, sizeof name, "channels %d->%d", ch, 18 - ch);
+    kcase c = {name, 0, ch, 18 - ch, 6, 5, 3, 3, 1, 1, 1, 1, 0.5, 3, 0, heavy || ch == 17};
+    run_case(&c, cache);
+    snprintf(name, sizeof name, "linear %d->%d", ch, 18 - ch);
+    kcase cl = {name, 1, ch, 18 - ch, 1, 1, 1, 1, 1, 0, 1, 1, 0.5, ch % 2 ? 3 : 16, 0, 0};
+    run_case(&cl, cache);
+  }
+  if (heavy) {
+    kcase big = {"resnet 128x16 s=0.9 batch 32", 0, 128, 128, 16, 16, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 1};
+    run_case(&big, cache);
+  }
+  check_source(cache);
+  printf("%d kernel/variant cases run\n", g_cases_run);
+  char cmd[512];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", cache);
+  if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", cache);
+  return check_done("test_kernels");
+}

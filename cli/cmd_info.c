@@ -193,6 +193,21 @@ static void json_str_or_null(FILE *f, const char *s) {
   else fputs("null", f);
 }
 
+/* A float32 with the fewest digits that read back as the same float (0.4914, not
+ * 0.49140000343322754). */
+static void json_float(FILE *f, float x) {
+  if (!isfinite(x)) {
+    fputs("null", f);
+    return;
+  }
+  char buf[32];
+  for (int p = 6; p <= 9; p++) {
+    snprintf(buf, sizeof buf, "%.*g", p, (double)x);
+    if (strtof(buf, NULL) == x) break;
+  }
+  fputs(buf, f);
+}
+
 static void json_floats(FILE *f, const float *x, int n) {
   if (!x) {
     fputs("null", f);
@@ -201,7 +216,7 @@ static void json_floats(FILE *f, const float *x, int n) {
   fputc('[', f);
   for (int i = 0; i < n; i++) {
     if (i) fputs(", ", f);
-    json_num(f, x[i]);
+    json_float(f, x[i]);
   }
   fputc(']', f);
 }
@@ -226,9 +241,9 @@ static void print_json(FILE *f, const char *path, const tk_model *m) {
   cli_json_string(f, m->arch);
   fprintf(f, ", \"classes\": %d,\n \"input\": {\"channels\": %d, \"height\": %d, \"width\": %d, \"min\": ", m->classes,
           m->in_c, m->in_h, m->in_w);
-  json_num(f, m->lo);
+  json_float(f, m->lo);
   fputs(", \"max\": ", f);
-  json_num(f, m->hi);
+  json_float(f, m->hi);
   fputs(", \"mean\": ", f);
   json_floats(f, m->mean, m->in_c);
   fputs(", \"std\": ", f);

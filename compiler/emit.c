@@ -574,7 +574,7 @@ void tk_emit_body(tk_codebuf *body, const tk_model *m, int layer, const tk_geom 
     tk_cb_init(&ub);
     emit_chunks(&uf, "uf", baked ? "TK_UF" : "TK_UF", g->O, t->rp, t->off, NULL, baked, g->NV);
     int have_ub = eo->training && v == TK_VARIANT_SPARSE_UNROLLED;
-    if (have_ub) emit_chunks(&ub, "ub", "TK_UB", g->dx_rows, t->rpt, t->offt, t->perm, NULL, g->NVB);
+    if (have_ub) emit_chunks(&ub, "ub", "TK_UB", g->dx_rows, t->rpt, t->offt, NULL, NULL, g->NVB); /* host passes wt */
     free(vals);
     if (uf.err || ub.err) {
       tk_cb_fail(body, uf.err ? uf.err : ub.err, "layer %d (%s): %s", layer, l->name, uf.err ? uf.msg : ub.msg);

@@ -95,6 +95,15 @@ void copy_floats(float *dst, const Vector<float> *v, size_t n) {
 #endif
 }
 
+/* Element i of a vector of 8-byte scalars.  The Verifier (2.0.8) checks vectors for 4-byte
+ * alignment only, so a hostile file can misalign them: read with memcpy. */
+template <class T> T get8(const Vector<T> *v, size_t i) {
+  static_assert(sizeof(T) == 8, "8-byte elements");
+  T x;
+  memcpy(&x, reinterpret_cast<const uint8_t *>(v->Data()) + 8 * i, 8);
+  return flatbuffers::EndianScalar(x);
+}
+
 /* Index of the first non-finite float, or -1.  Scans blocks without branching so the
  * common, clean case runs at memory speed. */
 int64_t first_nonfinite(const float *x, int64_t n) {
@@ -304,7 +313,7 @@ tk_status read_tensor(tk_model *m, const fb::Tensor *ft, int idx, const char *wh
   int ndim = (int)sh->size();
   int64_t dims[4], numel = 1;
   for (int d = 0; d < ndim; d++) {
-    dims[d] = sh->Get((flatbuffers::uoffset_t)d);
+    dims[d] = get8(sh, (size_t)d);
     if (dims[d] < 1 || dims[d] > TK_MAX_DIM)
       return bad(TK_ERR_FORMAT, what, "tensor %s: shape[%d] = %" PRId64 " out of range 1..%d", name, d, dims[d],
                  TK_MAX_DIM);
@@ -372,9 +381,9 @@ tk_status read_tensor(tk_model *m, const fb::Tensor *ft, int idx, const char *wh
     uint8_t *mk = tt->mask;
     float *x = tt->data;
     for (int64_t i = 0; i < numel; i++) {
-      uint8_t b = (bits[i >> 3] >> (i & 7)) & 1;
+      uint8_t b = (bits[i >> 3] >> (i & 7)) & 1u;
       mk[i] = b;
-      if (!b) x[i] = 0.0f;
+      x[i] = b ? x[i] : 0.0f; /* a select, not a branch */
     }
   }
   return TK_OK;
@@ -387,6 +396,12 @@ tk_status read_pair(const Vector<int32_t> *v, const char *field, int *a, int *b,
   if (v->size() != 2)
     return bad(TK_ERR_FORMAT, what, "layer %d (%s, %s): %s: %u values, expected 2 ([h, w])", i, lname,
                tk_op_name(op), field, v->size());
+  for (flatbuffers::uoffset_t k = 0; k < 2; k++) {
+    int x = v->Get(k);
+    if (x < 0 || x > TK_MAX_DIM) /* the op's own range is checked by tk_model_infer() */
+      return bad(TK_ERR_FORMAT, what, "layer %d (%s, %s): %s[%u] = %d out of range 0..%d", i, lname, tk_op_name(op),
+                 field, k, x, TK_MAX_DIM);
+  }
   *a = v->Get(0);
   *b = v->Get(1);
   return TK_OK;
@@ -530,7 +545,7 @@ tk_status read_momentum(const tk_model *m, const fb::Tensor *ft, int k, std::vec
   const tk_tensor *mt = &m->tensors[t];
   if (auto sh = ft->shape()) {
     bool same = (int)sh->size() == mt->ndim;
-    for (int d = 0; same && d < mt->ndim; d++) same = sh->Get((flatbuffers::uoffset_t)d) == mt->shape[d];
+    for (int d = 0; same && d < mt->ndim; d++) same = get8(sh, (size_t)d) == mt->shape[d];
     if (!same) return bad(TK_ERR_FORMAT, what, "train_state: momentum %s: shape differs from the tensor's", name);
   }
   if (!ft->data()) return bad(TK_ERR_FORMAT, what, "train_state: momentum %s: data: missing", name);
@@ -570,7 +585,7 @@ tk_status read_train_state(tk_model *m, const fb::TrainState *ts, const char *wh
   if (auto r = ts->rng()) {
     if (!(st->rng = (uint64_t *)tk_malloc((r->size() ? r->size() : 1) * sizeof(uint64_t))))
       return tk_fail_prefix(TK_ERR_NOMEM, "%s", nz(what));
-    for (flatbuffers::uoffset_t i = 0; i < r->size(); i++) st->rng[i] = r->Get(i);
+    for (flatbuffers::uoffset_t i = 0; i < r->size(); i++) st->rng[i] = get8(r, i);
     st->n_rng = (int)r->size();
   }
   if (auto mv = ts->momenta()) {

@@ -126,32 +126,45 @@ static int argmax_row(const float *z, int K) {
   return arg;
 }
 
-/* softmax of one row, rounded to float32 (saturated rows give exactly 1.0f, as in PyTorch) */
-static void softmax_row(const float *z, int K, float *p) {
-  double mx = z[0], s = 0;
-  for (int k = 1; k < K; k++)
-    if (z[k] > mx) mx = z[k];
-  for (int k = 0; k < K; k++) s += exp((double)z[k] - mx);
-  const double lse = mx + log(s);
-  for (int k = 0; k < K; k++) p[k] = (float)exp((double)z[k] - lse);
+/* The loss gradients follow PyTorch's float32 arithmetic (F.cross_entropy = nll_loss of
+ * log_softmax; log_softmax's backward g - exp(out) * sum(g)), not a more accurate one: for a
+ * confidently classified example the true gradient is below float32 resolution, and what
+ * the reference implementations computed there (e.g. exp(out_y) rounding to exactly 1, which
+ * drops the label's term) is what robust accuracies were published with. */
+
+/* log-softmax probabilities exp(z - max - log(sum exp(z - max))), all in float32 */
+static void logsoftmax_probs(const float *z, int K, float *p) {
+  float m = z[0], s = 0;
+  for (int k = 1; k < K; k++) m = fmaxf(m, z[k]);
+  for (int k = 0; k < K; k++) s += expf(z[k] - m);
+  const float ls = logf(s);
+  for (int k = 0; k < K; k++) p[k] = expf((z[k] - m) - ls);
 }
 
-/* dL/dlogits of the attack loss for rows [0, na).  CE: mean over the n examples of the call;
- * KL: sum over rows of KL(pclean || softmax(z)), i.e. q * sum(p) - p per row. */
+/* softmax as F.softmax computes it: exp(z - max) / sum, float32 (the KL target) */
+static void softmax_row(const float *z, int K, float *p) {
+  float m = z[0], s = 0;
+  for (int k = 1; k < K; k++) m = fmaxf(m, z[k]);
+  for (int k = 0; k < K; k++) s += (p[k] = expf(z[k] - m));
+  for (int k = 0; k < K; k++) p[k] /= s;
+}
+
+/* dL/dlogits of the attack loss for rows [0, na).
+ *   CE, mean over the n examples of the call: g = -1/n at the label, d = g - q * sum(g)
+ *   KL, sum over rows of KL(pclean || softmax(z)): g = -p, d = g - q * sum(g) = q * sum(p) - p */
 static void loss_grad(tk_attacker *a, int na, int n) {
   const int K = a->K;
+  const float inv_n = 1.0f / (float)n;
   for (int j = 0; j < na; j++) {
-    const float *z = a->logits + (size_t)j * K;
     float *d = a->dlogits + (size_t)j * K;
-    softmax_row(z, K, d);
+    logsoftmax_probs(a->logits + (size_t)j * K, K, d);
     if (a->o.loss == TK_ATTACK_LOSS_CE) {
-      const float inv_n = 1.0f / (float)n;
-      for (int k = 0; k < K; k++) d[k] = (d[k] - (k == a->yc[j] ? 1.0f : 0.0f)) * inv_n;
+      for (int k = 0; k < K; k++) d[k] = (k == a->yc[j] ? -inv_n : 0.0f) + d[k] * inv_n;
     } else {
       const float *p = a->pclean + (size_t)j * K;
       float sp = 0;
       for (int k = 0; k < K; k++) sp += p[k];
-      for (int k = 0; k < K; k++) d[k] = d[k] * sp - p[k];
+      for (int k = 0; k < K; k++) d[k] = -p[k] + d[k] * sp;
     }
   }
 }

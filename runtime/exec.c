@@ -3,9 +3,9 @@
  * Both run a model's layers in order on NCHW activations.  conv2d and linear layers call a
  * tk_kernel (compiler/compile.h); everything else calls the fast ops of runtime/ops.c.
  *   compiled engine: the plan (compiler/plan.c) names each layer's kernel: generated sparse
- *                    kernels (one tk_sparse_build call for all of them), oneDNN (dense.c),
- *                    the naive reference (kernel_ref.c), or "empty" (every weight pruned:
- *                    the output is the bias; built in here).
+ *                    kernels and "empty" ones (every weight pruned: the output is the bias),
+ *                    all from one tk_sparse_build call (compiler/sparse.c); oneDNN
+ *                    (dense.c); or the naive reference (kernel_ref.c).
  *   dense engine:    every conv/linear on oneDNN -- the honest dense baseline.
  *
  * Plan, then execute (STYLE.md 6, 7): create() decides every buffer from the model's shapes
@@ -42,13 +42,6 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-
-/* The compiler's half of compile.h is linked weakly so that builds whose planner or sparse
- * code generator is missing still get a working executor ("dense everywhere"). */
-#pragma weak tk_plan_make
-#pragma weak tk_plan_free
-#pragma weak tk_sparse_build
-#pragma weak tk_compile_opts_default
 
 typedef enum { G_NONE = 0, G_WRITE, G_ACC, G_INPLACE } grad_mode;
 
@@ -104,65 +97,14 @@ static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
 #define LAYER_FAIL(st, i, l, ...) \
   tk_fail_prefix(tk_fail(st, __VA_ARGS__), "layer %d (%s, %s)", (i), (l)->name, tk_op_name((l)->op))
 
-/* ---- the empty kernel: every weight pruned, y = bias -------------------------------------------- */
-
-static tk_status empty_fwd(tk_kernel *k, const float *x, float *y, int n) {
-  (void)x;
-  const tk_layer *l = &k->m->layers[k->layer];
-  const float *b = l->bias >= 0 ? k->m->tensors[l->bias].data : NULL;
-  const int64_t hw = (int64_t)l->out.h * l->out.w;
-  for (int64_t p = 0; p < (int64_t)n * l->out.c; p++) {
-    float v = b ? b[p % l->out.c] : 0.0f;
-    for (int64_t i = 0; i < hw; i++) y[p * hw + i] = v;
-  }
-  return TK_OK;
-}
-
-static tk_status empty_bwd_input(tk_kernel *k, const float *dy, float *dx, int n) {
-  (void)dy;
-  memset(dx, 0, (size_t)n * tk_shape_numel(k->m->layers[k->layer].in) * sizeof(float));
-  return TK_OK;
-}
-
-static tk_status empty_bwd_weight(tk_kernel *k, const float *x, const float *dy, float *dw, float *db, int n) {
-  (void)x;
-  const tk_layer *l = &k->m->layers[k->layer];
-  if (dw) memset(dw, 0, (size_t)k->m->tensors[l->weight].numel * sizeof(float));
-  if (db) tk_ops_channel_sum(dy, db, n, l->out.c, l->out.h * l->out.w);
-  return TK_OK;
-}
-
-static tk_status empty_update(tk_kernel *k) {
-  const tk_layer *l = &k->m->layers[k->layer];
-  if (tk_tensor_nnz(&k->m->tensors[l->weight]) != 0)
-    return tk_fail(TK_ERR_INTERNAL, "layer %d (%s): planned as empty but its mask keeps weights", k->layer, l->name);
-  return TK_OK;
-}
-
-static void empty_destroy(tk_kernel *k) { free(k); }
-
-static const tk_kernel_vtbl g_empty_vtbl = {empty_fwd, empty_bwd_input, empty_bwd_weight, empty_update,
-                                            empty_destroy};
-
-static tk_status empty_create(const tk_model *m, int layer, int max_batch, tk_kernel **out) {
-  tk_kernel *k = tk_calloc(1, sizeof *k);
-  if (!k) return TK_ERR_NOMEM;
-  *k = (tk_kernel){&g_empty_vtbl, TK_VARIANT_EMPTY, m, layer, max_batch};
-  tk_status st = empty_update(k);
-  if (st != TK_OK) {
-    free(k);
-    return st;
-  }
-  *out = k;
-  return TK_OK;
-}
-
 /* ---- kernels ---------------------------------------------------------------------------------------- */
 
 static int is_kernel_op(tk_op op) { return op == TK_OP_CONV2D || op == TK_OP_LINEAR; }
 
-static int is_generated(tk_variant v) {
-  return v == TK_VARIANT_SPARSE_TABLE || v == TK_VARIANT_SPARSE_UNROLLED || v == TK_VARIANT_VALUE_BAKED;
+/* variants tk_sparse_build makes (EMPTY needs no code but is made there too) */
+static int is_built_by_sparse(tk_variant v) {
+  return v == TK_VARIANT_SPARSE_TABLE || v == TK_VARIANT_SPARSE_UNROLLED || v == TK_VARIANT_VALUE_BAKED ||
+         v == TK_VARIANT_EMPTY;
 }
 
 static void kernels_free(exec_engine *x) {
@@ -171,7 +113,7 @@ static void kernels_free(exec_engine *x) {
       x->steps[i].k->v->destroy(x->steps[i].k);
       x->steps[i].k = NULL;
     }
-  if (x->plan && tk_plan_free) tk_plan_free(x->plan);
+  tk_plan_free(x->plan);
   x->plan = NULL;
 }
 
@@ -185,41 +127,32 @@ static tk_status kernels_make(exec_engine *x) {
   for (int i = 0; i < L; i++) x->steps[i].variant = is_kernel_op(m->layers[i].op) ? TK_VARIANT_DENSE : TK_VARIANT_NONE;
   if (x->dense_only) {
     snprintf(x->how, sizeof x->how, "dense: every conv/linear on oneDNN");
-  } else if (!tk_plan_make) { /* honour a forced reference/dense choice, else dense */
-    tk_variant f = x->opts.force == TK_VARIANT_REFERENCE ? TK_VARIANT_REFERENCE : TK_VARIANT_DENSE;
-    for (int i = 0; i < L; i++)
-      if (is_kernel_op(m->layers[i].op)) x->steps[i].variant = f;
-    snprintf(x->how, sizeof x->how, "%s everywhere: this build has no planner (compiler/plan.c)",
-             f == TK_VARIANT_REFERENCE ? "reference" : "dense");
   } else {
     if ((st = tk_plan_make(m, &x->opts, &x->plan)) != TK_OK) goto done;
     if (x->plan->n_layers != L) {
       st = tk_fail(TK_ERR_INTERNAL, "plan: %d layers for a model of %d", x->plan->n_layers, L);
       goto done;
     }
-    int gen = 0;
+    int built = 0, count[TK_VARIANT_COUNT] = {0};
     for (int i = 0; i < L; i++) {
       if (!is_kernel_op(m->layers[i].op)) continue;
-      x->steps[i].variant = x->plan->layers[i].variant;
-      gen += is_generated(x->steps[i].variant);
+      tk_variant v = x->plan->layers[i].variant;
+      x->steps[i].variant = v;
+      built += is_built_by_sparse(v);
+      if ((unsigned)v < TK_VARIANT_COUNT) count[v]++;
     }
-    snprintf(x->how, sizeof x->how, "plan for batch %d, %d threads: %d generated layer(s)", x->plan->batch,
-             x->plan->threads, gen);
-    if (gen) {
-      if (!tk_sparse_build) {
-        st = tk_fail(TK_ERR_UNSUPPORTED, "the plan asks for generated kernels but this build has no sparse "
-                                         "code generator (compiler/sparse.c)");
-        goto done;
-      }
-      if ((st = tk_sparse_build(m, x->plan, &x->opts, x->base.max_batch, ks)) != TK_OK) goto done;
-    }
+    snprintf(x->how, sizeof x->how, "plan for batch %d, %d thread(s):", x->plan->batch, x->plan->threads);
+    for (int v = 1; v < TK_VARIANT_COUNT; v++)
+      if (count[v])
+        snprintf(x->how + strlen(x->how), sizeof x->how - strlen(x->how), " %d %s", count[v],
+                 tk_variant_name((tk_variant)v));
+    if (built && (st = tk_sparse_build(m, x->plan, &x->opts, x->base.max_batch, ks)) != TK_OK) goto done;
   }
   for (int i = 0; i < L; i++) {
     const tk_layer *l = &m->layers[i];
     tk_variant v = x->steps[i].variant;
     if (!is_kernel_op(l->op) || ks[i]) continue;
     switch (v) {
-    case TK_VARIANT_EMPTY: st = empty_create(m, i, x->base.max_batch, &ks[i]); break;
     case TK_VARIANT_REFERENCE: st = tk_kernel_reference_create(m, i, x->base.max_batch, &ks[i]); break;
     case TK_VARIANT_DENSE:
       st = tk_kernel_dense_create_ext(m, i, x->base.max_batch, 1, &ks[i]);
@@ -706,15 +639,6 @@ static void exec_destroy(tk_engine *e) {
 static const tk_engine_vtbl g_compiled_vtbl = {"compiled", exec_forward, exec_backward, exec_sync, exec_destroy};
 static const tk_engine_vtbl g_dense_vtbl = {"dense", exec_forward, exec_backward, exec_sync, exec_destroy};
 
-static void opts_default(tk_compile_opts *o) {
-  if (tk_compile_opts_default) {
-    tk_compile_opts_default(o);
-    return;
-  }
-  memset(o, 0, sizeof *o);
-  o->force = -1;
-}
-
 static tk_status exec_create(tk_model *m, int max_batch, const tk_compile_opts *opts, int dense_only,
                              tk_engine **out) {
   *out = NULL;
@@ -731,7 +655,7 @@ static tk_status exec_create(tk_model *m, int max_batch, const tk_compile_opts *
   if (opts) {
     x->opts = *opts;
   } else {
-    opts_default(&x->opts);
+    tk_compile_opts_default(&x->opts);
     x->opts.training = 1; /* engines made through tk_engine_create serve attacks and training */
   }
   if (x->opts.batch <= 0) x->opts.batch = max_batch;

@@ -11,13 +11,17 @@
  *     not count as error);
  *   - per-element central differences for up to ELEMS elements (all of small tensors).
  * Float32 forwards make L noisy at about 1e-7 relative, so the tolerances are
- *   directional:  |got - want| <= 1e-2 |want| + 2e-3 S + noise,  S = sum |g_i dp_i| / 2h
- *   per element:  |got - want| <= 2e-2 |want| + 2e-3 max|g| + noise
+ *   directional:  |got - want| <= 5e-3 |want| + 1e-3 S + noise,  S = sum |g_i dp_i| / 2h
+ *   per element:  |got - want| <= 1e-2 |want| + 1e-3 max|g| + noise
  * with noise = 4e-7 max(1, |L|) / 2h, the loss rounding seen through the difference quotient.
- * Kinks: relu and maxpool are piecewise linear; the step h = 1e-3 (per element 1e-3 of the
- * value's scale) makes crossing a kink rare and harmless at these tolerances, and the graph
- * that checks maxpool against its input gradient directly builds inputs whose values differ
- * by at least 1/72 within every image, so that no perturbation changes an argmax.
+ * Step: h = 1e-4 times the array's scale (1 for pixels, max|p| for parameters).  Relu and
+ * maxpool are piecewise linear: with h = 1e-3 the deeper graph (mini_resnet) crossed enough
+ * kinks to miss by 10-50%, with 1e-4 the worst case is about a fifth of the tolerance.  The
+ * graph that checks maxpool on the input directly builds inputs whose values differ by at
+ * least 1/72 within every image, so that no perturbation changes an argmax.
+ * Sensitivity (checked by editing ref.c): dropping either term of the train-mode BatchNorm
+ * backward, the avgpool divisor, the normalisation's 1/std or GAP's 1/hw fails by 7-450x
+ * the tolerance; a 2% error in a BatchNorm weight gradient fails too.
  * Train-mode BatchNorm updates the running statistics on every forward: they are restored
  * from a snapshot (tk_model_clone) after every evaluation.
  * A failure reports the worst element (index, got, expected, relative error).
@@ -262,7 +266,7 @@ static double loss(ctx *c) {
 /* Checks gradient g (numel) of the loss with respect to p (numel floats, perturbed in place). */
 static double check_array(ctx *c, const char *what, float *p, const float *g, size_t numel, double h_scale,
                           double l0) {
-  const double h = 1e-3 * h_scale, noise = 4e-7 * fmax(1.0, fabs(l0)) / (2 * h);
+  const double h = 1e-4 * h_scale, noise = 4e-7 * fmax(1.0, fabs(l0)) / (2 * h);
   double gmax = 0;
   for (size_t i = 0; i < numel; i++) gmax = fmax(gmax, fabs(g[i]));
   float *p0 = malloc(numel * sizeof(float)), *v = malloc(numel * sizeof(float));
@@ -289,14 +293,14 @@ static double check_array(ctx *c, const char *what, float *p, const float *g, si
     memcpy(p, p0, numel * sizeof(float));
     want[d] = (float)((lp - lm) / (2 * h));
     got[d] = (float)(pred / (2 * h));
-    slack[d] = 2e-3 * s / (2 * h) + noise;
+    slack[d] = 1e-3 * s / (2 * h) + noise;
   }
   for (int d = 0; d <= DIRS; d++) {
-    double err = fabs((double)got[d] - want[d]), lim = 1e-2 * fabs(want[d]) + slack[d];
+    double err = fabs((double)got[d] - want[d]), lim = 5e-3 * fabs(want[d]) + slack[d];
     worst = fmax(worst, err / lim);
     if (!(err <= lim)) {
       snprintf(name, sizeof name, "%s: directional derivative %d (tolerance %.3g)", what, d, lim);
-      check_close(name, &got[d], &want[d], 1, 1e-2, slack[d]);
+      check_close(name, &got[d], &want[d], 1, 5e-3, slack[d]);
     }
   }
 
@@ -316,16 +320,16 @@ static double check_array(ctx *c, const char *what, float *p, const float *g, si
     ef[k] = (float)((lp - lm) / ((double)plus - (double)minus));
     eg[k] = g[i];
   }
-  double atol = 2e-3 * gmax + noise;
+  double atol = 1e-3 * gmax + noise;
   for (size_t k = 0; k < count; k++) {
-    double err = fabs((double)eg[k] - ef[k]), lim = 2e-2 * fabs(ef[k]) + atol;
+    double err = fabs((double)eg[k] - ef[k]), lim = 1e-2 * fabs(ef[k]) + atol;
     worst = fmax(worst, err / lim);
   }
   snprintf(name, sizeof name, "%s: per-element (atol %.3g; elements", what, atol);
   for (size_t k = 0; k < count && strlen(name) < sizeof name - 16; k++)
     snprintf(name + strlen(name), sizeof name - strlen(name), " %zu", idx[k]);
   snprintf(name + strlen(name), sizeof name - strlen(name), ")");
-  check_close(name, eg, ef, count, 2e-2, atol);
+  check_close(name, eg, ef, count, 1e-2, atol);
   free(eg), free(ef), free(idx), free(p0), free(v);
   return worst;
 }

@@ -488,6 +488,31 @@ static void test_runs(void) {
   tk_model_free(base);
 }
 
+/* every recipe learns the synthetic task (clean and robust validation accuracy) */
+static void test_learns(void) {
+  tk_model *base = make_model(21);
+  tk_dataset *all = make_data(50, 8), *tr = NULL, *va = NULL;
+  CHECK(tk_dataset_slice(all, 0, 42, &tr) == TK_OK && tk_dataset_slice(all, 42, 8, &va) == TK_OK);
+  for (int mode = 0; mode < TK_TRAIN_MODE_COUNT; mode++) {
+    tk_train_opts o;
+    run_opts(&o, (tk_train_mode)mode, 7);
+    o.epochs = 12;
+    o.sgd.lr = 0.1;
+    o.crop_pad = o.flip = 0;
+    tk_run_result r;
+    tk_model *m = run(base, &o, tr, va, 0, 0, &r);
+    CHECK_MSG(r.val_sa >= 0.75 && r.val_ra >= 0.5 && r.train_acc >= 0.75,
+              "%s: did not learn: train acc %.3f, val SA %.3f RA %.3f", tk_train_mode_name(o.mode), r.train_acc,
+              r.val_sa, r.val_ra);
+    free(r.log);
+    tk_model_free(m);
+  }
+  tk_dataset_free(tr);
+  tk_dataset_free(va);
+  free_data(all);
+  tk_model_free(base);
+}
+
 static void test_config_diff(void) {
   CHECK(tk_config_diff("{\"a\":1,\"b\":\"x,y\"}", "{\"a\":1,\"b\":\"x,y\"}") == NULL);
   char *d = tk_config_diff("{\"a\":1,\"b\":\"x\"}", "{\"a\":1,\"b\":\"z\"}");
@@ -506,5 +531,6 @@ int main(void) {
   test_config_diff();
   test_mask_every_mode();
   test_runs();
+  test_learns();
   return check_done("test_train");
 }

@@ -4,6 +4,7 @@
 #include "cli.h"
 
 #include "compiler/compile.h"
+#include "runtime/exec.h"
 #include "runtime/npy.h"
 #include "runtime/train.h"
 
@@ -61,6 +62,7 @@ static const char *const usage_text =
     "testing hooks:\n"
     "  --init-delta FILE.npy   (N, C, H, W) attack starts indexed by training image, instead of\n"
     "                          random starts\n"
+    "  --dump-adv FILE.npy  write each training image's last adversarial example (by index)\n"
     "  --max-steps N        stop after N steps of this invocation as if interrupted\n";
 
 static volatile sig_atomic_t g_stop = 0;
@@ -135,7 +137,9 @@ static tk_status make_engine(tk_model *m, const char *kind, int batch, int threa
       co.force = -1;
       st = tk_compiled_engine_create(m, batch, &co, e);
       if (st == TK_OK) {
-        *used = "compiled";
+        /* tk_exec_is_exec is also the strong reference that links the executor (runtime/exec.c)
+         * into the program: engine.h declares its constructors weak */
+        *used = tk_exec_is_exec(*e) ? "compiled" : "compiled (external)";
         return TK_OK;
       }
     } else {
@@ -170,7 +174,7 @@ int cmd_train(int argc, char **argv) {
   tk_train_opts o;
   tk_train_opts_default(&o);
   const char *model_path = NULL, *data = NULL, *out = NULL, *ckdir = NULL, *log_csv = NULL, *engine_kind = "auto";
-  const char *init_delta_path = NULL, *augment = "none";
+  const char *init_delta_path = NULL, *augment = "none", *dump_adv = NULL;
   int json = 0, resume = 0, mode_set = 0, alpha_set = 0, val_alpha_set = 0, val_steps_set = 0;
   long limit = 0, val_n = 0, threads = 0, max_steps = 0;
   double subset = 1.0;
@@ -271,6 +275,9 @@ int cmd_train(int argc, char **argv) {
     } else if ((v = opt_value(argc, argv, &i, "--init-delta"))) {
       NEED("--init-delta");
       init_delta_path = v;
+    } else if ((v = opt_value(argc, argv, &i, "--dump-adv"))) {
+      NEED("--dump-adv");
+      dump_adv = v;
     } else if ((v = opt_value(argc, argv, &i, "--max-steps"))) {
       if (!parse_int(v, 1, 1000000000, &max_steps)) return cli_usage_error(cmd, "--max-steps: '%s' is not a count >= 1", v);
     } else if (strcmp(argv[i], "--resume") == 0) {
@@ -323,7 +330,7 @@ int cmd_train(int argc, char **argv) {
   tk_model *m = NULL, *ck = NULL;
   tk_dataset *all = NULL, *train = NULL, *val = NULL;
   tk_engine *e = NULL;
-  float *delta = NULL;
+  float *delta = NULL, *adv = NULL;
   char *config = NULL;
   tk_run_result res;
   memset(&res, 0, sizeof res);
@@ -399,6 +406,17 @@ int cmd_train(int argc, char **argv) {
     }
   }
 
+  if (dump_adv) {
+    if (o.mode == TK_TRAIN_ST) {
+      rc = cli_usage_error(cmd, "--dump-adv: mode st makes no adversarial examples");
+      goto done;
+    }
+    if (!(adv = calloc((size_t)n_train * m->in_c * m->in_h * m->in_w, sizeof(float)))) {
+      rc = cli_error(cmd, tk_fail(TK_ERR_NOMEM, "--dump-adv: out of memory"));
+      goto done;
+    }
+  }
+
 #ifdef _OPENMP
   if (threads > 0) omp_set_num_threads((int)threads);
 #endif
@@ -460,6 +478,7 @@ int cmd_train(int argc, char **argv) {
   r.log_csv = log_csv;
   r.config = config;
   r.init_delta = delta;
+  r.adv_out = adv;
   r.progress = 1;
   r.stop = &g_stop;
   r.max_steps = (int)max_steps;
@@ -473,6 +492,13 @@ int cmd_train(int argc, char **argv) {
   if (st != TK_OK) {
     rc = cli_error(cmd, st);
     goto done;
+  }
+  if (adv) {
+    int64_t shape[4] = {n_train, m->in_c, m->in_h, m->in_w};
+    if ((st = tk_npy_write_f32(dump_adv, 4, shape, adv)) != TK_OK) {
+      rc = cli_error(cmd, st);
+      goto done;
+    }
   }
   if (res.interrupted) {
     fprintf(stderr, "ticket train: stopped after %d epochs and %lld steps; checkpoint saved to %s "
@@ -523,6 +549,7 @@ done:
   free(res.log);
   free(config);
   free(delta);
+  free(adv);
   tk_engine_free(e);
   tk_model_free(m);
   tk_model_free(ck);

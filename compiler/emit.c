@@ -288,6 +288,7 @@ tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g) {
     g->KH = g->KW = g->SH = g->SW = g->DH = g->DW = 1;
     g->HQ = 1, g->WQ = 16, g->NPH = 1, g->CS = 16;
     g->NV = g->NBLK = g->NVB = g->NBLKB = 1;
+    g->CH = g->I, g->NCH = 1;
     g->PZF = g->PZB = 16;
     g->F = 0, g->SZ = 16;
     g->xq_len = (int64_t)g->I * 16;
@@ -318,6 +319,17 @@ tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g) {
   g->dz_len = (int64_t)g->O * g->SZ;
   g->z_len = g->PZF > g->NPH * g->PZB ? g->PZF : g->NPH * g->PZB;
   g->dx_rows = (int64_t)g->I * g->NPH;
+  /* input-channel chunks: the chunk's window of one position block stays in L1 and serves
+   * every output channel; worth it while a chunk holds about 10 non-zeros per output channel
+   * (each chunk costs a load and a store of the block's accumulators per output channel) */
+  const tk_tensor *wt = &m->tensors[l->weight];
+  double per_ch = (double)tk_tensor_nnz(wt) / ((double)g->O * (g->I / g->G > 0 ? g->I / g->G : 1));
+  int ch = per_ch > 0 ? (int)ceil(10.0 / per_ch / 16.0) * 16 : g->I;
+  if (ch < 16) ch = 16;
+  if (g->G > 1 || ch >= g->I) ch = g->I;
+  g->CH = ch;
+  g->NCH = (g->I + ch - 1) / ch;
+  g->z_len = (int64_t)g->O * g->PZF > g->NPH * g->PZB ? (int64_t)g->O * g->PZF : g->NPH * g->PZB;
   if (g->xq_len > INT32_MAX || g->dz_len > INT32_MAX)
     return tk_fail(TK_ERR_UNSUPPORTED, "layer %d (%s): scratch of %lld floats exceeds the 32-bit offsets", layer,
                    l->name, (long long)(g->xq_len > g->dz_len ? g->xq_len : g->dz_len));
@@ -328,6 +340,7 @@ tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g) {
 
 void tk_tables_free(tk_tables *t) {
   free(t->pos);
+  if (t->rpc != t->rp) free(t->rpc);
   free(t->rp);
   free(t->off);
   free(t->rpt);
@@ -397,6 +410,27 @@ tk_status tk_tables_build(const tk_model *m, int layer, const tk_geom *g, int tr
   }
   t->rp[g->O] = (int32_t)j;
   TK_ASSERT(j == nnz);
+  if (g->NCH == 1) {
+    t->rpc = t->rp;
+  } else {
+    /* entries of a row are in input-channel order: chunk c of row o starts at the first entry
+     * whose channel is at least c*CH */
+    t->rpc = tk_malloc(((size_t)g->O * g->NCH + 1) * sizeof *t->rpc);
+    if (!t->rpc) {
+      free(trow);
+      free(toff);
+      goto nomem;
+    }
+    int ig = g->I / g->G, kk = g->KH * g->KW;
+    for (int o = 0; o < g->O; o++) {
+      int64_t q = t->rp[o];
+      for (int c = 0; c < g->NCH; c++) {
+        t->rpc[(int64_t)o * g->NCH + c] = (int32_t)q;
+        while (q < t->rp[o + 1] && (o / (g->O / g->G)) * ig + (int)((t->pos[q] / kk) % ig) < (c + 1) * g->CH) q++;
+      }
+    }
+    t->rpc[(int64_t)g->O * g->NCH] = t->rp[g->O];
+  }
   if (transposed) {
     int64_t rows = g->dx_rows;
     t->rpt = tk_calloc((size_t)rows + 1, sizeof *t->rpt);
@@ -464,7 +498,8 @@ static void conv_params(param_set *s, const tk_geom *g) {
   pset(s, "OH", g->OH), pset(s, "OW", g->OW), pset(s, "SH", g->SH), pset(s, "SW", g->SW);
   pset(s, "PH", g->PH), pset(s, "PW", g->PW), pset(s, "HQ", g->HQ), pset(s, "WQ", g->WQ);
   pset(s, "CS", g->CS), pset(s, "NPH", g->NPH), pset(s, "NV", g->NV), pset(s, "NP", partials(g->NV));
-  pset(s, "NBLK", g->NBLK), pset(s, "NVB", g->NVB), pset(s, "NPB", partials(g->NVB));
+  pset(s, "NBLK", g->NBLK), pset(s, "PZF", g->PZF), pset(s, "NCH", g->NCH);
+  pset(s, "NVB", g->NVB), pset(s, "NPB", partials(g->NVB));
   pset(s, "NBLKB", g->NBLKB), pset(s, "PZB", g->PZB), pset(s, "F", g->F), pset(s, "SZ", g->SZ);
 }
 
@@ -483,7 +518,14 @@ static void emit_chunks(tk_codebuf *cb, const char *prefix, const char *nz_macro
     first[r] = nfn;
     for (int64_t k0 = rp[r]; k0 < rp[r + 1]; k0 += TK_UNROLL_CHUNK, nfn++) {
       int64_t k1 = k0 + TK_UNROLL_CHUNK < rp[r + 1] ? k0 + TK_UNROLL_CHUNK : rp[r + 1];
-      tk_cb_printf(cb, "TK_UCHUNK_BEGIN(TK_FN(%s_%lld), %d, %d)\n", prefix, (long long)nfn, nv, np);
+      /* accumulators a<q>_<v>: set 0 starts from z, the other partial sets from zero */
+      tk_cb_printf(cb, "static __attribute__((noinline)) void TK_FN(%s_%lld)(const float *s, const float *w, float *z) {\n",
+                   prefix, (long long)nfn);
+      for (int q = 0; q < np; q++)
+        for (int v = 0; v < nv; v++) {
+          if (q == 0) tk_cb_printf(cb, "  tk_v16 a0_%d = tk_ld(z + %d);\n", v, 16 * v);
+          else tk_cb_printf(cb, "  tk_v16 a%d_%d = (tk_v16){0};\n", q, v);
+        }
       for (int64_t k = k0; k < k1; k++) {
         int q = (int)((k - k0) % np);
         int64_t wi = widx ? widx[k] : k;
@@ -499,7 +541,12 @@ static void emit_chunks(tk_codebuf *cb, const char *prefix, const char *nz_macro
           tk_cb_printf(cb, "  %s(%d, %lld, %d);\n", nz_macro, q, (long long)wi, off[k]);
         }
       }
-      tk_cb_printf(cb, "TK_UCHUNK_END(%d, %d)\n", nv, np);
+      for (int v = 0; v < nv; v++) {
+        tk_cb_printf(cb, "  tk_st(z + %d, a0_%d", 16 * v, v);
+        for (int q = 1; q < np; q++) tk_cb_printf(cb, " + a%d_%d", q, v);
+        tk_cb_puts(cb, ");\n");
+      }
+      tk_cb_puts(cb, "  (void)w;\n}\n");
     }
   }
   first[rows] = nfn;
@@ -600,6 +647,7 @@ void tk_emit_body(tk_codebuf *body, const tk_model *m, int layer, const tk_geom 
     const tk_tensor *wt = &m->tensors[l->weight];
     tk_cb_puts(body, "\n/* ---- tables and values (ahead-of-time build) ---- */\n");
     emit_i32_array(body, "rp", t->rp, g->O + 1);
+    emit_i32_array(body, "rpc", t->rpc, (int64_t)g->O * g->NCH + 1);
     emit_i32_array(body, "off", t->off, t->nnz);
     emit_i32_array(body, "rpt", t->rpt, g->dx_rows + 1);
     emit_i32_array(body, "offt", t->offt, t->nnz);
@@ -663,9 +711,10 @@ void tk_emit_layer(tk_codebuf *cb, const tk_model *m, int layer, const tk_geom *
   else
     tk_cb_printf(cb,
                  "\n * params:    I=%d O=%d groups=%d in=%dx%d out=%dx%d kernel=%dx%d stride=%dx%d pad=%dx%d "
-                 "dilation=%dx%d\n *            grid=%dx%d phases=%d NV=%d NBLK=%d NVB=%d NBLKB=%d F=%lld SZ=%lld",
+                 "dilation=%dx%d\n *            grid=%dx%d phases=%d NV=%d NBLK=%d chunks=%dx%d NVB=%d NBLKB=%d F=%lld SZ=%lld",
                  g->I, g->O, g->G, g->H, g->W, g->OH, g->OW, g->KH, g->KW, g->SH, g->SW, g->PH, g->PW, g->DH, g->DW,
-                 g->HQ, g->WQ, g->NPH, g->NV, g->NBLK, g->NVB, g->NBLKB, (long long)g->F, (long long)g->SZ);
+                 g->HQ, g->WQ, g->NPH, g->NV, g->NBLK, g->NCH, g->CH, g->NVB, g->NBLKB, (long long)g->F,
+                 (long long)g->SZ);
   tk_cb_printf(cb, "\n * nnz:       %lld of %lld (sparsity %.4f)\n * key:       %016" PRIx64 "%016" PRIx64 "\n */\n",
                (long long)t->nnz, (long long)numel, numel ? 1.0 - (double)t->nnz / (double)numel : 0.0, k[0], k[1]);
   tk_cb_printf(cb, "#define TK_FN(x) tk_k%016" PRIx64 "_##x\n", k[0]);

@@ -91,11 +91,13 @@ typedef struct {
   int HQ, WQ, NPH;            /* phase grid, NPH = SH*SW */
   int64_t CS;                 /* channel stride of xq */
   int NV, NBLK;               /* forward: vectors per block, blocks; PZF = NBLK*NV*16 */
+  int CH, NCH;                /* forward: input channels per chunk, chunks (NCH*CH >= I) */
   int64_t PZF;
   int NVB, NBLKB;             /* input gradient: per phase, PZB = NBLKB*NVB*16 */
   int64_t PZB;
   int64_t F, SZ;              /* dz: front margin and channel stride */
-  int64_t xq_len, dz_len, z_len; /* floats per image (linear: per 16-image block) */
+  int64_t xq_len, dz_len, z_len; /* floats per image (linear: per 16-image block); z_len is
+                                    per thread: O*PZF for the forward grid */
   int64_t dx_rows;            /* rows of the transposed table: I*NPH (linear: I) */
 } tk_geom;
 
@@ -109,6 +111,7 @@ typedef struct {
   int64_t nnz;
   int64_t *pos;               /* nnz: element index in the weight */
   int32_t *rp, *off;          /* forward CSR: O+1, nnz */
+  int32_t *rpc;               /* forward CSR split by input-channel chunk: O*NCH+1 (== rp when NCH = 1) */
   int32_t *rpt, *offt, *perm; /* transposed CSR: dx_rows+1, nnz, nnz (wt[k] = w[perm[k]]) */
 } tk_tables;
 

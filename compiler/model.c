@@ -325,6 +325,14 @@ static int conv_out(int in, int k, int s, int p, int d) {
   return (int)(o / s + 1);
 }
 
+/* Inside tk_model_infer: record the error and leave through `done` (which frees). */
+#define IFAIL(...)                                                                              \
+  do {                                                                                          \
+    st = tk_fail_prefix(tk_fail(TK_ERR_FORMAT, __VA_ARGS__), "layer %d (%s, %s)", i, l->name,   \
+                        tk_op_name(l->op));                                                     \
+    goto done;                                                                                  \
+  } while (0)
+
 tk_status tk_model_infer(tk_model *m) {
   if (m->in_c < 1 || m->in_h < 1 || m->in_w < 1 || m->in_c > TK_MAX_DIM || m->in_h > TK_MAX_DIM ||
       m->in_w > TK_MAX_DIM)
@@ -400,32 +408,32 @@ tk_status tk_model_infer(tk_model *m) {
     l->in = in;
     switch (l->op) {
     case TK_OP_CONV2D: {
-      if (l->kh < 1 || l->kw < 1 || l->kh > 64 || l->kw > 64) LFAIL("kernel: %dx%d out of range 1..64", l->kh, l->kw);
-      if (l->sh < 1 || l->sw < 1 || l->sh > 64 || l->sw > 64) LFAIL("stride: %dx%d out of range 1..64", l->sh, l->sw);
-      if (l->dh < 1 || l->dw < 1 || l->dh > 64 || l->dw > 64) LFAIL("dilation: %dx%d out of range 1..64", l->dh, l->dw);
-      if (l->ph < 0 || l->pw < 0 || l->ph > 64 || l->pw > 64) LFAIL("padding: %dx%d out of range 0..64", l->ph, l->pw);
-      if (l->groups < 1 || in.c % l->groups) LFAIL("groups: %d does not divide %d input channels", l->groups, in.c);
-      if (l->weight < 0) LFAIL("weight: missing");
+      if (l->kh < 1 || l->kw < 1 || l->kh > 64 || l->kw > 64) IFAIL("kernel: %dx%d out of range 1..64", l->kh, l->kw);
+      if (l->sh < 1 || l->sw < 1 || l->sh > 64 || l->sw > 64) IFAIL("stride: %dx%d out of range 1..64", l->sh, l->sw);
+      if (l->dh < 1 || l->dw < 1 || l->dh > 64 || l->dw > 64) IFAIL("dilation: %dx%d out of range 1..64", l->dh, l->dw);
+      if (l->ph < 0 || l->pw < 0 || l->ph > 64 || l->pw > 64) IFAIL("padding: %dx%d out of range 0..64", l->ph, l->pw);
+      if (l->groups < 1 || in.c % l->groups) IFAIL("groups: %d does not divide %d input channels", l->groups, in.c);
+      if (l->weight < 0) IFAIL("weight: missing");
       const tk_tensor *w = &m->tensors[l->weight];
-      if (w->ndim != 4) LFAIL("weight: tensor %s must have 4 dimensions, has %d", w->name, w->ndim);
+      if (w->ndim != 4) IFAIL("weight: tensor %s must have 4 dimensions, has %d", w->name, w->ndim);
       int64_t oc = w->shape[0];
-      if (oc % l->groups) LFAIL("groups: %d does not divide %lld output channels", l->groups, (long long)oc);
+      if (oc % l->groups) IFAIL("groups: %d does not divide %lld output channels", l->groups, (long long)oc);
       int64_t ws[4] = {oc, in.c / l->groups, l->kh, l->kw};
       if (check_tensor(m, i, l, "weight", l->weight, 4, ws) != TK_OK) goto done;
       if (l->bias >= 0 && check_tensor(m, i, l, "bias", l->bias, 1, &oc) != TK_OK) goto done;
       out.c = (int)oc;
       out.h = conv_out(in.h, l->kh, l->sh, l->ph, l->dh);
       out.w = conv_out(in.w, l->kw, l->sw, l->pw, l->dw);
-      if (out.h < 1 || out.w < 1) LFAIL("output: %dx%d input gives an empty output", in.h, in.w);
+      if (out.h < 1 || out.w < 1) IFAIL("output: %dx%d input gives an empty output", in.h, in.w);
       break;
     }
     case TK_OP_LINEAR: {
-      if (l->weight < 0) LFAIL("weight: missing");
+      if (l->weight < 0) IFAIL("weight: missing");
       const tk_tensor *w = &m->tensors[l->weight];
-      if (w->ndim != 2) LFAIL("weight: tensor %s must have 2 dimensions, has %d", w->name, w->ndim);
+      if (w->ndim != 2) IFAIL("weight: tensor %s must have 2 dimensions, has %d", w->name, w->ndim);
       int64_t of = w->shape[0];
       if (l->out_features && l->out_features != of)
-        LFAIL("out_features: %d but weight %s has %lld rows", l->out_features, w->name, (long long)of);
+        IFAIL("out_features: %d but weight %s has %lld rows", l->out_features, w->name, (long long)of);
       int64_t ws[2] = {of, tk_shape_numel(in)};
       if (check_tensor(m, i, l, "weight", l->weight, 2, ws) != TK_OK) goto done;
       if (l->bias >= 0 && check_tensor(m, i, l, "bias", l->bias, 1, &of) != TK_OK) goto done;
@@ -435,7 +443,7 @@ tk_status tk_model_infer(tk_model *m) {
     case TK_OP_BATCHNORM: {
       int64_t c = in.c;
       if (!(l->eps > 0) || !(l->momentum >= 0 && l->momentum <= 1))
-        LFAIL("eps/momentum: %g/%g out of range", l->eps, l->momentum);
+        IFAIL("eps/momentum: %g/%g out of range", l->eps, l->momentum);
       if (check_tensor(m, i, l, "weight", l->weight, 1, &c) != TK_OK ||
           check_tensor(m, i, l, "bias", l->bias, 1, &c) != TK_OK ||
           check_tensor(m, i, l, "running_mean", l->mean, 1, &c) != TK_OK ||
@@ -443,24 +451,24 @@ tk_status tk_model_infer(tk_model *m) {
         goto done;
       const tk_tensor *v = &m->tensors[l->var];
       for (int64_t k = 0; k < c; k++)
-        if (!(v->data[k] >= 0)) LFAIL("running_var: %s[%lld] = %g is negative", v->name, (long long)k, v->data[k]);
+        if (!(v->data[k] >= 0)) IFAIL("running_var: %s[%lld] = %g is negative", v->name, (long long)k, v->data[k]);
       break;
     }
     case TK_OP_RELU:
     case TK_OP_FLATTEN:
-      if (l->weight >= 0 || l->bias >= 0) LFAIL("weight: this op takes no tensors");
+      if (l->weight >= 0 || l->bias >= 0) IFAIL("weight: this op takes no tensors");
       if (l->op == TK_OP_FLATTEN) out = (tk_shape){(int)tk_shape_numel(in), 1, 1};
       break;
     case TK_OP_MAXPOOL:
     case TK_OP_AVGPOOL:
-      if (l->kh < 1 || l->kw < 1 || l->kh > 64 || l->kw > 64) LFAIL("kernel: %dx%d out of range 1..64", l->kh, l->kw);
-      if (l->sh < 1 || l->sw < 1 || l->sh > 64 || l->sw > 64) LFAIL("stride: %dx%d out of range 1..64", l->sh, l->sw);
-      if (l->ph < 0 || l->pw < 0 || 2 * l->ph > l->kh || 2 * l->pw > l->kw)
-        LFAIL("padding: %dx%d must be at most half the kernel %dx%d", l->ph, l->pw, l->kh, l->kw);
-      if (l->dh != 1 || l->dw != 1) LFAIL("dilation: pools take dilation 1");
+      if (l->kh < 1 || l->kw < 1 || l->kh > 64 || l->kw > 64) IFAIL("kernel: %dx%d out of range 1..64", l->kh, l->kw);
+      if (l->sh < 1 || l->sw < 1 || l->sh > 64 || l->sw > 64) IFAIL("stride: %dx%d out of range 1..64", l->sh, l->sw);
+      if (l->ph < 0 || l->pw < 0 || 2 * (int64_t)l->ph > l->kh || 2 * (int64_t)l->pw > l->kw)
+        IFAIL("padding: %dx%d must be at most half the kernel %dx%d", l->ph, l->pw, l->kh, l->kw);
+      if (l->dh != 1 || l->dw != 1) IFAIL("dilation: pools take dilation 1");
       out.h = conv_out(in.h, l->kh, l->sh, l->ph, 1);
       out.w = conv_out(in.w, l->kw, l->sw, l->pw, 1);
-      if (out.h < 1 || out.w < 1) LFAIL("output: %dx%d input gives an empty output", in.h, in.w);
+      if (out.h < 1 || out.w < 1) IFAIL("output: %dx%d input gives an empty output", in.h, in.w);
       break;
     case TK_OP_GLOBALAVGPOOL:
       out = (tk_shape){in.c, 1, 1};
@@ -468,7 +476,7 @@ tk_status tk_model_infer(tk_model *m) {
     case TK_OP_ADD: {
       tk_shape b = vals[l->inputs[1]];
       if (b.c != in.c || b.h != in.h || b.w != in.w)
-        LFAIL("inputs: shapes %dx%dx%d and %dx%dx%d differ", in.c, in.h, in.w, b.c, b.h, b.w);
+        IFAIL("inputs: shapes %dx%dx%d and %dx%dx%d differ", in.c, in.h, in.w, b.c, b.h, b.w);
       break;
     }
     case TK_OP_SCALE: {
@@ -479,7 +487,7 @@ tk_status tk_model_infer(tk_model *m) {
     case TK_OP_COUNT:
       break;
     }
-    if (tk_shape_numel(out) > TK_MAX_VALUE_ELEMS) LFAIL("output: %dx%dx%d is too large", out.c, out.h, out.w);
+    if (tk_shape_numel(out) > TK_MAX_VALUE_ELEMS) IFAIL("output: %dx%dx%d is too large", out.c, out.h, out.w);
     l->out = out;
     vals[i + 1] = out;
     st = TK_OK;

@@ -95,7 +95,7 @@ static void conv_fwd_image(sparse_kernel *k, const scratch_set *s, const float *
   const tk_geom *g = &k->g;
   tk_kargs a = {.src = x, .dst = s->xq};
   k->prep_x(&a, 0, g->I);
-  tk_kargs f = {.src = s->xq, .dst = y, .w = k->baked ? k->baked : k->wv, .rp = k->t.rp, .off = k->t.off,
+  tk_kargs f = {.src = s->xq, .dst = y, .w = k->baked ? k->baked : k->wv, .rp = k->t.rpc, .off = k->t.off,
                 .bias = bias, .z = s->z};
   k->fwd(&f, 0, g->O);
 }
@@ -124,12 +124,12 @@ static tk_status conv_fwd(tk_kernel *kb, const float *x, float *y, int n) {
 #pragma omp parallel num_threads(T)
   {
     int t = thread_id(), nt = omp_get_num_threads(), r0, r1;
-    row_range(k->t.rp, g->O, 1, (double)g->PZF, (double)g->OH * g->OW, t, nt, &r0, &r1);
+    row_range(k->t.rpc, g->O, g->NCH, (double)g->PZF, (double)g->OH * g->OW, t, nt, &r0, &r1);
     for (int i = 0; i < n; i++) {
       tk_kargs a = {.src = x + i * xs, .dst = k->sets[0].xq};
       k->prep_x(&a, g->I * t / nt, g->I * (t + 1) / nt);
 #pragma omp barrier
-      tk_kargs f = {.src = k->sets[0].xq, .dst = y + i * ys, .w = k->baked ? k->baked : k->wv, .rp = k->t.rp,
+      tk_kargs f = {.src = k->sets[0].xq, .dst = y + i * ys, .w = k->baked ? k->baked : k->wv, .rp = k->t.rpc,
                     .off = k->t.off, .bias = bias, .z = k->sets[t].z};
       k->fwd(&f, r0, r1);
 #pragma omp barrier
@@ -195,7 +195,7 @@ static void conv_bwdw_image(sparse_kernel *k, const scratch_set *s, const float 
   k->prep_x(&a, 0, g->I);
   tk_kargs b = {.src = dy, .dst = s->dz};
   k->prep_dy(&b, 0, g->O);
-  tk_kargs c = {.src = s->xq, .src2 = s->dz, .dst = s->dwv, .rp = k->t.rp, .off = k->t.off};
+  tk_kargs c = {.src = s->xq, .src2 = s->dz, .dst = s->dwv, .rp = k->t.rpc, .off = k->t.off};
   k->bwd_weight(&c, 0, g->O);
 }
 
@@ -245,14 +245,14 @@ static tk_status conv_bwd_weight(tk_kernel *kb, const float *x, const float *dy,
 #pragma omp parallel num_threads(T)
     {
       int t = thread_id(), nt = omp_get_num_threads(), r0, r1;
-      row_range(k->t.rp, g->O, 1, (double)g->PZF, 0.0, t, nt, &r0, &r1);
+      row_range(k->t.rpc, g->O, g->NCH, (double)g->PZF, 0.0, t, nt, &r0, &r1);
       for (int i = 0; i < n; i++) {
         tk_kargs a = {.src = x + i * xs, .dst = k->sets[0].xq};
         k->prep_x(&a, g->I * t / nt, g->I * (t + 1) / nt);
         tk_kargs b = {.src = dy + i * ys, .dst = k->sets[0].dz};
         k->prep_dy(&b, g->O * t / nt, g->O * (t + 1) / nt);
 #pragma omp barrier
-        tk_kargs c = {.src = k->sets[0].xq, .src2 = k->sets[0].dz, .dst = k->sets[0].dwv, .rp = k->t.rp,
+        tk_kargs c = {.src = k->sets[0].xq, .src2 = k->sets[0].dz, .dst = k->sets[0].dwv, .rp = k->t.rpc,
                       .off = k->t.off};
         k->bwd_weight(&c, r0, r1);
 #pragma omp barrier

@@ -44,10 +44,9 @@ void tk_eval_stats_add(tk_eval_stats *s, const float *logits, const int *y, int 
   for (int i = 0; i < n; i++) {
     const float *z = logits + (size_t)i * K;
     int arg = 0;
-    double mx = z[0];
     for (int k = 1; k < K; k++)
       if (z[k] > z[arg]) arg = k;
-    mx = z[arg];
+    const double mx = z[arg];
     double sum = 0;
     for (int k = 0; k < K; k++) sum += exp((double)z[k] - mx);
     const int t = y[i];

@@ -844,6 +844,9 @@ tk_status tk_train_run(tk_engine *e, const tk_dataset *train, const tk_dataset *
         tk_fail_prefix(st, "epoch %d step %d", ep, it + 1);
         goto done;
       }
+      if (r->adv_out && tk_trainer_last_adv(t))
+        for (int i = 0; i < n; i++)
+          memcpy(r->adv_out + (size_t)perm[s0 + i] * D, tk_trainer_last_adv(t) + (size_t)i * D, D * sizeof(float));
       step++;
       steps_here++;
       images += n;

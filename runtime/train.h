@@ -153,6 +153,8 @@ typedef struct {
   const char *log_csv;      /* per-epoch CSV, rewritten atomically each epoch; NULL = none */
   const char *config;       /* JSON of the settings that shape the run, kept in the TrainState */
   const float *init_delta;  /* testing hook: (n_train, C, H, W) attack starts by image index */
+  float *adv_out;           /* testing hook: (n_train, C, H, W) receives each image's latest
+                               adversarial example, by image index; NULL = none */
   int progress;             /* progress lines on stderr */
   volatile sig_atomic_t *stop; /* when it becomes non-zero: finish the step, checkpoint, return */
   int max_steps;            /* > 0: stop (as on a stop request) after this many steps in this call */

@@ -24,9 +24,8 @@
  * (the engine uses the data as given; pruned data is zero by the model's invariant).
  * Running statistics get no gradient (their e->grads entry, if any, is zeroed).
  */
+#include "ref.h"
 #include "ref_ops.h"
-
-#include "../engine.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -42,6 +41,7 @@ typedef struct {
   double **bn_mean;  /* n_layers pointers, non-NULL for BatchNorm layers */
   double **bn_istd;  /* 1 / sqrt(var + eps) */
   int last_n;        /* batch of the last forward, 0 = none */
+  int have_grad;     /* dact holds the backward of that forward */
   tk_bn_mode last_bn;
 } ref_engine;
 
@@ -170,7 +170,8 @@ static void bn_bwd(const ref_engine *r, const tk_layer *l, int li, const float *
 static void pool_fwd(const tk_layer *l, const float *x, float *y, int n) {
   const int C = l->in.c, H = l->in.h, W = l->in.w, OH = l->out.h, OW = l->out.w;
   const int is_max = l->op == TK_OP_MAXPOOL;
-#pragma omp parallel for collapse(2) schedule(static)
+  const double work = (double)n * C * OH * OW * l->kh * l->kw;
+#pragma omp parallel for collapse(2) schedule(static) if (work > 200000.0)
   for (int i = 0; i < n; i++)
     for (int c = 0; c < C; c++) {
       const float *xs = x + ((size_t)i * C + c) * H * W;
@@ -196,7 +197,8 @@ static void pool_fwd(const tk_layer *l, const float *x, float *y, int n) {
 static void pool_bwd(const tk_layer *l, const float *x, const float *dy, float *dx, int n) {
   const int C = l->in.c, H = l->in.h, W = l->in.w, OH = l->out.h, OW = l->out.w;
   const int is_max = l->op == TK_OP_MAXPOOL;
-#pragma omp parallel for collapse(2) schedule(static)
+  const double work = (double)n * C * OH * OW * l->kh * l->kw;
+#pragma omp parallel for collapse(2) schedule(static) if (work > 200000.0)
   for (int i = 0; i < n; i++)
     for (int c = 0; c < C; c++) {
       const float *xs = x + ((size_t)i * C + c) * H * W;
@@ -240,6 +242,7 @@ static tk_status ref_forward(tk_engine *e, const float *x, int n, tk_bn_mode bn,
                                  "(batch %d of %dx%d maps)", li, l->name, n, l->in.h, l->in.w);
   }
   r->last_n = 0;
+  r->have_grad = 0;
   input_fwd(m, x, r->act[0], n);
   for (int li = 0; li < m->n_layers; li++) {
     const tk_layer *l = &m->layers[li];
@@ -387,6 +390,7 @@ static tk_status ref_backward(tk_engine *e, const float *dlogits, float *dx, int
     }
   }
   if (dx) input_bwd(m, r->dact[0], dx, n);
+  r->have_grad = 1;
   return TK_OK;
 }
 
@@ -412,6 +416,20 @@ static void ref_destroy(tk_engine *e) {
 }
 
 static const tk_engine_vtbl g_ref_vtbl = {"reference", ref_forward, ref_backward, ref_sync, ref_destroy};
+
+const float *tk_ref_engine_value(const tk_engine *e, int v, int *n) {
+  const ref_engine *r = (const ref_engine *)e;
+  if (!e || e->v != &g_ref_vtbl || v < 0 || v >= r->n_values || r->last_n < 1) return NULL;
+  *n = r->last_n;
+  return r->act[v];
+}
+
+const float *tk_ref_engine_value_grad(const tk_engine *e, int v, int *n) {
+  const ref_engine *r = (const ref_engine *)e;
+  if (!e || e->v != &g_ref_vtbl || v < 0 || v >= r->n_values || r->last_n < 1 || !r->have_grad) return NULL;
+  *n = r->last_n;
+  return r->dact[v];
+}
 
 tk_status tk_ref_engine_create(tk_model *m, int max_batch, tk_engine **out) {
   *out = NULL;

@@ -20,6 +20,9 @@
 #include <string.h>
 
 #define ROW_BLOCK 256
+/* Parallel regions only pay off above this many multiply-adds (thread wake-ups cost more than
+ * tiny ops, badly so on a loaded machine). */
+#define PAR_MIN_WORK 200000.0
 
 typedef struct {
   int I, H, W, O, OH, OW, G, IG, OG, KH, KW, SH, SW, PH, PW, DH, DW;
@@ -40,7 +43,8 @@ static conv_dims dims_of(const tk_layer *l) {
 void tk_ref_conv2d_fwd(const tk_layer *l, const float *x, const float *w, const float *b, float *y, int n) {
   const conv_dims d = dims_of(l);
   const size_t wsz = (size_t)d.IG * d.KH * d.KW; /* weights per output channel */
-#pragma omp parallel for collapse(2) schedule(static)
+  const double work = (double)n * d.O * d.OH * d.OW * (double)wsz;
+#pragma omp parallel for collapse(2) schedule(static) if (work > PAR_MIN_WORK)
   for (int i = 0; i < n; i++)
     for (int o = 0; o < d.O; o++) {
       const int g = o / d.OG;
@@ -75,7 +79,8 @@ void tk_ref_conv2d_fwd(const tk_layer *l, const float *x, const float *w, const 
 void tk_ref_conv2d_bwd_input(const tk_layer *l, const float *dy, const float *w, float *dx, int n) {
   const conv_dims d = dims_of(l);
   const size_t wsz = (size_t)d.IG * d.KH * d.KW;
-#pragma omp parallel for collapse(2) schedule(static)
+  const double work = (double)n * d.O * d.OH * d.OW * (double)wsz;
+#pragma omp parallel for collapse(2) schedule(static) if (work > PAR_MIN_WORK)
   for (int i = 0; i < n; i++)
     for (int c = 0; c < d.I; c++) {
       const int g = c / d.IG, cl = c % d.IG;
@@ -112,8 +117,9 @@ void tk_ref_conv2d_bwd_input(const tk_layer *l, const float *dy, const float *w,
  * dw or db may be NULL (not wanted). */
 void tk_ref_conv2d_bwd_weight(const tk_layer *l, const float *x, const float *dy, float *dw, float *db, int n) {
   const conv_dims d = dims_of(l);
+  const double work = (double)n * d.O * d.OH * d.OW * (double)d.IG * d.KH * d.KW;
   if (dw) {
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (work > PAR_MIN_WORK)
     for (int o = 0; o < d.O; o++)
       for (int c = 0; c < d.IG; c++) {
         const int g = o / d.OG;
@@ -153,7 +159,8 @@ void tk_ref_conv2d_bwd_weight(const tk_layer *l, const float *x, const float *dy
 void tk_ref_linear_fwd(const tk_layer *l, const float *x, const float *w, const float *b, float *y, int n) {
   const size_t K = (size_t)tk_shape_numel(l->in);
   const int O = l->out.c;
-#pragma omp parallel for collapse(2) schedule(static)
+  const double work = (double)n * O * (double)K;
+#pragma omp parallel for collapse(2) schedule(static) if (work > PAR_MIN_WORK)
   for (int i = 0; i < n; i++)
     for (int o = 0; o < O; o++) {
       const float *xi = x + (size_t)i * K, *wo = w + (size_t)o * K;
@@ -167,7 +174,8 @@ void tk_ref_linear_fwd(const tk_layer *l, const float *x, const float *w, const 
 void tk_ref_linear_bwd_input(const tk_layer *l, const float *dy, const float *w, float *dx, int n) {
   const size_t K = (size_t)tk_shape_numel(l->in);
   const int O = l->out.c;
-#pragma omp parallel for schedule(static)
+  const double work = (double)n * O * (double)K;
+#pragma omp parallel for schedule(static) if (work > PAR_MIN_WORK)
   for (int i = 0; i < n; i++)
     for (size_t k = 0; k < K; k++) {
       double acc = 0.0;
@@ -180,8 +188,9 @@ void tk_ref_linear_bwd_input(const tk_layer *l, const float *dy, const float *w,
 void tk_ref_linear_bwd_weight(const tk_layer *l, const float *x, const float *dy, float *dw, float *db, int n) {
   const size_t K = (size_t)tk_shape_numel(l->in);
   const int O = l->out.c;
+  const double work = (double)n * O * (double)K;
   if (dw) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (work > PAR_MIN_WORK)
     for (int o = 0; o < O; o++)
       for (size_t k = 0; k < K; k++) {
         double acc = 0.0;

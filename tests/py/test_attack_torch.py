@@ -10,8 +10,8 @@ images written as IDX here; MNIST for the checkpoint.
 Cases, from the same given start (--init-delta), with --last (the final iterate, which is what
 advertorch returns):
   - one PGD step; 10 PGD steps (eps 0.3, alpha 0.01, and 0.05 for the random model);
-  - each of the 10 steps on its own, restarted from PyTorch's iterate (a per-step check that
-    does not depend on how trajectories drift apart);
+  - for the trained model, each of the 10 steps on its own, restarted from PyTorch's iterate
+    (a per-step check that does not depend on how trajectories drift apart);
   - FGSM (--fgsm: zero start, one step of eps);
   - worst-case tracking (no --last, random model): x_adv must be the clean image when PyTorch
     misclassifies it, else the first PyTorch iterate it misclassifies, else the last.
@@ -155,8 +155,8 @@ def run_cases(label, model, net, spec, x_np, y_np, tmp, chaotic):
         chk.check(abs(js["ra"] - ra) <= 1.0 / N + 1e-9, "%s PGD-%d: RA %.4f vs torch %.4f" % (label, steps, js["ra"], ra))
         print("    losses: clean %.6f (torch %.6f), adversarial %.6f (torch %.6f); RA %.4f (torch %.4f)" % (
             js["loss_clean"], loss_clean, js["loss_adv"], la, js["ra"], ra))
-        if steps > 1:
-            # every step on its own, from PyTorch's iterate t
+        if steps > 1 and chaotic:
+            # every step on its own, from PyTorch's iterate t (where whole trajectories drift apart)
             worst_same = 1.0
             for t in range(steps):
                 dti = os.path.join(tmp, "delta_t.npy")
@@ -203,6 +203,38 @@ def run_cases(label, model, net, spec, x_np, y_np, tmp, chaotic):
         label, js["ra"], ra_torch))
 
 
+def cli_checks(model, spec, x_np, tmp):
+    """--help, usage errors (exit 2, one line naming the option), a bad --init-delta (names the
+    file and the field), and the saved adversarial examples (shape, range, eps-ball)."""
+    for cmd in ("eval", "attack"):
+        p = U.ticket(cmd, "--help")
+        chk.check(p.stdout.startswith("usage: ticket %s" % cmd), "%s --help: %r" % (cmd, p.stdout[:40]))
+    for args, frag in ((["--data", spec], "--eps"), (["--data", spec, "--eps", "x/255"], "--eps"),
+                       (["--data", spec, "--eps", "0.1", "--fgsm", "--steps", "3"], "--fgsm"),
+                       (["--data", spec, "--eps", "0.1", "--bn", "batch"], "--bn"),
+                       (["--data", spec, "--eps", "0.1", "--engine", "fast"], "--engine")):
+        p = U.ticket("attack", model, *args, expect_ok=False)
+        err = p.stderr.strip()
+        chk.check(p.returncode == 2 and "\n" not in err and frag in err, "attack %s: exit %d, stderr %r" % (
+            " ".join(args[2:]), p.returncode, err))
+    bad = os.path.join(tmp, "bad_delta.npy")
+    np.save(bad, np.zeros((N + 1, 1, 28, 28), np.float32))
+    p = U.ticket("attack", model, "--data", spec, "--limit", str(N), "--eps", "0.1", "--init-delta", bad, expect_ok=False)
+    err = p.stderr.strip()
+    chk.check(p.returncode != 0 and "bad_delta.npy: shape" in err and "\n" not in err, "bad --init-delta: exit %d, %r" % (
+        p.returncode, err))
+    eps = 8 / 255.0
+    adv, js = attack_c(model, spec, tmp, "saved", ["--eps", "8/255", "--steps", "2"])
+    for key in ("sa", "ra", "loss_clean", "loss_adv", "images_per_s", "clean", "adversarial", "engine"):
+        chk.check(key in js, "attack --json lacks %s" % key)
+    chk.check(abs(js["eps"] - eps) < 1e-12 and abs(js["alpha"] - eps / 4) < 1e-12, "eps/alpha %r %r (8/255, default eps/4)" % (
+        js["eps"], js["alpha"]))
+    chk.check(adv.shape == (N, 1, 28, 28) and adv.dtype == np.float32, "saved %s %s" % (adv.shape, adv.dtype))
+    dev = float(np.max(np.abs(adv.astype(np.float64) - x_np.reshape(N, 1, 28, 28))))
+    chk.check(dev <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1, "saved examples: max |x_adv - x| %.6g (eps %.6g), "
+              "range [%g, %g]" % (dev, eps, adv.min(), adv.max()))
+
+
 def main():
     U.ticket_bin()
     shared = U.shared_data()
@@ -220,6 +252,7 @@ def main():
             spec = "mnist:" + d
         model = os.path.join(tmp, "lenet.tkt")
         U.ticket("init", "lenet", "-o", model, "--seed", "3")
+        cli_checks(model, spec, x_np, tmp)
         run_cases("init lenet", model, torch_lenet(model, tmp), spec, x_np, y_np, tmp, False)
 
         ckpt = os.path.join(shared, "pretrained-weights", "advertorch-mnist-lenet5", "mnist_lenet5_advtrained.pt")

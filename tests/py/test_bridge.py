@@ -15,7 +15,9 @@ non-zero exit and no output file.  Also: the generated FlatBuffers accessors in 
 are what flatc writes from schema/ticket.fbs.
 """
 
+import contextlib
 import filecmp
+import io
 import json
 import os
 import shutil
@@ -351,6 +353,17 @@ def wrn_sub_block1(d):
     logits_check("wrn_28_4 with sub_block1", d, path, net, batch=1)
 
 
+def in_process(args):
+    """torch_bridge's main() in this process (saves an interpreter start): -> (returncode, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = TB.main(args)
+        except SystemExit as e:
+            rc = e.code
+    return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
+
+
 def bad_checkpoints(d):
     le = R.build("lenet")
     good = le.state_dict()
@@ -363,8 +376,9 @@ def bad_checkpoints(d):
                 f.write(raw)
         elif obj is not None:
             torch.save(obj, ck)
-        p = U.bridge("export", ck if obj is not None or raw is not None else os.path.join(d, "nosuch.pt"),
-                     "--arch", "lenet", "-o", out, *extra, expect_ok=False)
+        args = ["export", ck if obj is not None or raw is not None else os.path.join(d, "nosuch.pt"),
+                "--arch", "lenet", "-o", out] + list(extra)
+        p = U.bridge(*args, expect_ok=False) if raw is not None or obj is None else in_process(args)
         lines = p.stderr.strip().splitlines()
         ok = p.returncode != 0 and len(lines) == 1 and lines[0].startswith("torch_bridge export: error: ") and \
             all(n in lines[0] for n in needles)
@@ -419,9 +433,32 @@ def zoo_init_round_trip(d):
                     (a.mask is None) == (b.mask is None) and (a.mask is None or np.array_equal(a.mask, b.mask))
                     for a, b in zip(m.tensors, m2.tensors)) and m2.classes == 7,
                 "zoo %s: CLI round trip import -> export differs" % arch)
+        # without a ticket binary the graph comes from models/ARCH.json (tkt.zoo_reshape)
+        sd, _ = TB.import_model(m, "synflow")
+        m3, _, _ = TB.export_state_dict(sd, arch, "no binary", ticket="")
+        C.check(all(np.array_equal(a.effective(), b.effective()) and a.shape == b.shape
+                    for a, b in zip(m.tensors, m3.tensors)) and len(m3.layers) == len(m.layers) and m3.classes == 7,
+                "zoo %s: export from the JSON architecture differs from ticket init's" % arch)
 
 
-for fn in (hydra_subnet, torch_prune, synflow, double_win, wrn_sub_block1, bad_checkpoints, zoo_init_round_trip):
+def input_and_classes(d):
+    """Classes and input channels follow the checkpoint; height and width come from --input."""
+    net = R.LeNet5(num_classes=5, in_ch=3, hw=(32, 32))
+    ck = os.path.join(d, "lenet_c3.pt")
+    torch.save(net.state_dict(), ck)
+    out = os.path.join(d, "o.tkt")
+    p = U.bridge("export", ck, "--arch", "lenet", "-o", out, expect_ok=False)
+    C.check(p.returncode != 0 and "linear1.weight is 200x4096" in p.stderr and "200x3136" in p.stderr
+            and len(p.stderr.strip().splitlines()) == 1,
+            "lenet 3x32x32 without --input: exit %d, %r" % (p.returncode, p.stderr))
+    m, info, path = export(d, ck, "lenet", "--input", "3,32,32", name="c3.tkt")
+    C.check(info["classes"] == 5 and info["input"] == [3, 32, 32], "lenet 3x32x32: %s %s" % (info["classes"],
+                                                                                              info["input"]))
+    logits_check("lenet 3x32x32, 5 classes", d, path, net)
+
+
+for fn in (hydra_subnet, torch_prune, synflow, double_win, wrn_sub_block1, bad_checkpoints, zoo_init_round_trip,
+           input_and_classes):
     try:
         with U.tmpdir() as d:
             fn(d)

@@ -5,7 +5,8 @@
  * (-std=c11 -Wall -Wextra -Wpedantic -Werror -ffp-contract=off) around a small harness, and:
  *   - its logits match the reference engine (relative error <= 1e-5) and the compiled JIT
  *     engine when this build has one;
- *   - gcc, clang and gcc -fopenmp builds give bit-identical logits;
+ *   - gcc, clang, gcc -fopenmp and scalar-only (-DTK_NO_VECTOR) builds give bit-identical
+ *     logits;
  *   - the aarch64 build (aarch64-linux-gnu-gcc -static, run under qemu-aarch64) gives logits
  *     bit-identical to the host build with the same flags (skipped with a note when the
  *     cross compiler or qemu is missing).
@@ -129,23 +130,41 @@ static void expect_identical(const char *what, const float *got, const float *wa
             (double)got[first], (double)want[first]);
 }
 
-/* Builds the harness for `name` with `cc flags`, runs it (through `runner`, "" for the host),
- * returns the logits or NULL (failure reported). */
-static float *build_and_run(const char *name, const char *tag, const char *cc, const char *flags, const char *runner,
-                            int n, int classes) {
-  char bin[512], out[512], log[512];
-  snprintf(bin, sizeof bin, "%s/%s.%s", g_dir, name, tag);
-  snprintf(out, sizeof out, "%s/%s.%s.out", g_dir, name, tag);
-  snprintf(log, sizeof log, "%s/%s.%s.log", g_dir, name, tag);
-  int rc = sh("%s %s -DTK_NAME=%s '-DTK_HEADER=\"%s.h\"' -I%s -o %s %s/harness.c %s/%s.c -lm >%s 2>&1", cc, flags, name,
-              name, g_dir, bin, g_dir, g_dir, name, log);
-  if (rc != 0) {
-    fprintf(stderr, "%s: %s build failed (exit %d):\n", name, tag, rc);
+/* Starts building the harness for `name` with `cc flags` in the background; returns the pid
+ * or -1.  Builds run two at a time (the machine has two cores). */
+static pid_t build_start(const char *name, const char *tag, const char *cc, const char *flags) {
+  char cmd[4096];
+  snprintf(cmd, sizeof cmd, "%s %s -DTK_NAME=%s '-DTK_HEADER=\"%s.h\"' -I%s -o %s/%s.%s %s/harness.c %s/%s.c -lm >%s/%s.%s.log 2>&1",
+           cc, flags, name, name, g_dir, g_dir, name, tag, g_dir, g_dir, name, g_dir, name, tag);
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+    _exit(127);
+  }
+  return pid;
+}
+
+/* Waits for a build; reports a failure with the compiler's output. */
+static int build_finish(pid_t pid, const char *name, const char *tag) {
+  int status = 0;
+  if (pid < 0 || waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    char log[600];
+    snprintf(log, sizeof log, "%s/%s.%s.log", g_dir, name, tag);
+    fprintf(stderr, "%s: %s build failed:\n", name, tag);
     print_file(log, 40);
     check_failures++;
-    return NULL;
+    return 0;
   }
-  rc = sh("%s %s %s/%s.in %d %s >%s 2>&1", runner, bin, g_dir, name, n, out, log);
+  return 1;
+}
+
+/* Runs a built harness (through `runner`, "" for the host); returns the logits or NULL. */
+static float *run_built(const char *name, const char *tag, const char *runner, int n, int classes) {
+  char out[512], log[512];
+  snprintf(out, sizeof out, "%s/%s.%s.out", g_dir, name, tag);
+  snprintf(log, sizeof log, "%s/%s.%s.run.log", g_dir, name, tag);
+  int rc = sh("%s %s/%s.%s %s/%s.in %d %s >%s 2>&1", runner, g_dir, name, tag, g_dir, name, n, out, log);
   if (rc != 0) {
     fprintf(stderr, "%s: %s run failed (exit %d)\n", name, tag, rc);
     print_file(log, 20);
@@ -197,9 +216,17 @@ static void run_case(const char *name, tk_model *m, int n, const tk_pass_opts *p
   const size_t cnt = (size_t)n * m->classes;
   float *ref = tm_reference(m, x, n);
   CHECK(ref != NULL);
-  char flags[512];
-  snprintf(flags, sizeof flags, "%s -march=native", g_strict);
-  float *host = build_and_run(name, "gcc", "gcc", flags, "", n, m->classes);
+  /* builds: host gcc and aarch64 together, then gcc -fopenmp and clang together */
+  char native[512], omp[600], cross[600];
+  snprintf(native, sizeof native, "%s -march=native", g_strict);
+  snprintf(omp, sizeof omp, "%s -march=native -fopenmp", g_strict);
+  snprintf(cross, sizeof cross, "%s -static", g_strict);
+  const int do_cross = (what & WITH_CROSS) && g_have_cross;
+  pid_t p_gcc = build_start(name, "gcc", "gcc", native);
+  pid_t p_arm = do_cross ? build_start(name, "aarch64", "aarch64-linux-gnu-gcc", cross) : -1;
+  int ok_gcc = build_finish(p_gcc, name, "gcc");
+  int ok_arm = do_cross && build_finish(p_arm, name, "aarch64");
+  float *host = ok_gcc ? run_built(name, "gcc", "", n, m->classes) : NULL;
   if (host && ref) expect_close("gcc build vs reference engine", host, ref, cnt, TOL);
 
   /* the JIT engine, when this build has one */
@@ -219,30 +246,36 @@ static void run_case(const char *name, tk_model *m, int n, const tk_pass_opts *p
     printf("    compiled engine: not compared (%s)\n", tk_last_error());
   }
 
-  if ((what & WITH_EXTRA) && host) {
-    char fl[600];
-    snprintf(fl, sizeof fl, "%s -march=native -fopenmp", g_strict);
-    float *omp = build_and_run(name, "omp", "gcc", fl, "OMP_NUM_THREADS=2", n, m->classes);
-    if (omp) expect_identical("gcc -fopenmp vs gcc", omp, host, cnt);
-    free(omp);
-    if (g_have_clang) {
-      snprintf(fl, sizeof fl, "%s -march=native", g_strict);
-      float *cl = build_and_run(name, "clang", "clang-16", fl, "", n, m->classes);
-      if (cl) expect_identical("clang-16 vs gcc", cl, host, cnt);
-      free(cl);
-    }
-  }
   if (!(what & WITH_CROSS)) {
     printf("    (no aarch64 build for this case)\n");
-  } else if (g_have_cross && host) {
-    char fl[600];
-    snprintf(fl, sizeof fl, "%s -static", g_strict);
-    float *arm = build_and_run(name, "aarch64", "aarch64-linux-gnu-gcc", fl, "qemu-aarch64", n, m->classes);
+  } else if (!g_have_cross) {
+    if (!g_cross_note_done) printf("    cross part skipped: aarch64-linux-gnu-gcc or qemu-aarch64 not found\n");
+    g_cross_note_done = 1;
+  } else if (ok_arm && host) {
+    float *arm = run_built(name, "aarch64", "qemu-aarch64", n, m->classes);
     if (arm) expect_identical("aarch64 under qemu vs x86-64 gcc", arm, host, cnt);
     free(arm);
-  } else if (!g_cross_note_done) {
-    printf("    cross part skipped: aarch64-linux-gnu-gcc or qemu-aarch64 not found\n");
-    g_cross_note_done = 1;
+  }
+  if ((what & WITH_EXTRA) && host) {
+    pid_t p_omp = build_start(name, "omp", "gcc", omp);
+    pid_t p_cl = g_have_clang ? build_start(name, "clang", "clang-16", native) : -1;
+    if (build_finish(p_omp, name, "omp")) {
+      float *y = run_built(name, "omp", "OMP_NUM_THREADS=2", n, m->classes);
+      if (y) expect_identical("gcc -fopenmp vs gcc", y, host, cnt);
+      free(y);
+    }
+    if (g_have_clang && build_finish(p_cl, name, "clang")) {
+      float *y = run_built(name, "clang", "", n, m->classes);
+      if (y) expect_identical("clang-16 vs gcc", y, host, cnt);
+      free(y);
+    }
+    char scalar[600];
+    snprintf(scalar, sizeof scalar, "%s -DTK_NO_VECTOR", g_strict);
+    if (build_finish(build_start(name, "scalar", "gcc", scalar), name, "scalar")) {
+      float *y = run_built(name, "scalar", "", n, m->classes);
+      if (y) expect_identical("scalar-only (-DTK_NO_VECTOR) vs gcc", y, host, cnt);
+      free(y);
+    }
   }
   free(host);
   free(ref);

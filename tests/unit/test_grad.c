@@ -5,30 +5,40 @@
  * loss is the engine's float32 forward followed by the mean softmax cross-entropy (double).
  * For the input x (raw pixels, so the model's normalisation is included) and for every
  * trainable tensor p:
- *   - directional derivatives: for a few directions v (random normal, and sign(g)),
- *       want = (L(p + h v) - L(p - h v)) / 2h      got = <g, dp> / 2h
- *     where dp is the displacement actually stored in float32 (so rounding of p +- hv does
- *     not count as error);
- *   - per-element central differences for up to ELEMS elements (all of small tensors).
- * Float32 forwards make L noisy at about 1e-7 relative, so the tolerances are
+ *   - directional derivatives along a few directions v (random normal, and sign(g)),
+ *   - derivatives along single elements, for ELEMS random elements (all of small tensors),
+ * each compared with the analytic <g, v>.  Differences are central, D(h) = (L(p + h v) -
+ * L(p - h v)) / 2h, Richardson-extrapolated as (4 D(h/2) - D(h)) / 3 (error O(h^4): train-mode
+ * BatchNorm over a batch of 3 is strongly curved), with h = 1e-3 times the array's scale
+ * (1 for pixels, max|p| for a parameter).  Displacements are the ones actually stored in
+ * float32, so rounding p +- hv does not count as error.
+ *
+ * Kinks: relu and maxpool are piecewise linear, and a difference that straddles a kink
+ * averages two one-sided slopes (an error that does not shrink with h).  Every forward
+ * records the activation pattern (the sign of each relu input and the argmax of each maxpool
+ * window, read through tk_ref_engine_value); a difference whose forwards changed it is redone
+ * with half the step, and for random directions a new direction.  The summary line per graph
+ * counts those; the test fails if more than 5% of the checks had to be given up.
+ *
+ * Tolerances (float32 forwards make L noisy at about 1e-7 relative; noise below is that
+ * rounding seen through the extrapolated difference quotient, 3 * 4e-7 max(1, |L|) / 2h):
  *   directional:  |got - want| <= 5e-3 |want| + 1e-3 S + noise,  S = sum |g_i dp_i| / 2h
  *   per element:  |got - want| <= 1e-2 |want| + 1e-3 max|g| + noise
- * with noise = 4e-7 max(1, |L|) / 2h, the loss rounding seen through the difference quotient.
- * Step: h = 1e-4 times the array's scale (1 for pixels, max|p| for parameters).  Relu and
- * maxpool are piecewise linear: with h = 1e-3 the deeper graph (mini_resnet) crossed enough
- * kinks to miss by 10-50%, with 1e-4 the worst case is about a fifth of the tolerance.  The
- * graph that checks maxpool on the input directly builds inputs whose values differ by at
- * least 1/72 within every image, so that no perturbation changes an argmax.
- * Sensitivity (checked by editing ref.c): dropping either term of the train-mode BatchNorm
- * backward, the avgpool divisor, the normalisation's 1/std or GAP's 1/hw fails by 7-450x
- * the tolerance; a 2% error in a BatchNorm weight gradient fails too.
+ * On 16 seeds the worst case was 0.4 of its tolerance.  Sensitivity, checked by editing ref.c:
+ * dropping either term of the train-mode BatchNorm backward, the avgpool divisor, the
+ * normalisation's 1/std, GAP's 1/hw, the second input of add, or sending the maxpool gradient
+ * to a neighbour fails by 19-900x the tolerance; a 1% error in a scale or BatchNorm weight
+ * gradient fails too.
+ *
  * Train-mode BatchNorm updates the running statistics on every forward: they are restored
- * from a snapshot (tk_model_clone) after every evaluation.
+ * from a snapshot (tk_model_clone) after every evaluation.  Last, the engine's results must
+ * be bitwise the same with 1 and 2 OpenMP threads.
  * A failure reports the worst element (index, got, expected, relative error).
  */
 #include "check.h"
 
 #include "runtime/engine.h"
+#include "runtime/ref/ref.h"
 
 #include <math.h>
 #include <string.h>
@@ -38,6 +48,7 @@
 
 #define ELEMS 12
 #define DIRS 3
+#define H_STEP 1e-3 /* relative step of the central differences */
 
 static tk_rng g_rng;
 
@@ -248,7 +259,47 @@ typedef struct {
   int n;
   float *x, *logits;
   int *y;
+  /* the activation pattern: the sign of every relu input and the argmax of every maxpool
+   * window, at the base point and after the latest forward */
+  size_t pat_len;
+  int32_t *pat_base, *pat_cur;
+  int kink;             /* the latest forward changed the pattern */
 } ctx;
+
+/* Fills out (when not NULL) with the activation pattern of the engine's last forward and
+ * returns its length.  The maxpool argmax follows PyTorch: padding is -inf, first maximum. */
+static size_t pattern(const ctx *c, int32_t *out) {
+  size_t k = 0;
+  for (int li = 0; li < c->m->n_layers; li++) {
+    const tk_layer *l = &c->m->layers[li];
+    if (l->op != TK_OP_RELU && l->op != TK_OP_MAXPOOL) continue;
+    int n = 0;
+    const float *in = tk_ref_engine_value(c->e, l->inputs[0], &n);
+    TK_ASSERT(in && n == c->n);
+    if (l->op == TK_OP_RELU) {
+      for (size_t q = 0; q < (size_t)n * tk_shape_numel(l->in); q++, k++)
+        if (out) out[k] = in[q] > 0.0f;
+      continue;
+    }
+    for (int i = 0; i < n; i++)
+      for (int ch = 0; ch < l->in.c; ch++) {
+        const float *xs = in + ((size_t)i * l->in.c + ch) * l->in.h * l->in.w;
+        for (int oy = 0; oy < l->out.h; oy++)
+          for (int ox = 0; ox < l->out.w; ox++, k++) {
+            int32_t arg = -1;
+            float best = -INFINITY;
+            for (int ky = 0; ky < l->kh; ky++)
+              for (int kx = 0; kx < l->kw; kx++) {
+                int iy = oy * l->sh - l->ph + ky, ix = ox * l->sw - l->pw + kx;
+                if (iy < 0 || iy >= l->in.h || ix < 0 || ix >= l->in.w) continue;
+                if (arg < 0 || xs[iy * l->in.w + ix] > best) best = xs[iy * l->in.w + ix], arg = iy * l->in.w + ix;
+              }
+            if (out) out[k] = arg;
+          }
+      }
+  }
+  return k;
+}
 
 static void restore_buffers(ctx *c) {
   for (int t = 0; t < c->m->n_tensors; t++)
@@ -256,82 +307,132 @@ static void restore_buffers(ctx *c) {
       memcpy(c->m->tensors[t].data, c->snap->tensors[t].data, (size_t)c->m->tensors[t].numel * sizeof(float));
 }
 
+/* L at the current x and model; sets c->kink when a relu or maxpool switched branch. */
 static double loss(ctx *c) {
   tk_status st = tk_engine_forward(c->e, c->x, c->n, c->bn, c->logits);
   TK_ASSERT(st == TK_OK);
   restore_buffers(c);
+  pattern(c, c->pat_cur);
+  c->kink = memcmp(c->pat_cur, c->pat_base, c->pat_len * sizeof(int32_t)) != 0;
   return tk_softmax_xent(c->logits, c->y, c->n, c->m->classes, NULL, NULL);
 }
 
-/* Checks gradient g (numel) of the loss with respect to p (numel floats, perturbed in place). */
-static double check_array(ctx *c, const char *what, float *p, const float *g, size_t numel, double h_scale,
-                          double l0) {
-  const double h = 1e-4 * h_scale, noise = 4e-7 * fmax(1.0, fabs(l0)) / (2 * h);
+typedef struct {
+  double worst;   /* largest error / tolerance */
+  int evals;      /* central differences used */
+  int retried;    /* central differences redone with a smaller step or another direction/element */
+  int skipped;    /* given up: every step tried crossed a kink */
+} fd_stats;
+
+#define MAX_TRIES 12
+
+/* One Richardson-extrapolated central difference along v: with D(h) = (L(p + h v) -
+ * L(p - h v)) / 2h, want = (4 D(h/2) - D(h)) / 3, whose truncation error is O(h^4) rather than
+ * O(h^2) (train-mode BatchNorm over 3 images is strongly curved).  got is the same
+ * combination of the predictions <g, dp> / 2h, dp being the displacement actually stored in
+ * float32.  *s = sum |g_i dp_i| / 2h at step h.  Returns 0 when a forward crossed a kink. */
+static int richardson(ctx *c, float *p, const float *p0, const float *v, const float *g, size_t numel, double h,
+                      double *want, double *got, double *s) {
+  double w[2], gt[2];
+  for (int k = 0; k < 2; k++) {
+    const double hk = k ? h / 2 : h;
+    for (size_t i = 0; i < numel; i++) p[i] = (float)(p0[i] + hk * v[i]);
+    double lp = loss(c);
+    int kink = c->kink;
+    double pred = 0, sabs = 0;
+    for (size_t i = 0; i < numel; i++) {
+      float plus = p[i], minus = (float)(p0[i] - hk * v[i]);
+      double dp = (double)plus - (double)minus;
+      pred += g[i] * dp;
+      sabs += fabs(g[i] * dp);
+      p[i] = minus;
+    }
+    double lm = loss(c);
+    kink |= c->kink;
+    memcpy(p, p0, numel * sizeof(float));
+    if (kink) return 0;
+    w[k] = (lp - lm) / (2 * hk);
+    gt[k] = pred / (2 * hk);
+    if (k == 0) *s = sabs / (2 * hk);
+  }
+  *want = (4 * w[1] - w[0]) / 3;
+  *got = (4 * gt[1] - gt[0]) / 3;
+  return 1;
+}
+
+/* Checks gradient g (numel) of the loss with respect to p (numel floats, perturbed in place).
+ * A difference whose forwards changed the activation pattern straddles a kink, where the
+ * central difference averages two one-sided slopes; it is redone with half the step (and,
+ * for random directions, a new direction), up to MAX_TRIES times. */
+static void check_array(ctx *c, const char *what, float *p, const float *g, size_t numel, double h_scale, double l0,
+                        fd_stats *fs) {
   double gmax = 0;
   for (size_t i = 0; i < numel; i++) gmax = fmax(gmax, fabs(g[i]));
   float *p0 = malloc(numel * sizeof(float)), *v = malloc(numel * sizeof(float));
   memcpy(p0, p, numel * sizeof(float));
-  double worst = 0;
+  /* loss rounding (about 1e-7 relative) seen through the extrapolated difference quotient */
+  const double noise1 = 3 * 4e-7 * fmax(1.0, fabs(l0)) / 2;
   char name[200];
 
   /* directional */
-  float got[DIRS + 1], want[DIRS + 1];
-  double slack[DIRS + 1];
   for (int d = 0; d <= DIRS; d++) {
-    for (size_t i = 0; i < numel; i++) v[i] = d == DIRS ? (g[i] > 0 ? 1.0f : g[i] < 0 ? -1.0f : 0.0f) : (float)randn();
-    for (size_t i = 0; i < numel; i++) p[i] = (float)(p0[i] + h * v[i]);
-    double lp = loss(c);
-    double pred = 0, s = 0;
-    for (size_t i = 0; i < numel; i++) {
-      float plus = p[i], minus = (float)(p0[i] - h * v[i]);
-      double dp = (double)plus - (double)minus;
-      pred += g[i] * dp;
-      s += fabs(g[i] * dp);
-      p[i] = minus;
+    double want = 0, got = 0, s = 0, h = H_STEP * h_scale;
+    int ok = 0;
+    for (int tries = 0; tries < MAX_TRIES && !ok; tries++, h *= 0.5) {
+      for (size_t i = 0; i < numel; i++)
+        v[i] = d == DIRS ? (g[i] > 0 ? 1.0f : g[i] < 0 ? -1.0f : 0.0f) : (float)randn();
+      ok = richardson(c, p, p0, v, g, numel, h, &want, &got, &s);
+      if (!ok) fs->retried++;
     }
-    double lm = loss(c);
-    memcpy(p, p0, numel * sizeof(float));
-    want[d] = (float)((lp - lm) / (2 * h));
-    got[d] = (float)(pred / (2 * h));
-    slack[d] = 1e-3 * s / (2 * h) + noise;
-  }
-  for (int d = 0; d <= DIRS; d++) {
-    double err = fabs((double)got[d] - want[d]), lim = 5e-3 * fabs(want[d]) + slack[d];
-    worst = fmax(worst, err / lim);
-    if (!(err <= lim)) {
-      snprintf(name, sizeof name, "%s: directional derivative %d (tolerance %.3g)", what, d, lim);
-      check_close(name, &got[d], &want[d], 1, 5e-3, slack[d]);
+    if (!ok) {
+      fs->skipped++;
+      continue;
     }
+    fs->evals++;
+    const double slack = 1e-3 * s + noise1 / (h * 2); /* h was halved once more on exit */
+    float gotf = (float)got, wantf = (float)want;
+    fs->worst = fmax(fs->worst, fabs(got - want) / (5e-3 * fabs(want) + slack));
+    snprintf(name, sizeof name, "%s: directional derivative %d (atol %.3g)", what, d, slack);
+    check_close(name, &gotf, &wantf, 1, 5e-3, slack);
   }
 
-  /* per element */
+  /* per element: all of a small array, else ELEMS random ones */
   size_t count = numel < ELEMS ? numel : ELEMS;
   float *eg = malloc(count * sizeof(float)), *ef = malloc(count * sizeof(float));
-  size_t *idx = malloc(count * sizeof(size_t));
-  for (size_t k = 0; k < count; k++) {
+  size_t checked = 0;
+  double noise = 0;
+  char list[96] = "";
+  memset(v, 0, numel * sizeof(float));
+  for (size_t k = 0, attempts = 0; k < count && attempts < 4 * count; attempts++) {
     size_t i = numel <= ELEMS ? k : (size_t)tk_rng_below(&g_rng, numel);
-    idx[k] = i;
-    float plus = (float)(p0[i] + h), minus = (float)(p0[i] - h);
-    p[i] = plus;
-    double lp = loss(c);
-    p[i] = minus;
-    double lm = loss(c);
-    p[i] = p0[i];
-    ef[k] = (float)((lp - lm) / ((double)plus - (double)minus));
-    eg[k] = g[i];
+    double want = 0, got = 0, s = 0, h = H_STEP * h_scale;
+    int ok = 0;
+    v[i] = 1.0f;
+    for (int tries = 0; tries < MAX_TRIES && !ok; tries++, h *= 0.5) {
+      ok = richardson(c, p, p0, v, g, numel, h, &want, &got, &s);
+      if (!ok) fs->retried++;
+    }
+    v[i] = 0.0f;
+    if (numel <= ELEMS) k++; /* small arrays: every element, given up or not */
+    if (!ok) {
+      fs->skipped++;
+      continue;
+    }
+    if (numel > ELEMS) k++;
+    fs->evals++;
+    /* got = g_i dp / 2h and want are derivatives along e_i scaled by dp / 2h (1 up to rounding) */
+    ef[checked] = (float)want;
+    eg[checked] = (float)got;
+    noise = fmax(noise, noise1 / (h * 2));
+    if (strlen(list) < sizeof list - 12) snprintf(list + strlen(list), sizeof list - strlen(list), " %zu", i);
+    checked++;
   }
   double atol = 1e-3 * gmax + noise;
-  for (size_t k = 0; k < count; k++) {
-    double err = fabs((double)eg[k] - ef[k]), lim = 1e-2 * fabs(ef[k]) + atol;
-    worst = fmax(worst, err / lim);
-  }
-  snprintf(name, sizeof name, "%s: per-element (atol %.3g; elements", what, atol);
-  for (size_t k = 0; k < count && strlen(name) < sizeof name - 16; k++)
-    snprintf(name + strlen(name), sizeof name - strlen(name), " %zu", idx[k]);
-  snprintf(name + strlen(name), sizeof name - strlen(name), ")");
-  check_close(name, eg, ef, count, 1e-2, atol);
-  free(eg), free(ef), free(idx), free(p0), free(v);
-  return worst;
+  for (size_t k = 0; k < checked; k++)
+    fs->worst = fmax(fs->worst, fabs((double)eg[k] - ef[k]) / (1e-2 * fabs(ef[k]) + atol));
+  snprintf(name, sizeof name, "%s: per-element (atol %.3g; elements%s)", what, atol, list);
+  check_close(name, eg, ef, checked, 1e-2, atol);
+  free(eg), free(ef), free(p0), free(v);
 }
 
 /* Input values for the maxpool graph: per image a random permutation of k/72, so values in
@@ -368,6 +469,10 @@ static void check_graph(tk_model *m, tk_bn_mode bn, int distinct) {
 
   CHECK(tk_engine_forward(c.e, c.x, c.n, bn, c.logits) == TK_OK);
   restore_buffers(&c);
+  c.pat_len = pattern(&c, NULL);
+  c.pat_base = malloc((c.pat_len + 1) * sizeof(int32_t));
+  c.pat_cur = malloc((c.pat_len + 1) * sizeof(int32_t));
+  pattern(&c, c.pat_base);
   double l0 = tk_softmax_xent(c.logits, c.y, c.n, m->classes, dl, NULL);
   CHECK(tk_engine_backward(c.e, dl, dx, 1) == TK_OK);
   /* keep the gradients: later forwards leave e->grads alone, but copy to be explicit */
@@ -383,7 +488,8 @@ static void check_graph(tk_model *m, tk_bn_mode bn, int distinct) {
   const char *mode = bn == TK_BN_TRAIN ? "train" : "eval";
   char what[160];
   snprintf(what, sizeof what, "%s (bn %s) input", m->arch, mode);
-  double worst = check_array(&c, what, c.x, dx, (size_t)c.n * img, 1.0, l0);
+  fd_stats fs = {0};
+  check_array(&c, what, c.x, dx, (size_t)c.n * img, 1.0, l0, &fs);
   int checked = 1;
   for (int t = 0; t < m->n_tensors; t++) {
     if (!g[t]) continue;
@@ -391,13 +497,16 @@ static void check_graph(tk_model *m, tk_bn_mode bn, int distinct) {
     double sc = 0;
     for (int64_t k = 0; k < tt->numel; k++) sc = fmax(sc, fabs(tt->data[k]));
     snprintf(what, sizeof what, "%s (bn %s) %s", m->arch, mode, tt->name);
-    worst = fmax(worst, check_array(&c, what, tt->data, g[t], (size_t)tt->numel, fmax(sc, 0.1), l0));
+    check_array(&c, what, tt->data, g[t], (size_t)tt->numel, fmax(sc, 0.1), l0, &fs);
     checked++;
   }
-  printf("%-12s bn %-5s loss %.6f: %d arrays checked, worst error %.3f of its tolerance\n", m->arch, mode, l0, checked,
-         worst);
+  printf("%-12s bn %-5s loss %.6f: %d arrays, %d differences (%d redone at a kink, %d given up), "
+         "worst error %.3f of its tolerance\n", m->arch, mode, l0, checked, fs.evals, fs.retried, fs.skipped, fs.worst);
+  /* kinks are rare at these steps: giving up more than a few checks means the test lost its power */
+  CHECK_MSG(fs.skipped <= fs.evals / 20, "%s (bn %s): %d of %d checks given up at kinks", m->arch, mode, fs.skipped,
+            fs.evals + fs.skipped);
   for (int t = 0; t < m->n_tensors; t++) free(g[t]);
-  free(g), free(dl), free(dx), free(c.x), free(c.logits), free(c.y);
+  free(g), free(dl), free(dx), free(c.x), free(c.logits), free(c.y), free(c.pat_base), free(c.pat_cur);
   tk_engine_free(c.e);
   tk_model_free(c.snap);
 }
@@ -408,19 +517,30 @@ static int has_bn(const tk_model *m) {
   return 0;
 }
 
-/* The reference engine's results do not depend on the number of threads or on repetition. */
+/* The reference engine's results do not depend on the number of threads: every output is one
+ * sum in a fixed order, whichever thread computes it.  The graph is big enough that the ops
+ * take their parallel paths. */
 static void check_determinism(void) {
 #ifdef _OPENMP
-  tk_model *m = g_mini_resnet();
+  tk_model *m = tk_model_new("threads", 10, 3, 16, 16);
+  normalise(m);
+  int v = conv(m, "c1", 0, 3, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0);
+  v = batchnorm(m, "bn1", v, 16, 0.1f);
+  v = simple(m, TK_OP_RELU, "relu1", v);
+  v = pool(m, TK_OP_MAXPOOL, "pool", v, 3, 2, 1);          /* 16x8x8 */
+  v = conv(m, "c2", v, 16, 32, 3, 3, 1, 1, 1, 1, 1, 1, 2, 1); /* 32x8x8 */
+  v = simple(m, TK_OP_RELU, "relu2", v);
+  v = simple(m, TK_OP_GLOBALAVGPOOL, "gap", v);
+  v = simple(m, TK_OP_FLATTEN, "flat", v);
+  linear(m, "fc", v, 32, 10, 1);
   CHECK(tk_model_infer(m) == TK_OK);
-  const int n = 4;
+  const int n = 8;
   const size_t img = (size_t)m->in_c * m->in_h * m->in_w;
-  float *x = malloc((size_t)n * img * sizeof(float)), dl[40], lg[2][40], *dx[2];
+  float *x = malloc((size_t)n * img * sizeof(float)), dl[80], lg[2][80], *dx[2], *gw[2][2];
   for (size_t k = 0; k < (size_t)n * img; k++) x[k] = (float)tk_rng_uniform(&g_rng);
-  int y[4] = {1, 5, 9, 0};
-  float *gw[2];
-  int w = tk_model_find_tensor(m, "b1c1.weight");
-  int saved = omp_get_max_threads();
+  int y[8] = {1, 5, 9, 0, 3, 3, 7, 2};
+  const int w[2] = {tk_model_find_tensor(m, "c1.weight"), tk_model_find_tensor(m, "c2.weight")};
+  const int saved = omp_get_max_threads();
   for (int r = 0; r < 2; r++) {
     omp_set_num_threads(r == 0 ? 1 : 2);
     tk_model *mc = tk_model_clone(m);
@@ -430,17 +550,22 @@ static void check_determinism(void) {
     tk_softmax_xent(lg[r], y, n, m->classes, dl, NULL);
     dx[r] = malloc((size_t)n * img * sizeof(float));
     CHECK(tk_engine_backward(e, dl, dx[r], 1) == TK_OK);
-    gw[r] = malloc((size_t)mc->tensors[w].numel * sizeof(float));
-    memcpy(gw[r], e->grads[w], (size_t)mc->tensors[w].numel * sizeof(float));
+    for (int k = 0; k < 2; k++) {
+      gw[r][k] = malloc((size_t)mc->tensors[w[k]].numel * sizeof(float));
+      memcpy(gw[r][k], e->grads[w[k]], (size_t)mc->tensors[w[k]].numel * sizeof(float));
+    }
     tk_engine_free(e);
     tk_model_free(mc);
   }
   omp_set_num_threads(saved);
   CHECK_MSG(!memcmp(lg[0], lg[1], sizeof lg[0]), "logits differ between 1 and 2 threads");
   CHECK_MSG(!memcmp(dx[0], dx[1], (size_t)n * img * sizeof(float)), "input gradients differ between 1 and 2 threads");
-  CHECK_MSG(!memcmp(gw[0], gw[1], (size_t)m->tensors[w].numel * sizeof(float)),
-            "weight gradients differ between 1 and 2 threads");
-  free(x), free(dx[0]), free(dx[1]), free(gw[0]), free(gw[1]);
+  for (int k = 0; k < 2; k++) {
+    CHECK_MSG(!memcmp(gw[0][k], gw[1][k], (size_t)m->tensors[w[k]].numel * sizeof(float)),
+              "%s gradients differ between 1 and 2 threads", m->tensors[w[k]].name);
+    free(gw[0][k]), free(gw[1][k]);
+  }
+  free(x), free(dx[0]), free(dx[1]);
   tk_model_free(m);
 #endif
 }

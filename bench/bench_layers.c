@@ -1,0 +1,273 @@
+/* bench_layers.c -- per-layer timing of the generated sparse kernels against oneDNN.
+ *
+ * For each layer shape (default: the 3x3 and 1x1 convolutions of ResNet-18 on CIFAR, plus
+ * its classifier), each sparsity and each batch size: a one-layer model with a uniformly
+ * random mask, the generated kernel(s) and the dense oneDNN kernel (runtime/dense.c) built
+ * side by side and timed in the same run.  Reports the median time per call, GF/s of
+ * non-zero work (2 * kept MACs / time) and the speed-up over oneDNN.
+ *
+ *   bench_layers [--sparsity 0.9,0.95,0.99] [--batch 1,32] [--threads 1] [--variants table,unrolled]
+ *                [--bwd] [--shapes resnet18|I,O,H,K,S[;...]] [--min-time 0.2] [--clock wall|cpu]
+ *                [--stat median|min] [--json]
+ * Medians by default; --stat min and --clock cpu help on a machine shared with other work.
+ *
+ * Benchmarks only; the tests never time anything. */
+#include "compiler/compile.h"
+#include "compiler/emit.h"
+#include "runtime/dense.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+typedef struct {
+  const char *name;
+  int linear, I, O, H, K, S;
+} shape;
+
+static const shape resnet18[] = {
+    {"conv1 3->64 32x32", 0, 3, 64, 32, 3, 1},         {"layer1 64->64 32x32", 0, 64, 64, 32, 3, 1},
+    {"layer2.0 64->128 s2", 0, 64, 128, 32, 3, 2},     {"layer2 128->128 16x16", 0, 128, 128, 16, 3, 1},
+    {"layer2 short 1x1 s2", 0, 64, 128, 32, 1, 2},     {"layer3.0 128->256 s2", 0, 128, 256, 16, 3, 2},
+    {"layer3 256->256 8x8", 0, 256, 256, 8, 3, 1},     {"layer3 short 1x1 s2", 0, 128, 256, 16, 1, 2},
+    {"layer4.0 256->512 s2", 0, 256, 512, 8, 3, 2},    {"layer4 512->512 4x4", 0, 512, 512, 4, 3, 1},
+    {"layer4 short 1x1 s2", 0, 256, 512, 8, 1, 2},     {"linear 512->10", 1, 512, 10, 1, 1, 1},
+};
+
+static tk_model *make_layer(const shape *s, double sparsity, uint64_t seed) {
+  tk_model *m = tk_model_new("bench", s->O, s->I, s->H, s->H);
+  int64_t ws[4] = {s->O, s->I, s->K, s->K}, bs[1] = {s->O};
+  int wi = tk_model_add_tensor(m, s->linear ? "fc.weight" : "conv.weight", s->linear ? 2 : 4, ws);
+  int bi = tk_model_add_tensor(m, s->linear ? "fc.bias" : "conv.bias", 1, bs);
+  tk_tensor *w = &m->tensors[wi];
+  w->prunable = w->trainable = true;
+  tk_rng r;
+  tk_rng_seed(&r, seed);
+  uint8_t *mask = malloc((size_t)w->numel);
+  for (int64_t k = 0; k < w->numel; k++) {
+    w->data[k] = (float)tk_rng_normal(&r) * 0.05f;
+    mask[k] = tk_rng_uniform(&r) >= sparsity;
+  }
+  if (sparsity > 0) tk_tensor_set_mask(w, mask);
+  free(mask);
+  tk_layer l = tk_layer_default(s->linear ? TK_OP_LINEAR : TK_OP_CONV2D, s->linear ? "fc" : "conv", 0);
+  l.weight = wi, l.bias = bi;
+  if (!s->linear) l.kh = l.kw = s->K, l.sh = l.sw = s->S, l.ph = l.pw = s->K / 2;
+  tk_model_add_layer(m, &l);
+  if (!s->linear) {
+    tk_layer gp = tk_layer_default(TK_OP_GLOBALAVGPOOL, "pool", 1);
+    tk_model_add_layer(m, &gp);
+  }
+  if (tk_model_infer(m) != TK_OK) {
+    fprintf(stderr, "bench: %s: %s\n", s->name, tk_last_error());
+    exit(1);
+  }
+  return m;
+}
+
+/* Wall clock, or (--clock cpu, single thread only) the calling thread's CPU time, which a
+ * busy machine disturbs much less. */
+static int g_cpu_clock, g_use_min;
+static double now(void) {
+  if (!g_cpu_clock) return tk_now();
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_d(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* what: 0 forward, 1 input gradient, 2 weight gradient.  Median seconds per call. */
+static double time_calls(tk_kernel *k, int what, const float *x, float *y, const float *dy, float *dx, float *dw,
+                         float *db, int n, double min_time) {
+  double samples[64];
+  int ns = 0, per = 1;
+  /* calls per sample so that one sample takes at least ~1 ms */
+  for (;;) {
+    double t0 = now();
+    for (int r = 0; r < per; r++) {
+      tk_status st = what == 0 ? k->v->fwd(k, x, y, n)
+                               : what == 1 ? k->v->bwd_input(k, dy, dx, n) : k->v->bwd_weight(k, x, dy, dw, db, n);
+      if (st != TK_OK) {
+        fprintf(stderr, "bench: %s\n", tk_last_error());
+        return NAN;
+      }
+    }
+    double t = now() - t0;
+    if (t > 1e-3 || per >= 1 << 16) break;
+    per *= 2;
+  }
+  double start = now();
+  while (ns < 64 && (ns < 7 || now() - start < min_time)) {
+    double t0 = now();
+    for (int r = 0; r < per; r++) {
+      if (what == 0) k->v->fwd(k, x, y, n);
+      else if (what == 1) k->v->bwd_input(k, dy, dx, n);
+      else k->v->bwd_weight(k, x, dy, dw, db, n);
+    }
+    samples[ns++] = (now() - t0) / per;
+  }
+  qsort(samples, (size_t)ns, sizeof *samples, cmp_d);
+  return g_use_min ? samples[0] : samples[ns / 2];
+}
+
+static int parse_list(const char *s, double *out, int max) {
+  int n = 0;
+  while (s && *s && n < max) {
+    char *end;
+    out[n++] = strtod(s, &end);
+    if (end == s) return -1;
+    s = *end == ',' ? end + 1 : end;
+  }
+  return n;
+}
+
+int main(int argc, char **argv) {
+  double sp[16] = {0.9, 0.95, 0.99}, bt[16] = {1, 32};
+  int nsp = 3, nbt = 2, threads = 1, json = 0, bwd = 0, do_unrolled = 0, do_table = 1;
+  double min_time = 0.2;
+  const shape *shapes = resnet18;
+  int nshapes = (int)(sizeof resnet18 / sizeof *resnet18);
+  shape custom[32];
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      printf("usage: bench_layers [--sparsity 0.9,0.95,0.99] [--batch 1,32] [--threads 1]\n"
+             "                    [--variants table,unrolled] [--bwd] [--shapes resnet18|I,O,H,K,S[;...]]\n"
+             "                    [--min-time SECONDS] [--clock wall|cpu] [--stat median|min] [--json]\n"
+             "Per-layer medians of the generated kernels and oneDNN, GF/s of non-zero work.\n");
+      return 0;
+    } else if (!strcmp(a, "--sparsity") && v) {
+      nsp = parse_list(v, sp, 16), i++;
+    } else if (!strcmp(a, "--batch") && v) {
+      nbt = parse_list(v, bt, 16), i++;
+    } else if (!strcmp(a, "--threads") && v) {
+      threads = atoi(v), i++;
+    } else if (!strcmp(a, "--min-time") && v) {
+      min_time = atof(v), i++;
+    } else if (!strcmp(a, "--variants") && v) {
+      do_table = strstr(v, "table") != NULL, do_unrolled = strstr(v, "unrolled") != NULL, i++;
+    } else if (!strcmp(a, "--clock") && v) {
+      g_cpu_clock = !strcmp(v, "cpu"), i++;
+    } else if (!strcmp(a, "--stat") && v) {
+      g_use_min = !strcmp(v, "min"), i++;
+    } else if (!strcmp(a, "--bwd")) {
+      bwd = 1;
+    } else if (!strcmp(a, "--json")) {
+      json = 1;
+    } else if (!strcmp(a, "--shapes") && v) {
+      i++;
+      if (strcmp(v, "resnet18") != 0) {
+        nshapes = 0;
+        for (const char *p = v; *p && nshapes < 32;) {
+          shape *s = &custom[nshapes];
+          if (sscanf(p, "%d,%d,%d,%d,%d", &s->I, &s->O, &s->H, &s->K, &s->S) != 5) {
+            fprintf(stderr, "bench_layers: --shapes: expected I,O,H,K,S[;...], got %s\n", p);
+            return 2;
+          }
+          s->linear = 0;
+          char *nm = malloc(64);
+          snprintf(nm, 64, "%d->%d %dx%d k%d s%d", s->I, s->O, s->H, s->H, s->K, s->S);
+          s->name = nm;
+          nshapes++;
+          const char *semi = strchr(p, ';');
+          if (!semi) break;
+          p = semi + 1;
+        }
+        shapes = custom;
+      }
+    } else {
+      fprintf(stderr, "bench_layers: unknown argument %s (see --help)\n", a);
+      return 2;
+    }
+  }
+  if (g_cpu_clock && threads != 1) {
+    fprintf(stderr, "bench_layers: --clock cpu measures one thread; use it with --threads 1\n");
+    return 2;
+  }
+  if (nsp < 1 || nbt < 1 || threads < 1) {
+    fprintf(stderr, "bench_layers: bad --sparsity, --batch or --threads\n");
+    return 2;
+  }
+#ifdef _OPENMP
+  omp_set_num_threads(threads);
+#endif
+  if (json) printf("{\"threads\": %d, \"results\": [\n", threads);
+  else
+    printf("%-24s %5s %5s %8s | %10s %8s | %10s %8s %6s%s\n", "layer", "spars", "batch", "nnz", "dense us", "GF/s",
+           "table us", "nzGF/s", "x", do_unrolled ? " | unroll us  nzGF/s      x" : "");
+  int first = 1;
+  for (int si = 0; si < nshapes; si++)
+    for (int pi = 0; pi < nsp; pi++)
+      for (int bi = 0; bi < nbt; bi++) {
+        const shape *s = &shapes[si];
+        int n = (int)bt[bi];
+        tk_model *m = make_layer(s, sp[pi], 1000 + si);
+        const tk_layer *l = &m->layers[0];
+        int64_t dmacs, smacs;
+        tk_layer_macs(m, l, &dmacs, &smacs);
+        int64_t nnz = tk_tensor_nnz(&m->tensors[l->weight]);
+        int64_t xs = tk_shape_numel(l->in) * n, ys = tk_shape_numel(l->out) * n;
+        float *x = tk_alloc_aligned((size_t)xs * 4), *dx = tk_alloc_aligned((size_t)xs * 4);
+        float *y = tk_alloc_aligned((size_t)ys * 4), *dy = tk_alloc_aligned((size_t)ys * 4);
+        float *dw = tk_alloc_aligned((size_t)m->tensors[l->weight].numel * 4), *db = tk_alloc_aligned((size_t)s->O * 4);
+        tk_rng r;
+        tk_rng_seed(&r, 5);
+        for (int64_t q = 0; q < xs; q++) x[q] = (float)tk_rng_uniform(&r);
+        for (int64_t q = 0; q < ys; q++) dy[q] = (float)tk_rng_normal(&r);
+        double td[3] = {NAN, NAN, NAN}, tt[3] = {NAN, NAN, NAN}, tu[3] = {NAN, NAN, NAN};
+        tk_kernel *dk = NULL;
+        if (tk_dense_available() && tk_kernel_dense_create(m, 0, n, &dk) == TK_OK) {
+          for (int w = 0; w < (bwd ? 3 : 1); w++) td[w] = time_calls(dk, w, x, y, dy, dx, dw, db, n, min_time);
+          dk->v->destroy(dk);
+        }
+        tk_variant vs[2] = {TK_VARIANT_SPARSE_TABLE, TK_VARIANT_SPARSE_UNROLLED};
+        for (int vi = 0; vi < 2; vi++) {
+          if ((vi == 0 && !do_table) || (vi == 1 && (!do_unrolled || s->linear))) continue;
+          tk_compile_opts o;
+          tk_compile_opts_default(&o);
+          o.batch = n, o.threads = threads, o.training = bwd, o.force = vs[vi];
+          tk_plan *p = NULL;
+          tk_kernel *ks[2] = {NULL, NULL};
+          if (tk_plan_make(m, &o, &p) != TK_OK || tk_sparse_build(m, p, &o, n, ks) != TK_OK || !ks[0]) {
+            fprintf(stderr, "bench: %s: %s\n", s->name, tk_last_error());
+            tk_plan_free(p);
+            continue;
+          }
+          double *t = vi ? tu : tt;
+          for (int w = 0; w < (bwd ? 3 : 1); w++) t[w] = time_calls(ks[0], w, x, y, dy, dx, dw, db, n, min_time);
+          ks[0]->v->destroy(ks[0]);
+          tk_plan_free(p);
+        }
+        double nzf = 2.0 * (double)smacs * n, df = 2.0 * (double)dmacs * n;
+        static const char *const what[3] = {"fwd", "bwd_input", "bwd_weight"};
+        for (int w = 0; w < (bwd ? 3 : 1); w++) {
+          if (json) {
+            printf("%s  {\"layer\": \"%s\", \"pass\": \"%s\", \"sparsity\": %.4f, \"batch\": %d, \"nnz\": %lld, "
+                   "\"dense_us\": %.3f, \"table_us\": %.3f, \"unrolled_us\": %.3f, \"table_nz_gflops\": %.2f, "
+                   "\"dense_gflops\": %.2f, \"speedup_table\": %.3f, \"speedup_unrolled\": %.3f}",
+                   first ? "" : ",\n", s->name, what[w], sp[pi], n, (long long)nnz, td[w] * 1e6, tt[w] * 1e6,
+                   tu[w] * 1e6, nzf / tt[w] / 1e9, df / td[w] / 1e9, td[w] / tt[w], td[w] / tu[w]);
+            first = 0;
+          } else {
+            printf("%-24s %5.3f %5d %8lld | %10.1f %8.1f | %10.1f %8.1f %6.2f", w ? what[w] : s->name, sp[pi], n,
+                   (long long)nnz, td[w] * 1e6, df / td[w] / 1e9, tt[w] * 1e6, nzf / tt[w] / 1e9, td[w] / tt[w]);
+            if (do_unrolled) printf(" | %10.1f %8.1f %6.2f", tu[w] * 1e6, nzf / tu[w] / 1e9, td[w] / tu[w]);
+            printf("\n");
+          }
+          fflush(stdout);
+        }
+        free(x), free(dx), free(y), free(dy), free(dw), free(db);
+        tk_model_free(m);
+      }
+  if (json) printf("\n]}\n");
+  return 0;
+}

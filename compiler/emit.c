@@ -288,6 +288,7 @@ tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g) {
     g->KH = g->KW = g->SH = g->SW = g->DH = g->DW = 1;
     g->HQ = 1, g->WQ = 16, g->NPH = 1, g->CS = 16;
     g->NV = g->NBLK = g->NVB = g->NBLKB = 1;
+    g->FNV = g->FNBLK = 1, g->FPZ = 16;
     g->CH = g->I, g->NCH = 1;
     g->PZF = g->PZB = 16;
     g->F = 0, g->SZ = 16;
@@ -308,6 +309,12 @@ tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g) {
   g->WQ = (int)((wp + g->SW - 1) / g->SW);
   g->NPH = g->SH * g->SW;
   g->CS = (int64_t)g->HQ * g->WQ;
+  if (g->NPH > 64) {
+    g->PHMASK = ~0ull;
+  } else {
+    for (int kh = 0; kh < g->KH; kh++)
+      for (int kw = 0; kw < g->KW; kw++) g->PHMASK |= 1ull << ((kh * g->DH % g->SH) * g->SW + kw * g->DW % g->SW);
+  }
   choose_blocks(((int64_t)g->OH * g->WQ + 15) / 16, &g->NV, &g->NBLK);
   g->PZF = (int64_t)g->NBLK * g->NV * 16;
   choose_blocks((g->CS + 15) / 16, &g->NVB, &g->NBLKB);
@@ -319,18 +326,38 @@ tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g) {
   g->dz_len = (int64_t)g->O * g->SZ;
   g->z_len = g->PZF > g->NPH * g->PZB ? g->PZF : g->NPH * g->PZB;
   g->dx_rows = (int64_t)g->I * g->NPH;
-  /* input-channel chunks: the chunk's window of one position block stays in L1 and serves
-   * every output channel; worth it while a chunk holds about 10 non-zeros per output channel
-   * (each chunk costs a load and a store of the block's accumulators per output channel) */
+  /* input-channel chunks (DESIGN.md 4: the chunk's window of one position block stays in L1
+   * and serves every output channel).  On this machine the position-block-outer loop order
+   * alone measured as fast (bench_layers, 64x64@32, 256x256@8, 512x512@4 at s=0.9), and short
+   * chunks cost a load, a store and a reduction per output channel, so chunking is off unless
+   * TICKET_CHUNK=<channels> asks for it (for experiments). */
   const tk_tensor *wt = &m->tensors[l->weight];
-  double per_ch = (double)tk_tensor_nnz(wt) / ((double)g->O * (g->I / g->G > 0 ? g->I / g->G : 1));
-  int ch = per_ch > 0 ? (int)ceil(10.0 / per_ch / 16.0) * 16 : g->I;
-  if (ch < 16) ch = 16;
+  int ch = g->I;
+  const char *force_ch = getenv("TICKET_CHUNK");
+  if (force_ch && atoi(force_ch) > 0) ch = (atoi(force_ch) + 15) / 16 * 16;
   if (g->G > 1 || ch >= g->I) ch = g->I;
   g->CH = ch;
   g->NCH = (g->I + ch - 1) / ch;
-  g->z_len = (int64_t)g->O * g->PZF > g->NPH * g->PZB ? (int64_t)g->O * g->PZF : g->NPH * g->PZB;
-  if (g->xq_len > INT32_MAX || g->dz_len > INT32_MAX)
+  /* im2col for the forward when the vector FMAs it saves (no wasted grid columns) outweigh
+   * about twice the extra copying (KH*KW copies of the input instead of one grid) */
+  int64_t nnz_all = tk_tensor_nnz(wt), kk = (int64_t)g->KH * g->KW;
+  g->P16 = round_up((int64_t)g->OH * g->OW, 16);
+  int fnv, fnblk;
+  choose_blocks(g->P16 / 16, &fnv, &fnblk);
+  int64_t fpz = (int64_t)fnv * fnblk * 16;
+  double saved = (double)nnz_all * (double)(g->PZF - fpz) / 16.0;
+  double extra = 2.0 * (double)(kk * g->I * g->P16 - g->NPH * g->I * g->CS) / 16.0;
+  const char *force_col = getenv("TICKET_IM2COL"); /* "0"/"1": override, for experiments */
+  g->IM2COL = force_col && *force_col ? atoi(force_col) != 0 : saved > extra;
+  if (g->IM2COL) {
+    g->FNV = fnv, g->FNBLK = fnblk, g->FPZ = fpz;
+    g->col_len = (int64_t)g->I * kk * g->P16 + fpz + 16;
+  } else {
+    g->FNV = g->NV, g->FNBLK = g->NBLK, g->FPZ = g->PZF;
+    g->col_len = 0;
+  }
+  g->z_len = (int64_t)g->O * g->FPZ > g->NPH * g->PZB ? (int64_t)g->O * g->FPZ : g->NPH * g->PZB;
+  if (g->xq_len > INT32_MAX || g->dz_len > INT32_MAX || g->col_len > INT32_MAX)
     return tk_fail(TK_ERR_UNSUPPORTED, "layer %d (%s): scratch of %lld floats exceeds the 32-bit offsets", layer,
                    l->name, (long long)(g->xq_len > g->dz_len ? g->xq_len : g->dz_len));
   return TK_OK;
@@ -341,6 +368,7 @@ tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g) {
 void tk_tables_free(tk_tables *t) {
   free(t->pos);
   if (t->rpc != t->rp) free(t->rpc);
+  if (t->offc != t->off) free(t->offc);
   free(t->rp);
   free(t->off);
   free(t->rpt);
@@ -410,6 +438,23 @@ tk_status tk_tables_build(const tk_model *m, int layer, const tk_geom *g, int tr
   }
   t->rp[g->O] = (int32_t)j;
   TK_ASSERT(j == nnz);
+  if (g->IM2COL) {
+    t->offc = tk_malloc((size_t)(nnz ? nnz : 1) * sizeof *t->offc);
+    if (!t->offc) {
+      free(trow);
+      free(toff);
+      goto nomem;
+    }
+    int ig = g->I / g->G, kk = g->KH * g->KW;
+    for (int64_t q = 0; q < nnz; q++) {
+      int64_t p = t->pos[q];
+      int o = (int)(p / ((int64_t)ig * kk)), il = (int)((p / kk) % ig), tap = (int)(p % kk);
+      int i = (o / (g->O / g->G)) * ig + il;
+      t->offc[q] = (int32_t)(((int64_t)i * kk + tap) * g->P16);
+    }
+  } else {
+    t->offc = t->off;
+  }
   if (g->NCH == 1) {
     t->rpc = t->rp;
   } else {
@@ -497,8 +542,11 @@ static void conv_params(param_set *s, const tk_geom *g) {
   pset(s, "I", g->I), pset(s, "O", g->O), pset(s, "H", g->H), pset(s, "W", g->W);
   pset(s, "OH", g->OH), pset(s, "OW", g->OW), pset(s, "SH", g->SH), pset(s, "SW", g->SW);
   pset(s, "PH", g->PH), pset(s, "PW", g->PW), pset(s, "HQ", g->HQ), pset(s, "WQ", g->WQ);
-  pset(s, "CS", g->CS), pset(s, "NPH", g->NPH), pset(s, "NV", g->NV), pset(s, "NP", partials(g->NV));
+  pset(s, "CS", g->CS), pset(s, "NPH", g->NPH), pset(s, "PHMASK", (int64_t)g->PHMASK), pset(s, "NV", g->NV), pset(s, "NP", partials(g->NV));
   pset(s, "NBLK", g->NBLK), pset(s, "PZF", g->PZF), pset(s, "NCH", g->NCH);
+  pset(s, "IM2COL", g->IM2COL), pset(s, "P16", g->P16), pset(s, "FNV", g->FNV), pset(s, "FNP", partials(g->FNV));
+  pset(s, "FNBLK", g->FNBLK), pset(s, "FPZ", g->FPZ), pset(s, "KH", g->KH), pset(s, "KW", g->KW);
+  pset(s, "DH", g->DH), pset(s, "DW", g->DW);
   pset(s, "NVB", g->NVB), pset(s, "NPB", partials(g->NVB));
   pset(s, "NBLKB", g->NBLKB), pset(s, "PZB", g->PZB), pset(s, "F", g->F), pset(s, "SZ", g->SZ);
 }
@@ -619,7 +667,7 @@ void tk_emit_body(tk_codebuf *body, const tk_model *m, int layer, const tk_geom 
     tk_codebuf uf, ub;
     tk_cb_init(&uf);
     tk_cb_init(&ub);
-    emit_chunks(&uf, "uf", baked ? "TK_UF" : "TK_UF", g->O, t->rp, t->off, NULL, baked, g->NV);
+    emit_chunks(&uf, "uf", "TK_UF", g->O, t->rp, t->offc, NULL, baked, g->FNV);
     int have_ub = eo->training && v == TK_VARIANT_SPARSE_UNROLLED;
     if (have_ub) emit_chunks(&ub, "ub", "TK_UB", g->dx_rows, t->rpt, t->offt, NULL, NULL, g->NVB); /* host passes wt */
     free(vals);
@@ -628,7 +676,7 @@ void tk_emit_body(tk_codebuf *body, const tk_model *m, int layer, const tk_geom 
     } else {
       param_set us = {0};
       static const char *const keep[] = {"H", "W", "OH", "OW", "SH", "SW", "PH", "PW", "WQ", "NPH",
-                                         "NV", "NP", "NBLK", "NVB", "NPB", "NBLKB", "PZB"};
+                                         "NVB", "NPB", "NBLKB", "PZB", "IM2COL", "FNV", "FNBLK"};
       for (size_t k = 0; k < sizeof keep / sizeof *keep; k++)
         for (int q = 0; q < ps.n; q++)
           if (!strcmp(ps.p[q].name, keep[k])) pset(&us, keep[k], strtoll(ps.p[q].value, NULL, 10));
@@ -649,6 +697,7 @@ void tk_emit_body(tk_codebuf *body, const tk_model *m, int layer, const tk_geom 
     emit_i32_array(body, "rp", t->rp, g->O + 1);
     emit_i32_array(body, "rpc", t->rpc, (int64_t)g->O * g->NCH + 1);
     emit_i32_array(body, "off", t->off, t->nnz);
+    emit_i32_array(body, "offc", t->offc, t->nnz);
     emit_i32_array(body, "rpt", t->rpt, g->dx_rows + 1);
     emit_i32_array(body, "offt", t->offt, t->nnz);
     emit_i32_array(body, "perm", t->perm, t->nnz);
@@ -711,9 +760,9 @@ void tk_emit_layer(tk_codebuf *cb, const tk_model *m, int layer, const tk_geom *
   else
     tk_cb_printf(cb,
                  "\n * params:    I=%d O=%d groups=%d in=%dx%d out=%dx%d kernel=%dx%d stride=%dx%d pad=%dx%d "
-                 "dilation=%dx%d\n *            grid=%dx%d phases=%d NV=%d NBLK=%d chunks=%dx%d NVB=%d NBLKB=%d F=%lld SZ=%lld",
+                 "dilation=%dx%d\n *            grid=%dx%d phases=%d im2col=%d NV=%d NBLK=%d chunks=%dx%d NVB=%d NBLKB=%d F=%lld SZ=%lld",
                  g->I, g->O, g->G, g->H, g->W, g->OH, g->OW, g->KH, g->KW, g->SH, g->SW, g->PH, g->PW, g->DH, g->DW,
-                 g->HQ, g->WQ, g->NPH, g->NV, g->NBLK, g->NCH, g->CH, g->NVB, g->NBLKB, (long long)g->F,
+                 g->HQ, g->WQ, g->NPH, g->IM2COL, g->FNV, g->FNBLK, g->NCH, g->CH, g->NVB, g->NBLKB, (long long)g->F,
                  (long long)g->SZ);
   tk_cb_printf(cb, "\n * nnz:       %lld of %lld (sparsity %.4f)\n * key:       %016" PRIx64 "%016" PRIx64 "\n */\n",
                (long long)t->nnz, (long long)numel, numel ? 1.0 - (double)t->nnz / (double)numel : 0.0, k[0], k[1]);

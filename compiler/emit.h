@@ -89,9 +89,15 @@ typedef struct {
   int H, W, OH, OW;
   int KH, KW, SH, SW, PH, PW, DH, DW;
   int HQ, WQ, NPH;            /* phase grid, NPH = SH*SW */
+  uint64_t PHMASK;            /* bit a*SW+b: some tap reads phase (a, b) (all set beyond 64 phases) */
   int64_t CS;                 /* channel stride of xq */
   int NV, NBLK;               /* forward: vectors per block, blocks; PZF = NBLK*NV*16 */
   int CH, NCH;                /* forward: input channels per chunk, chunks (NCH*CH >= I) */
+  int IM2COL;                 /* forward reads tap copies col[(i*KH*KW + t)*P16 + oh*OW + ow]
+                                 instead of the grid (small maps: no wasted columns, aligned) */
+  int64_t P16, col_len;       /* im2col: OH*OW rounded up to 16; floats of col per image */
+  int FNV, FNBLK;             /* the forward's blocks: NV/NBLK on the grid, or over P16 */
+  int64_t FPZ;                /* FNBLK*FNV*16 */
   int64_t PZF;
   int NVB, NBLKB;             /* input gradient: per phase, PZB = NBLKB*NVB*16 */
   int64_t PZB;
@@ -110,7 +116,8 @@ tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g);
 typedef struct {
   int64_t nnz;
   int64_t *pos;               /* nnz: element index in the weight */
-  int32_t *rp, *off;          /* forward CSR: O+1, nnz */
+  int32_t *rp, *off;          /* forward CSR: O+1, nnz (grid offsets: weight gradient, grid forward) */
+  int32_t *offc;              /* forward offsets into col (== off unless IM2COL) */
   int32_t *rpc;               /* forward CSR split by input-channel chunk: O*NCH+1 (== rp when NCH = 1) */
   int32_t *rpt, *offt, *perm; /* transposed CSR: dx_rows+1, nnz, nnz (wt[k] = w[perm[k]]) */
 } tk_tables;

@@ -5,7 +5,7 @@
  *
  * The cost model (per call of n images on T threads; rates per thread):
  *   dense   2*MACs / (R_DENSE * eff) + C_DENSE          eff < 1 for small problems
- *   sparse  2*nnz*lanes / R_SPARSE + prep/epilogue + per-entry table reads + C_SPARSE
+ *   sparse  2*nnz*lanes / R_SPARSE + prep/epilogue + per-entry table reads + streaming + C_SPARSE
  * where `lanes` counts the positions the kernel really computes (the flattened, padded grid),
  * so small maps pay for their wasted columns.  The constants are at the top.
  */
@@ -22,13 +22,18 @@
 #include <omp.h>
 #endif
 
-/* ---- calibration (1 thread, Zen 4, AVX-512; see bench/bench_layers.c) --------------------- */
+/* ---- calibration (1 thread; bench/bench_layers.c on this machine, minimum of repeats) ------
+ * oneDNN: 110-140 GF/s on the ResNet-18 CIFAR convolutions.  Table kernel: about 41 GF/s of
+ * computed lanes (grid columns included) at batch 1 with the activations in cache, plus
+ * about 0.25 ns per non-zero per position block (offset and value reads, loop); batches
+ * stream their activations through memory, about 1.3 ns per input+output element. */
 #define R_DENSE 115e9       /* oneDNN flop/s per core on large convolutions */
 #define C_DENSE 4e-6        /* oneDNN per-call overhead (s) */
-#define R_SPARSE 48e9       /* table-driven kernel, flop/s of computed lanes */
+#define R_SPARSE 41e9       /* table-driven kernel, flop/s of computed lanes */
 #define C_SPARSE 1.5e-6     /* per-call overhead (s) */
-#define T_ENTRY 0.6e-9      /* per non-zero per position block: offset + value reads (s) */
-#define T_ELEM 0.25e-9      /* per element of prep (pad / phase split) and epilogue (s) */
+#define T_ENTRY 0.25e-9     /* per non-zero per position block (s) */
+#define T_ELEM 0.25e-9      /* per element of prep (pad, phase split, im2col) and epilogue (s) */
+#define T_STREAM 1.3e-9     /* batches: per input + output element per image (s) */
 #define UNROLL_BUDGET 20000 /* most non-zeros per layer for unrolled / value-baked code */
 
 const char *tk_variant_name(tk_variant v) {
@@ -73,20 +78,24 @@ static double est_dense(const tk_model *m, const tk_layer *l, int n, int T) {
   return flops / (R_DENSE * T * eff) + C_DENSE;
 }
 
-static double est_sparse(const tk_geom *g, int64_t nnz, int n, int T, int vec_batch_linear) {
-  double lanes, blocks, elems;
+static double est_sparse(const tk_geom *g, int64_t nnz, int n, int T) {
+  double lanes, blocks, elems, stream = 0;
   if (g->linear) {
     double nblk = ceil(n / 16.0);
-    lanes = 16.0 * nblk;
+    lanes = n < 4 ? n / 16.0 : 16.0 * nblk; /* a few images: scalar dot products */
     blocks = nblk;
-    elems = (double)(g->I + g->O) * 16.0 * nblk;
-    (void)vec_batch_linear;
+    elems = n < 4 ? 0 : (double)(g->I + g->O) * 16.0 * nblk;
   } else {
-    lanes = (double)g->PZF * n;
-    blocks = (double)g->NBLK * n;
-    elems = ((double)g->NPH * g->I * g->CS + (double)g->O * g->OH * g->OW) * n;
+    int phases = 0;
+    for (int b = 0; b < 64 && b < g->NPH; b++) phases += (int)((g->PHMASK >> b) & 1);
+    if (g->NPH > 64) phases = g->NPH;
+    double prep = g->IM2COL ? (double)g->I * g->KH * g->KW * g->P16 : (double)phases * g->I * g->CS;
+    lanes = (double)g->FPZ * n;
+    blocks = (double)g->FNBLK * n;
+    elems = (prep + (double)g->O * g->OH * g->OW) * n;
+    if (n > 1) stream = ((double)g->I * g->H * g->W + (double)g->O * g->OH * g->OW) * n * T_STREAM;
   }
-  double t = 2.0 * (double)nnz * lanes / R_SPARSE + (double)nnz * blocks * T_ENTRY + elems * T_ELEM;
+  double t = 2.0 * (double)nnz * lanes / R_SPARSE + (double)nnz * blocks * T_ENTRY + elems * T_ELEM + stream;
   return t / T + C_SPARSE;
 }
 
@@ -280,7 +289,7 @@ tk_status tk_plan_make(const tk_model *m, const tk_compile_opts *o, tk_plan **ou
     }
     lp->vec_batch = l->op == TK_OP_LINEAR;
     lp->est_dense_us = est_dense(m, l, n, T) * 1e6;
-    lp->est_sparse_us = gen_ok ? est_sparse(&g, nnz, n, T, 1) * 1e6 : NAN;
+    lp->est_sparse_us = gen_ok ? est_sparse(&g, nnz, n, T) * 1e6 : NAN;
     tk_variant v;
     if (nnz == 0 && (o->force < 0 || o->force == TK_VARIANT_EMPTY || o->force == TK_VARIANT_SPARSE_TABLE)) {
       v = TK_VARIANT_EMPTY;

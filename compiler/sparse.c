@@ -23,7 +23,7 @@
 /* ---- the kernel object -------------------------------------------------------------------- */
 
 typedef struct {
-  float *xq, *dz, *z, *dwv;
+  float *xq, *col, *dz, *z, *dwv; /* col: im2col forward input (NULL when not IM2COL) */
 } scratch_set;
 
 typedef struct {
@@ -32,7 +32,7 @@ typedef struct {
   tk_tables t;
   int training, threads;
   tk_jit *jit;
-  tk_kfn prep_x, prep_dy, fwd, bwd_input, bwd_weight;
+  tk_kfn prep_x, prep_dy, prep_col, fwd, fwd_direct, bwd_input, bwd_weight;
   float *wv, *wvt, *baked; /* packed values; transposed order; values baked into the code */
   int nsets;
   scratch_set *sets;
@@ -90,14 +90,24 @@ static tk_status check_n(const tk_kernel *k, int n) {
 
 /* ---- conv2d ------------------------------------------------------------------------------ */
 
+/* The forward's input: the grid (prep_x into xq) or the tap copies (prep_col into col). */
+static void fwd_prep(const sparse_kernel *k, const scratch_set *s, const float *x, int c0, int c1) {
+  tk_kargs a = {.src = x, .dst = k->g.IM2COL ? s->col : s->xq};
+  (k->g.IM2COL ? k->prep_col : k->prep_x)(&a, c0, c1);
+}
+
+static tk_kargs fwd_args(const sparse_kernel *k, const scratch_set *in, const scratch_set *mine, float *y,
+                         const float *bias) {
+  tk_kargs f = {.src = k->g.IM2COL ? in->col : in->xq, .dst = y, .w = k->baked ? k->baked : k->wv, .rp = k->t.rpc,
+                .off = k->t.offc, .bias = bias, .z = mine->z};
+  return f;
+}
+
 /* One image, one thread: prep and all rows. */
 static void conv_fwd_image(sparse_kernel *k, const scratch_set *s, const float *x, float *y, const float *bias) {
-  const tk_geom *g = &k->g;
-  tk_kargs a = {.src = x, .dst = s->xq};
-  k->prep_x(&a, 0, g->I);
-  tk_kargs f = {.src = s->xq, .dst = y, .w = k->baked ? k->baked : k->wv, .rp = k->t.rpc, .off = k->t.off,
-                .bias = bias, .z = s->z};
-  k->fwd(&f, 0, g->O);
+  fwd_prep(k, s, x, 0, k->g.I);
+  tk_kargs f = fwd_args(k, s, s, y, bias);
+  k->fwd(&f, 0, k->g.O);
 }
 
 static tk_status conv_fwd(tk_kernel *kb, const float *x, float *y, int n) {
@@ -124,13 +134,11 @@ static tk_status conv_fwd(tk_kernel *kb, const float *x, float *y, int n) {
 #pragma omp parallel num_threads(T)
   {
     int t = thread_id(), nt = omp_get_num_threads(), r0, r1;
-    row_range(k->t.rpc, g->O, g->NCH, (double)g->PZF, (double)g->OH * g->OW, t, nt, &r0, &r1);
+    row_range(k->t.rpc, g->O, g->NCH, (double)g->FPZ, (double)g->OH * g->OW, t, nt, &r0, &r1);
     for (int i = 0; i < n; i++) {
-      tk_kargs a = {.src = x + i * xs, .dst = k->sets[0].xq};
-      k->prep_x(&a, g->I * t / nt, g->I * (t + 1) / nt);
+      fwd_prep(k, &k->sets[0], x + i * xs, g->I * t / nt, g->I * (t + 1) / nt);
 #pragma omp barrier
-      tk_kargs f = {.src = k->sets[0].xq, .dst = y + i * ys, .w = k->baked ? k->baked : k->wv, .rp = k->t.rpc,
-                    .off = k->t.off, .bias = bias, .z = k->sets[t].z};
+      tk_kargs f = fwd_args(k, &k->sets[0], &k->sets[t], y + i * ys, bias);
       k->fwd(&f, r0, r1);
 #pragma omp barrier
     }
@@ -274,6 +282,11 @@ static tk_status lin_fwd(tk_kernel *kb, const float *x, float *y, int n) {
   const float *bias = kbias(kb);
   int nblk = (n + 15) / 16, T = want_threads(k);
   if (T > nblk) T = nblk;
+  if (n < 4) { /* a few images: sparse dot products straight from x, no transpose */
+    tk_kargs d = {.src = x, .dst = y, .w = k->wv, .rp = k->t.rp, .off = k->t.off, .bias = bias, .nb = n};
+    k->fwd_direct(&d, 0, g->O);
+    return TK_OK;
+  }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(T) if (T > 1)
 #endif
@@ -502,10 +515,13 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
     const char *fn;
   } syms[] = {{&k->prep_x, "prep_x"},
               {&k->prep_dy, "prep_dy"},
+              {&k->prep_col, it->g.linear ? NULL : "prep_col"},     /* conv only */
+              {&k->fwd_direct, it->g.linear ? "fwd_direct" : NULL}, /* linear only */
               {&k->fwd, unrolled ? "fwd_u" : "fwd"},
               {&k->bwd_input, unrolled && training && it->variant == TK_VARIANT_SPARSE_UNROLLED ? "bwd_input_u" : "bwd_input"},
               {&k->bwd_weight, "bwd_weight"}};
   for (size_t s = 0; s < sizeof syms / sizeof *syms; s++) {
+    if (!syms[s].fn) continue;
     snprintf(name, sizeof name, "tk_k%016" PRIx64 "_%s", it->sym, syms[s].fn);
     void *p = tk_jit_lookup(jit, name);
     if (!p) {
@@ -521,9 +537,9 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
   k->nsets = threads;
   k->sets = tk_calloc((size_t)threads, sizeof *k->sets);
   /* one arena: per thread xq, z, and (training) dz, dwv; 64-byte aligned pieces */
-  int64_t xq = (it->g.xq_len + 15) / 16 * 16, z = (it->g.z_len + 15) / 16 * 16;
+  int64_t xq = (it->g.xq_len + 15) / 16 * 16, z = (it->g.z_len + 15) / 16 * 16, col = (it->g.col_len + 15) / 16 * 16;
   int64_t dz = training ? (it->g.dz_len + 15) / 16 * 16 : 0, dwv = training ? (nz1 + 15) / 16 * 16 : 0;
-  int64_t per = xq + z + dz + dwv;
+  int64_t per = xq + z + dz + dwv + col;
   k->arena = tk_alloc_aligned((size_t)(per * threads) * sizeof(float));
   if (!k->wv || (training && !k->wvt) || (it->variant == TK_VARIANT_VALUE_BAKED && !k->baked) || !k->sets || !k->arena) {
     sk_destroy(&k->base);
@@ -536,6 +552,7 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
     k->sets[t].z = b + xq;
     k->sets[t].dz = training ? b + xq + z : NULL;
     k->sets[t].dwv = training ? b + xq + z + dz : NULL;
+    k->sets[t].col = col ? b + xq + z + dz + dwv : NULL;
   }
   if (k->baked) {
     const tk_tensor *wt = &m->tensors[l->weight];

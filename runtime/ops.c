@@ -18,7 +18,26 @@
 #define TK_PRAGMA(x)
 #endif
 
-#define PAR_MIN 16384 /* elements below which a loop stays serial */
+#define PAR_MIN 16384   /* elements below which a loop stays serial */
+#define FLAT_BLOCK 4096 /* elements per work item of a flat parallel loop */
+
+/* Runs BODY over [lo, hi) ranges covering [0, count): one range on the calling thread when
+ * count is small, else blocks of FLAT_BLOCK shared by the threads (static schedule). */
+#define FLAT_LOOP(count, BODY)                                                            \
+  do {                                                                                    \
+    const size_t n_ = (count);                                                            \
+    if (n_ <= PAR_MIN) {                                                                  \
+      const size_t lo = 0, hi = n_;                                                       \
+      BODY;                                                                               \
+    } else {                                                                              \
+      const long nb_ = (long)((n_ + FLAT_BLOCK - 1) / FLAT_BLOCK);                        \
+      TK_PRAGMA("omp parallel for schedule(static)")                                      \
+      for (long b_ = 0; b_ < nb_; b_++) {                                                 \
+        const size_t lo = (size_t)b_ * FLAT_BLOCK, hi = lo + FLAT_BLOCK < n_ ? lo + FLAT_BLOCK : n_; \
+        BODY;                                                                             \
+      }                                                                                   \
+    }                                                                                     \
+  } while (0)
 
 /* ---- input normalisation ------------------------------------------------------------------ */
 
@@ -34,6 +53,7 @@ void tk_ops_normalize_fwd(const float *x, const float *mean, const float *std, f
     }
     int ch = (int)(p % c);
     float m = mean[ch], r = 1.0f / std[ch];
+    TK_PRAGMA("omp simd")
     for (int i = 0; i < hw; i++) yp[i] = (xp[i] - m) * r;
   }
 }
@@ -45,10 +65,13 @@ void tk_ops_normalize_bwd(const float *dy, const float *std, float *dx, int n, i
     const float *g = dy + p * hw;
     float *d = dx + p * hw;
     float r = std ? 1.0f / std[p % c] : 1.0f;
-    if (acc)
+    if (acc) {
+      TK_PRAGMA("omp simd")
       for (int i = 0; i < hw; i++) d[i] += g[i] * r;
-    else
+    } else {
+      TK_PRAGMA("omp simd")
       for (int i = 0; i < hw; i++) d[i] = g[i] * r;
+    }
   }
 }
 
@@ -59,10 +82,13 @@ static inline float relu1(float v) { return (v > 0.0f || v != v) ? v : 0.0f; }
 
 /* y = relu?(x * a + b) for one plane */
 static inline void affine_plane(const float *x, float a, float b, int relu, float *y, int hw) {
-  if (relu)
+  if (relu) {
+    TK_PRAGMA("omp simd")
     for (int i = 0; i < hw; i++) y[i] = relu1(x[i] * a + b);
-  else
+  } else {
+    TK_PRAGMA("omp simd")
     for (int i = 0; i < hw; i++) y[i] = x[i] * a + b;
+  }
 }
 
 void tk_ops_bn_eval_fwd(const float *x, const float *gamma, const float *beta, const float *running_mean,
@@ -92,11 +118,13 @@ void tk_ops_bn_train_fwd(const float *x, const float *gamma, const float *beta, 
     double s = 0.0;
     for (int i = 0; i < n; i++) {
       const float *xp = x + i * cs + (size_t)ch * hw;
+      TK_PRAGMA("omp simd reduction(+ : s)")
       for (int k = 0; k < hw; k++) s += xp[k];
     }
     double mean = s / count, ss = 0.0;
     for (int i = 0; i < n; i++) {
       const float *xp = x + i * cs + (size_t)ch * hw;
+      TK_PRAGMA("omp simd reduction(+ : ss)")
       for (int k = 0; k < hw; k++) {
         double d = xp[k] - mean;
         ss += d * d;
@@ -128,6 +156,7 @@ void tk_ops_bn_bwd(const float *x, const float *relu_y, const float *dy, const f
     for (int i = 0; i < n; i++) {
       size_t off = i * cs + (size_t)ch * hw;
       const float *xp = x + off, *gp = dy + off, *yp = relu_y ? relu_y + off : NULL;
+      TK_PRAGMA("omp simd reduction(+ : sg, sgx)")
       for (int k = 0; k < hw; k++) {
         float g = (yp && !(yp[k] > 0.0f)) ? 0.0f : gp[k];
         sg += g;
@@ -144,6 +173,7 @@ void tk_ops_bn_bwd(const float *x, const float *relu_y, const float *dy, const f
       size_t off = i * cs + (size_t)ch * hw;
       const float *xp = x + off, *gp = dy + off, *yp = relu_y ? relu_y + off : NULL;
       float *dp = dx + off;
+      TK_PRAGMA("omp simd")
       for (int k = 0; k < hw; k++) {
         float g = (yp && !(yp[k] > 0.0f)) ? 0.0f : gp[k];
         float v = k0 * (g - mg - (xp[k] - mean) * invstd * mgx);
@@ -156,18 +186,14 @@ void tk_ops_bn_bwd(const float *x, const float *relu_y, const float *dy, const f
 /* ---- ReLU ------------------------------------------------------------------------------------ */
 
 void tk_ops_relu_fwd(const float *x, float *y, size_t count) {
-  TK_PRAGMA("omp parallel for schedule(static) if(count > PAR_MIN)")
-  for (size_t i = 0; i < count; i++) y[i] = relu1(x[i]);
+  FLAT_LOOP(count, TK_PRAGMA("omp simd") for (size_t i = lo; i < hi; i++) y[i] = relu1(x[i]));
 }
 
 void tk_ops_relu_bwd(const float *y, const float *dy, float *dx, size_t count, int acc) {
-  if (acc) {
-    TK_PRAGMA("omp parallel for schedule(static) if(count > PAR_MIN)")
-    for (size_t i = 0; i < count; i++) dx[i] += y[i] > 0.0f ? dy[i] : 0.0f;
-  } else {
-    TK_PRAGMA("omp parallel for schedule(static) if(count > PAR_MIN)")
-    for (size_t i = 0; i < count; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
-  }
+  if (acc)
+    FLAT_LOOP(count, TK_PRAGMA("omp simd") for (size_t i = lo; i < hi; i++) dx[i] += y[i] > 0.0f ? dy[i] : 0.0f);
+  else
+    FLAT_LOOP(count, TK_PRAGMA("omp simd") for (size_t i = lo; i < hi; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f);
 }
 
 /* ---- pools ------------------------------------------------------------------------------------ */
@@ -276,6 +302,7 @@ void tk_ops_gap_fwd(const float *x, float *y, int n, int c, int hw) {
   for (long p = 0; p < planes; p++) {
     const float *xp = x + p * hw;
     double s = 0.0;
+    TK_PRAGMA("omp simd reduction(+ : s)")
     for (int i = 0; i < hw; i++) s += xp[i];
     y[p] = (float)(s / hw);
   }
@@ -287,33 +314,32 @@ void tk_ops_gap_bwd(const float *dy, float *dx, int n, int c, int hw, int acc) {
   for (long p = 0; p < planes; p++) {
     float g = dy[p] / (float)hw;
     float *dp = dx + p * hw;
-    if (acc)
+    if (acc) {
+      TK_PRAGMA("omp simd")
       for (int i = 0; i < hw; i++) dp[i] += g;
-    else
+    } else {
+      TK_PRAGMA("omp simd")
       for (int i = 0; i < hw; i++) dp[i] = g;
+    }
   }
 }
 
 /* ---- add ----------------------------------------------------------------------------------------- */
 
 void tk_ops_add_fwd(const float *a, const float *b, int relu, float *y, size_t count) {
-  if (relu) {
-    TK_PRAGMA("omp parallel for schedule(static) if(count > PAR_MIN)")
-    for (size_t i = 0; i < count; i++) y[i] = relu1(a[i] + b[i]);
-  } else {
-    TK_PRAGMA("omp parallel for schedule(static) if(count > PAR_MIN)")
-    for (size_t i = 0; i < count; i++) y[i] = a[i] + b[i];
-  }
+  if (relu)
+    FLAT_LOOP(count, TK_PRAGMA("omp simd") for (size_t i = lo; i < hi; i++) y[i] = relu1(a[i] + b[i]));
+  else
+    FLAT_LOOP(count, TK_PRAGMA("omp simd") for (size_t i = lo; i < hi; i++) y[i] = a[i] + b[i]);
 }
 
 void tk_ops_add_bwd(const float *relu_y, float *dy, float *da, int acc_a, float *db, int acc_b, size_t count) {
-  /* One pass; g is read before da/db are written at the same index, so da == dy works. */
-  TK_PRAGMA("omp parallel for schedule(static) if(count > PAR_MIN)")
-  for (size_t i = 0; i < count; i++) {
+  /* One pass; g is read before da/db are written at the same index, so either may be dy. */
+  FLAT_LOOP(count, for (size_t i = lo; i < hi; i++) {
     float g = (relu_y && !(relu_y[i] > 0.0f)) ? 0.0f : dy[i];
     if (da) da[i] = acc_a ? da[i] + g : g;
     if (db) db[i] = acc_b ? db[i] + g : g;
-  }
+  });
 }
 
 /* ---- per-channel scale ---------------------------------------------------------------------------- */
@@ -325,6 +351,7 @@ void tk_ops_scale_fwd(const float *x, const float *w, float *y, int n, int c, in
     float s = w[p % c];
     const float *xp = x + p * hw;
     float *yp = y + p * hw;
+    TK_PRAGMA("omp simd")
     for (int i = 0; i < hw; i++) yp[i] = xp[i] * s;
   }
 }
@@ -338,6 +365,7 @@ void tk_ops_scale_bwd(const float *x, const float *dy, const float *w, float *dx
       double s = 0.0;
       for (int i = 0; i < n; i++) {
         const float *xp = x + i * cs + (size_t)ch * hw, *gp = dy + i * cs + (size_t)ch * hw;
+        TK_PRAGMA("omp simd reduction(+ : s)")
         for (int k = 0; k < hw; k++) s += (double)xp[k] * gp[k];
       }
       dw[ch] = (float)s;
@@ -350,18 +378,20 @@ void tk_ops_scale_bwd(const float *x, const float *dy, const float *w, float *dx
     float s = w[p % c];
     const float *gp = dy + p * hw;
     float *dp = dx + p * hw;
-    if (acc)
+    if (acc) {
+      TK_PRAGMA("omp simd")
       for (int i = 0; i < hw; i++) dp[i] += gp[i] * s;
-    else
+    } else {
+      TK_PRAGMA("omp simd")
       for (int i = 0; i < hw; i++) dp[i] = gp[i] * s;
+    }
   }
 }
 
 /* ---- helpers ---------------------------------------------------------------------------------------- */
 
 void tk_ops_accumulate(float *y, const float *x, size_t count) {
-  TK_PRAGMA("omp parallel for schedule(static) if(count > PAR_MIN)")
-  for (size_t i = 0; i < count; i++) y[i] += x[i];
+  FLAT_LOOP(count, TK_PRAGMA("omp simd") for (size_t i = lo; i < hi; i++) y[i] += x[i]);
 }
 
 void tk_ops_channel_sum(const float *dy, float *db, int n, int c, int hw) {
@@ -371,6 +401,7 @@ void tk_ops_channel_sum(const float *dy, float *db, int n, int c, int hw) {
     double s = 0.0;
     for (int i = 0; i < n; i++) {
       const float *gp = dy + i * cs + (size_t)ch * hw;
+      TK_PRAGMA("omp simd reduction(+ : s)")
       for (int k = 0; k < hw; k++) s += gp[k];
     }
     db[ch] = (float)s;

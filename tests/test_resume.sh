@@ -51,7 +51,7 @@ tkt.save(tkt.Model("resume_test", 10, tkt.InputSpec(1, 28, 28, mean=[0.286], std
                    provenance=tkt.Provenance(method="random")), sys.argv[1])
 EOF
 
-ARGS=(--data fashion-mnist --limit 448 --val 64 --epochs 3 --batch 32 --mode pgd --eps 0.1 --alpha 0.03
+ARGS=(--data fashion-mnist --limit 352 --val 64 --epochs 3 --batch 32 --mode pgd --eps 0.1 --alpha 0.03
       --steps 2 --val-steps 2 --augment crop:2,flip --lr 0.05 --schedule cosine --seed 3 --threads 2 --engine auto)
 now_ms() { date +%s%3N; }
 
@@ -84,6 +84,7 @@ kill -TERM $pid 2>/dev/null && echo "C: SIGTERM ${term_ms} ms after the first ch
 rc=0
 wait $pid || rc=$?
 if [ $rc -eq 143 ]; then
+  echo "C: stopped cleanly (exit 143) with a mid-run checkpoint"
   grep -q "checkpoint saved to" C1.err || { echo "FAIL: no stop message after SIGTERM"; cat C1.err; exit 1; }
   grep -q '"interrupted":true' C1.json || { echo "FAIL: the stopped run does not say interrupted"; exit 1; }
   [ ! -f C.tkt ] || { echo "FAIL: a stopped run wrote its final model"; exit 1; }

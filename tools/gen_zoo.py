@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """gen_zoo.py -- writes the model zoo: models/<arch>.json (FlatBuffers JSON of
 schema/ticket.fbs, tensors without data, each with its `init` rule) and models/README.md.
 
@@ -324,6 +324,21 @@ Notes on each architecture:
 - **resnet20**: SynFlow's `lottery_resnet` ResNet-20 (OpenLTH); identity shortcuts are `Identity2d`
   per-channel scales (`blocks.i.shortcut.weight`, shape (C,1,1), init 1, not trained, not prunable),
   downsampling shortcuts are 1x1 conv stride 2 + BN.  Global average pool.
+
+From PyTorch checkpoints (`tools/torch_bridge.py`, Debian's `/usr/bin/python3`; the checkpoint's
+keys are the tensor names above, after `module.` and normalisation wrappers are stripped):
+
+    tools/torch_bridge.py export model_best.pth.tar --arch vgg16_bn --k 0.01 -o vgg_hydra99.tkt   # HYDRA subnet
+    tools/torch_bridge.py export model_best_dense.pth.tar --arch wrn_28_4 --mask-from-zeros -o wrn.tkt
+    tools/torch_bridge.py export pruned.pth.tar --arch resnet18 -o r18.tkt      # torch.nn.utils.prune, 0.mean/0.std
+    tools/torch_bridge.py export model.pt --arch resnet20 -o synflow.tkt                 # SynFlow masked layers
+    tools/torch_bridge.py export mnist_eps0.1.pth --arch cifar_model --input 1,28,28 -o convex.tkt
+    tools/torch_bridge.py import model.tkt -o state_dict.pt --encoding plain|torch-prune|hydra|synflow
+
+(`cifar_model` with `--input 1,28,28` is HYDRA's `mnist_model`, the architecture of the
+convex-adversarial MNIST models in the shared pretrained weights.)  The formats are read for any
+zoo architecture; Double-Win's own checkpoints are torchvision ResNet-50s (ImageNet topology),
+which the zoo does not have.
 
 `--input C,H,W` changes the first conv's input channels and the in-features of the first linear
 after the flatten; `--classes N` changes the last linear (weight and bias).  Initialisation is

@@ -17,6 +17,7 @@ are what flatc writes from schema/ticket.fbs.
 
 import contextlib
 import filecmp
+import gzip
 import io
 import json
 import os
@@ -457,8 +458,53 @@ def input_and_classes(d):
     logits_check("lenet 3x32x32, 5 classes", d, path, net)
 
 
+def read_idx(path):
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def pretrained(d):
+    """The real pretrained MNIST models of the shared data (when present): advertorch's LeNet5
+    (zoo lenet) and convex-adversarial's small CNN, which is HYDRA's mnist_model = the zoo's
+    cifar_model with --input 1,28,28.  Logits and accuracy on MNIST test images against torch."""
+    root = U.shared_data()
+    files = [("advertorch-mnist-lenet5/mnist_lenet5_clntrained.pt", "lenet", ()),
+             ("advertorch-mnist-lenet5/mnist_lenet5_advtrained.pt", "lenet", ()),
+             ("convex-adversarial/mnist_eps0.1.pth", "cifar_model", ("--input", "1,28,28"))]
+    images = os.path.join(root, "mnist", "t10k-images-idx3-ubyte.gz")
+    labels = os.path.join(root, "mnist", "t10k-labels-idx1-ubyte.gz")
+    if not all(os.path.exists(os.path.join(root, "pretrained-weights", f)) for f, _, _ in files) or \
+            not os.path.exists(images):
+        print("note: shared pretrained weights or MNIST not found under %s (set TICKET_SHARED_DATA); "
+              "the pretrained checks did not run" % root)
+        return
+    n = 300
+    x = (read_idx(images)[:n].astype(np.float32) / 255.0).reshape(n, 1, 28, 28)
+    y = read_idx(labels)[:n].astype(np.int64)
+    np.save(os.path.join(d, "x.npy"), x)
+    np.save(os.path.join(d, "y.npy"), y)
+    for f, arch, extra in files:
+        ck = os.path.join(root, "pretrained-weights", f)
+        m, info, path = export(d, ck, arch, *extra, name="pre.tkt")
+        r = json.loads(U.ticket("run", path, "--input", os.path.join(d, "x.npy"), "--labels", os.path.join(d, "y.npy"),
+                                "-o", os.path.join(d, "lg.npy"), "--engine", ENGINE, "--json").stdout)
+        net = R.build(arch, in_ch=1, hw=(28, 28))
+        net.load_state_dict(torch.load(ck, map_location="cpu", weights_only=True), strict=True)
+        net.eval()
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        C.close("logits: pretrained %s" % f, np.load(os.path.join(d, "lg.npy")), want, 1e-4)
+        acc = float(np.mean(want.argmax(1) == y))
+        C.check(abs(r["accuracy"] - acc) <= 1.0 / n and acc > 0.9,
+                "pretrained %s: accuracy %.4f, PyTorch %.4f" % (f, r["accuracy"], acc))
+        print("  %s as %s: accuracy %.4f on %d MNIST test images (PyTorch %.4f)" % (f, arch, r["accuracy"], n, acc))
+
+
 for fn in (hydra_subnet, torch_prune, synflow, double_win, wrn_sub_block1, bad_checkpoints, zoo_init_round_trip,
-           input_and_classes):
+           input_and_classes, pretrained):
     try:
         with U.tmpdir() as d:
             fn(d)

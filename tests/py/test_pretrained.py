@@ -57,7 +57,9 @@ def read_mnist_test(d, n):
 def pick_engine(model, spec):
     forced = os.environ.get("TICKET_ENGINE")
     for e in ([forced] if forced else ["compiled", "dense", "reference"]):
-        p = U.ticket("eval", model, "--data", spec, "--limit", "1", "--engine", e, "--json", expect_ok=False)
+        # the engine must run forwards and input gradients: a one-step attack on two images
+        p = U.ticket("attack", model, "--data", spec, "--limit", "2", "--eps", "0.1", "--steps", "1", "--engine", e,
+                     "--json", expect_ok=False)
         if p.returncode == 0:
             return e
         print("engine %s unavailable: %s" % (e, p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "?"))

@@ -1,0 +1,91 @@
+#!/usr/bin/python3
+"""report.py -- summarise `ticket bench --json` lines (bench/sweep.sh) into tables and plot data.
+
+Usage: report.py RESULTS.jsonl OUTDIR
+
+Writes into OUTDIR:
+  summary.txt   one row per run: model, mode, batch, threads, sparsity, medians (ms) of the
+                compiled engine, oneDNN and PyTorch (its faster variant: jit+optimize_for_inference
+                for inference, eager channels_last otherwise), the speedups (ratios of medians),
+                cold/warm build time and generated code size
+  speedup.dat   the same numbers as whitespace columns for bench/plot.gp:
+                model batch threads mode sparsity speedup_dense speedup_torch
+  layers.dat    per conv/linear layer: model batch threads sparsity layer variant dense_ms
+                compiled_ms speedup (forward, from the --layers profile)
+PyTorch is timed once per (model, mode, batch, threads): zeros in its weights change nothing
+(DESIGN.md section 8), so that number serves every sparsity of the same configuration.
+"""
+import json
+import math
+import os
+import sys
+
+
+def torch_best(t):
+    if not t:
+        return None
+    meds = [t[k]["median_ms"] for k in ("eager", "jit") if t.get(k)]
+    return min(meds) if meds else None
+
+
+def fmt(v, spec):
+    return format(v, spec) if isinstance(v, (int, float)) and v == v else "-"
+
+
+def main():
+    if len(sys.argv) != 3:
+        sys.exit(__doc__.split("\n\n")[1])
+    src, out = sys.argv[1], sys.argv[2]
+    runs = []
+    with open(src) as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                runs.append(json.loads(line))
+            except ValueError as e:
+                sys.exit("report.py: %s:%d: not JSON: %s" % (src, n, e))
+    torch = {}
+    for r in runs:
+        b = torch_best(r.get("torch"))
+        if b is not None:
+            torch[(r["arch"], r["mode"], r["batch"], r["threads"])] = b
+    os.makedirs(out, exist_ok=True)
+    rows = []
+    with open(os.path.join(out, "speedup.dat"), "w") as dat, open(os.path.join(out, "layers.dat"), "w") as lay:
+        dat.write("# model batch threads mode sparsity speedup_dense speedup_torch\n")
+        lay.write("# model batch threads sparsity layer variant dense_ms compiled_ms speedup\n")
+        for r in runs:
+            c = r["compiled"]["latency"]["median_ms"]
+            d = r["dense"]["latency"]["median_ms"] if r.get("dense") else None
+            t = torch.get((r["arch"], r["mode"], r["batch"], r["threads"]))
+            sd = d / c if d else float("nan")
+            st = t / c if t else float("nan")
+            comp = r.get("compile") or {}
+            rows.append((r["arch"], r["mode"], r["batch"], r["threads"], r["sparsity"], c, d, t, sd, st,
+                         comp.get("cold_s"), comp.get("warm_s"), comp.get("code_bytes")))
+            dat.write("%s %d %d %s %.4f %.4f %.4f\n" % (r["arch"], r["batch"], r["threads"], r["mode"], r["sparsity"],
+                                                        sd, st))
+            for l in r.get("layers") or []:
+                if l["op"] not in ("conv2d", "linear") or not l.get("dense_fwd_ms") or not l["compiled_fwd_ms"]:
+                    continue
+                lay.write("%s %d %d %.4f %s %s %.5f %.5f %.4f\n" % (
+                    r["arch"], r["batch"], r["threads"], r["sparsity"], l["name"], l["variant"], l["dense_fwd_ms"],
+                    l["compiled_fwd_ms"], l["dense_fwd_ms"] / l["compiled_fwd_ms"]))
+    hdr = ("%-10s %-5s %5s %3s %8s %10s %10s %10s %8s %8s %7s %7s %10s" %
+           ("model", "mode", "batch", "thr", "sparsity", "ours ms", "oneDNN ms", "torch ms", "x dense", "x torch",
+            "cold s", "warm s", "code B"))
+    lines = [hdr, "-" * len(hdr)]
+    for r in sorted(rows, key=lambda r: (r[0], r[1], r[2], r[3], r[4])):
+        lines.append("%-10s %-5s %5d %3d %8.3f %10s %10s %10s %8s %8s %7s %7s %10s" % (
+            r[0], r[1], r[2], r[3], r[4], fmt(r[5], ".3f"), fmt(r[6], ".3f"), fmt(r[7], ".3f"), fmt(r[8], ".2f"),
+            fmt(r[9], ".2f"), fmt(r[10], ".2f"), fmt(r[11], ".2f"), fmt(r[12], "d")))
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "summary.txt"), "w") as f:
+        f.write(text)
+    sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -248,7 +248,7 @@ static void row(const char *name, const lat_stats *s) {
 
 /* graph.json + weights.bin (see bench/torch_bench.py) */
 static tk_status export_graph(const tk_model *m, const char *dir) {
-  char path[4096];
+  char path[4200];
   snprintf(path, sizeof path, "%s/graph.json", dir);
   FILE *f = fopen(path, "w");
   if (!f) return tk_fail(TK_ERR_IO, "%s: %s", path, strerror(errno));
@@ -380,7 +380,7 @@ static void rm_dir(const char *dir) {
   DIR *d = opendir(dir);
   if (!d) return;
   struct dirent *de;
-  char p[4096];
+  char p[4400];
   while ((de = readdir(d)))
     if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
       snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
@@ -396,7 +396,7 @@ static long long dir_bytes(const char *dir, int *files) {
   *files = 0;
   if (!d) return 0;
   struct dirent *de;
-  char p[4096];
+  char p[4400];
   struct stat sb;
   while ((de = readdir(d))) {
     snprintf(p, sizeof p, "%s/%s", dir, de->d_name);

@@ -40,9 +40,8 @@ static void usage(FILE *f) {
           "  -v, --verbose      print the compiler command line\n");
 }
 
-static const char *arg_value(int argc, char **argv, int *i, const char *opt) {
+static const char *arg_value(int argc, char **argv, int *i) {
   if (*i + 1 >= argc) return NULL;
-  (void)opt;
   return argv[++*i];
 }
 
@@ -77,7 +76,7 @@ int cmd_compile(int argc, char **argv) {
     const char *v = NULL;
 #define NEEDS_VALUE()                                                        \
   do {                                                                       \
-    if (!(v = arg_value(argc, argv, &i, a))) return cli_usage_error(cmd, "%s needs a value", a); \
+    if (!(v = arg_value(argc, argv, &i))) return cli_usage_error(cmd, "%s needs a value", a); \
   } while (0)
     if (!strcmp(a, "--emit")) { NEEDS_VALUE(); emit = v; }
     else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { NEEDS_VALUE(); out = v; }
@@ -154,8 +153,8 @@ int cmd_compile(int argc, char **argv) {
   tk_aot_outputs res;
   st = tk_aot_build(u, &o, out, &res);
   if (res.diagnostics && *res.diagnostics) {
-    fprintf(stderr, "ticket compile: %s output%s:\n%s", st == TK_OK ? "compiler" : "compiler errors for the generated code",
-            res.command ? "" : "", res.diagnostics);
+    fprintf(stderr, "ticket compile: %s:\n%s", st == TK_OK ? "compiler output" : "compiler errors on the generated code",
+            res.diagnostics);
     if (res.command) fprintf(stderr, "ticket compile: command: %s\n", res.command);
   }
   int rc = 0;

@@ -63,7 +63,7 @@ static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
   size_t len = (size_t)snprintf(buf, cap, "(");
   for (int d = 0; d < ndim && len < cap; d++)
     len += (size_t)snprintf(buf + len, cap - len, "%s%lld", d ? ", " : "", (long long)shape[d]);
-  if (len < cap) snprintf(buf + len, cap - len, ")");
+  if (len < cap) snprintf(buf + len, cap - len, ndim == 1 ? ",)" : ")"); /* Python's (n,) */
 }
 
 /* Bytes of activations per image the reference engine keeps (values, their gradients, scratch). */

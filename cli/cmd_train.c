@@ -341,30 +341,6 @@ int cmd_train(int argc, char **argv) {
     goto done;
   }
 
-  /* data: the first `limit` training images; the last `val` of them validate; --subset takes
-   * a prefix of the rest */
-  if ((st = tk_data_load(data, "train", 0, limit, &all)) != TK_OK) {
-    rc = cli_error(cmd, st);
-    goto done;
-  }
-  if (val_n >= all->n - 1) {
-    rc = cli_usage_error(cmd, "--val: %ld of %d images leaves fewer than 2 to train on", val_n, all->n);
-    goto done;
-  }
-  int n_rest = all->n - (int)val_n;
-  int n_train = (int)floor(subset * n_rest + 1e-9);
-  if (n_train < 2) {
-    rc = cli_usage_error(cmd, "--subset: %g of %d images leaves fewer than 2 to train on", subset, n_rest);
-    goto done;
-  }
-  if ((st = tk_dataset_slice(all, 0, n_train, &train)) != TK_OK ||
-      (val_n > 0 && (st = tk_dataset_slice(all, n_rest, (int)val_n, &val)) != TK_OK)) {
-    rc = cli_error(cmd, st);
-    goto done;
-  }
-  tk_dataset_free(all);
-  all = NULL;
-
   /* the model: MODEL, or its checkpoint with --resume */
   if ((st = tk_model_load(model_path, &m)) != TK_OK || (st = tk_model_infer(m)) != TK_OK) {
     rc = cli_error(cmd, st);
@@ -390,6 +366,30 @@ int cmd_train(int argc, char **argv) {
       fprintf(stderr, "ticket train: no checkpoint at %s; starting from the beginning\n", ckpt);
     }
   }
+
+  /* data: the first `limit` training images; the last `val` of them validate; --subset takes
+   * a prefix of the rest */
+  if ((st = tk_data_load(data, "train", 0, limit, &all)) != TK_OK) {
+    rc = cli_error(cmd, st);
+    goto done;
+  }
+  if (val_n >= all->n - 1) {
+    rc = cli_usage_error(cmd, "--val: %ld of %d images leaves fewer than 2 to train on", val_n, all->n);
+    goto done;
+  }
+  int n_rest = all->n - (int)val_n;
+  int n_train = (int)floor(subset * n_rest + 1e-9);
+  if (n_train < 2) {
+    rc = cli_usage_error(cmd, "--subset: %g of %d images leaves fewer than 2 to train on", subset, n_rest);
+    goto done;
+  }
+  if ((st = tk_dataset_slice(all, 0, n_train, &train)) != TK_OK ||
+      (val_n > 0 && (st = tk_dataset_slice(all, n_rest, (int)val_n, &val)) != TK_OK)) {
+    rc = cli_error(cmd, st);
+    goto done;
+  }
+  tk_dataset_free(all);
+  all = NULL;
 
   if (init_delta_path) {
     int nd;

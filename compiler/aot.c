@@ -873,6 +873,12 @@ tk_status tk_aot_generate(const tk_model *src, const tk_aot_opts *o, tk_aot_unit
   tn.p[tn.n++].value = run.buf ? run.buf : "";
   tn.p[tn.n].name = "INFO";
   tn.p[tn.n++].value = info.buf ? info.buf : "\"\"";
+  {
+    int64_t biggest = m->classes;
+    for (int v = 0; v <= m->n_layers; v++)
+      if (tk_shape_numel(m->values[v]) > biggest) biggest = tk_shape_numel(m->values[v]);
+    tp_set(&tn, "MAX_BATCH", "%" PRId64, (int64_t)INT32_MAX / biggest);
+  }
   tk_template_expand(&cb, "aot_net.c.in", tn.p, tn.n);
   tk_cb_free(&body);
   tk_cb_free(&run);
@@ -1140,6 +1146,16 @@ tk_status tk_aot_build(const tk_aot_unit *u, const tk_aot_opts *o, const char *o
 
   /* so / exe: sources in a private temporary directory, the compiler writes OUT.tmp.PID
    * beside OUT, and a rename puts it in place. */
+  if (is_dir(out)) return tk_fail(TK_ERR_ARG, "output: %s is a directory (give the file to write)", out);
+  {
+    char *d = dir_part(out);
+    if (!d) return TK_ERR_NOMEM;
+    int ok = access(*d ? d : ".", W_OK) == 0;
+    st = ok ? TK_OK : tk_fail(TK_ERR_IO, "output: %s: cannot write into the directory %s: %s", out, *d ? d : ".",
+                              strerror(errno));
+    free(d);
+    if (st != TK_OK) return st;
+  }
   char *cc = tk_aot_find_cc(o);
   if (!cc) return TK_ERR_UNSUPPORTED;
   const char *tmpdir = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";

@@ -256,6 +256,28 @@ void tk_model_hash(const tk_model *m, uint64_t out[2]) {
   tk_hash_final(&h, out);
 }
 
+/* ---- non-zeros ----------------------------------------------------------------------------- */
+
+/* 1 in each byte of the word that is not zero */
+static inline uint64_t nonzero_bytes(uint64_t w) {
+  w |= w >> 4;
+  w |= w >> 2;
+  w |= w >> 1;
+  return w & 0x0101010101010101ull;
+}
+
+int64_t tk_weight_nnz(const tk_tensor *t) {
+  if (!t->mask) return t->numel;
+  int64_t n = 0, i = 0;
+  for (; i + 8 <= t->numel; i += 8) {
+    uint64_t w;
+    memcpy(&w, t->mask + i, 8);
+    n += __builtin_popcountll(nonzero_bytes(w));
+  }
+  for (; i < t->numel; i++) n += t->mask[i] != 0;
+  return n;
+}
+
 /* ---- geometry ----------------------------------------------------------------------------- */
 
 /* Vectors per block and blocks for nvec vectors: few wasted vectors, few blocks (each block
@@ -340,7 +362,7 @@ tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g) {
   g->NCH = (g->I + ch - 1) / ch;
   /* im2col for the forward when the vector FMAs it saves (no wasted grid columns) outweigh
    * about twice the extra copying (KH*KW copies of the input instead of one grid) */
-  int64_t nnz_all = tk_tensor_nnz(wt), kk = (int64_t)g->KH * g->KW;
+  int64_t nnz_all = tk_weight_nnz(wt), kk = (int64_t)g->KH * g->KW;
   g->P16 = round_up((int64_t)g->OH * g->OW, 16);
   int fnv, fnblk;
   choose_blocks(g->P16 / 16, &fnv, &fnblk);
@@ -382,7 +404,7 @@ tk_status tk_tables_build(const tk_model *m, int layer, const tk_geom *g, int tr
   const tk_layer *l = &m->layers[layer];
   const tk_tensor *wt = &m->tensors[l->weight];
   const uint8_t *mask = wt->mask;
-  int64_t nnz = tk_tensor_nnz(wt);
+  int64_t nnz = tk_weight_nnz(wt);
   if (nnz > INT32_MAX) return tk_fail(TK_ERR_UNSUPPORTED, "layer %d (%s): %lld non-zeros exceed the 32-bit tables", layer, l->name, (long long)nnz);
   t->nnz = nnz;
   t->pos = tk_malloc((size_t)(nnz ? nnz : 1) * sizeof *t->pos);
@@ -414,27 +436,58 @@ tk_status tk_tables_build(const tk_model *m, int layer, const tk_geom *g, int tr
       }
     }
   } else {
-    int ig = g->I / g->G, og = g->O / g->G;
-    for (int o = 0; o < g->O; o++) {
-      t->rp[o] = (int32_t)j;
-      int grp = o / og;
-      for (int il = 0; il < ig; il++)
-        for (int kh = 0; kh < g->KH; kh++)
-          for (int kw = 0; kw < g->KW; kw++) {
-            int64_t p = (((int64_t)o * ig + il) * g->KH + kh) * g->KW + kw;
-            if (mask && !mask[p]) continue;
-            int i = grp * ig + il, th = kh * g->DH, tw = kw * g->DW;
-            int pa = th % g->SH, pb = tw % g->SW;
-            int64_t shift = (int64_t)(th / g->SH) * g->WQ + tw / g->SW;
-            t->pos[j] = p;
-            t->off[j] = (int32_t)(((int64_t)(pa * g->SW + pb) * g->I + i) * g->CS + shift);
-            if (transposed) {
-              trow[j] = i * g->NPH + pa * g->SW + pb;
-              toff[j] = (int32_t)((int64_t)o * g->SZ + g->F - shift);
-            }
-            j++;
-          }
+    /* walk the weight in its own order (o, il, kh, kw), skipping 8 pruned entries at a time;
+     * per kept entry the tap's phase and shift come from a small table */
+    const int ig = g->I / g->G, og = g->O / g->G, kk = g->KH * g->KW;
+    int32_t *tap_ph = tk_malloc((size_t)kk * sizeof *tap_ph), *tap_sh = tk_malloc((size_t)kk * sizeof *tap_sh);
+    if (!tap_ph || !tap_sh) {
+      free(tap_ph);
+      free(tap_sh);
+      free(trow);
+      free(toff);
+      goto nomem;
     }
+    for (int kh = 0; kh < g->KH; kh++)
+      for (int kw = 0; kw < g->KW; kw++) {
+        int th = kh * g->DH, tw = kw * g->DW;
+        tap_ph[kh * g->KW + kw] = (th % g->SH) * g->SW + tw % g->SW;
+        tap_sh[kh * g->KW + kw] = (int32_t)((int64_t)(th / g->SH) * g->WQ + tw / g->SW);
+      }
+    const uint32_t numel = (uint32_t)((int64_t)g->O * ig * kk), per_o = (uint32_t)ig * (uint32_t)kk;
+    const uint32_t ukk = (uint32_t)kk;
+    int o_next = 0;
+    /* 8 mask bytes at a time; the kept ones are visited through the bits of their bytes */
+    for (uint32_t base = 0; base < numel; base += 8) {
+      uint64_t bits;
+      if (!mask) {
+        bits = numel - base >= 8 ? 0x0101010101010101ull : (1ull << (8 * (numel - base))) - 1;
+        bits &= 0x0101010101010101ull;
+      } else if (numel - base >= 8) {
+        uint64_t w;
+        memcpy(&w, mask + base, 8);
+        bits = nonzero_bytes(w);
+      } else {
+        bits = 0;
+        for (uint32_t k = 0; k < numel - base; k++) bits |= (uint64_t)(mask[base + k] != 0) << (8 * k);
+      }
+      while (bits) {
+        uint32_t p = base + (uint32_t)(__builtin_ctzll(bits) >> 3);
+        bits &= bits - 1;
+        uint32_t o = p / per_o, rest = p - o * per_o, il = rest / ukk, tap = rest - il * ukk;
+        while (o_next <= (int)o) t->rp[o_next++] = (int32_t)j;
+        int i = ((int)o / og) * ig + (int)il, ph = tap_ph[tap];
+        t->pos[j] = p;
+        t->off[j] = (int32_t)(((int64_t)ph * g->I + i) * g->CS + tap_sh[tap]);
+        if (transposed) {
+          trow[j] = i * g->NPH + ph;
+          toff[j] = (int32_t)((int64_t)o * g->SZ + g->F - tap_sh[tap]);
+        }
+        j++;
+      }
+    }
+    while (o_next <= g->O - 1) t->rp[o_next++] = (int32_t)j;
+    free(tap_ph);
+    free(tap_sh);
   }
   t->rp[g->O] = (int32_t)j;
   TK_ASSERT(j == nnz);

@@ -107,6 +107,10 @@ typedef struct {
   int64_t dx_rows;            /* rows of the transposed table: I*NPH (linear: I) */
 } tk_geom;
 
+/* Kept elements of a weight (its mask's non-zero bytes, or numel): tk_tensor_nnz, 8 bytes
+ * at a time. */
+int64_t tk_weight_nnz(const tk_tensor *t);
+
 /* Fills g for conv2d/linear layer `layer`; errors name the layer. */
 tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g);
 

@@ -452,7 +452,7 @@ static const tk_kernel_vtbl empty_vtbl = {empty_fwd, empty_bwd_input, empty_bwd_
 
 static tk_status empty_create(const tk_model *m, int layer, int max_batch, tk_kernel **out) {
   const tk_layer *l = &m->layers[layer];
-  if (tk_tensor_nnz(&m->tensors[l->weight]) != 0)
+  if (tk_weight_nnz(&m->tensors[l->weight]) != 0)
     return tk_fail(TK_ERR_ARG, "layer %d (%s): planned as empty but has kept weights", layer, l->name);
   tk_kernel *k = tk_calloc(1, sizeof *k);
   if (!k) return TK_ERR_NOMEM;

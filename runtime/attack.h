@@ -26,7 +26,11 @@
  *   delta += alpha * sign(g);  delta = clamp(delta, -eps, eps);  delta = clamp(x + delta, lo, hi) - x
  * with sign(0) = 0, and the model sees (and x_adv is) clamp(x + delta, lo, hi).  The CE
  * gradient is that of the mean over the batch given to tk_attacker_run (scale does not
- * change the sign); the KL loss is summed over the batch (TRADES' KLDivLoss(sum)).
+ * change the sign); the KL loss is summed over the batch (TRADES' KLDivLoss(sum)).  Both
+ * are computed in float32 the way PyTorch computes them (log-softmax backward), so that
+ * near-saturated examples get the gradient signs the published numbers were measured with.
+ * Every start, including TRADES' 0.001*N(0,1), is clamped to [lo, hi] (TRADES' own code
+ * feeds its first forward unclamped; after the first step both are clamped alike).
  *
  * BatchNorm: bn = TK_BN_TRAIN runs the attack's forwards with batch statistics; those
  * forwards update the running statistics, which tk_attacker_run snapshots and restores

@@ -154,13 +154,7 @@ static tk_status kernels_make(exec_engine *x) {
     if (!is_kernel_op(l->op) || ks[i]) continue;
     switch (v) {
     case TK_VARIANT_REFERENCE: st = tk_kernel_reference_create(m, i, x->base.max_batch, &ks[i]); break;
-    case TK_VARIANT_DENSE:
-      st = tk_kernel_dense_create_ext(m, i, x->base.max_batch, 1, &ks[i]);
-      if (st == TK_ERR_UNSUPPORTED && !x->dense_only) { /* no oneDNN in this build */
-        x->steps[i].variant = TK_VARIANT_REFERENCE;
-        st = tk_kernel_reference_create(m, i, x->base.max_batch, &ks[i]);
-      }
-      break;
+    case TK_VARIANT_DENSE: st = tk_kernel_dense_create_ext(m, i, x->base.max_batch, 1, &ks[i]); break;
     default:
       st = LAYER_FAIL(TK_ERR_INTERNAL, i, l, "kernel: the plan's variant %d produced no kernel", (int)v);
       break;

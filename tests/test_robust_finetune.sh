@@ -33,14 +33,14 @@ if [ "$engine" = "reference" ] && [ "${TICKET_HEAVY:-0}" != "1" ]; then
 fi
 
 echo "== standard training: 2 epochs on 3000 images"
-"$T" train lenet.tkt "${DATA[@]}" --mode st --epochs 2 --limit 3000 "${COMMON[@]}" --lr 0.05 --schedule cosine \
+"$T" train lenet.tkt "${DATA[@]}" --mode st --epochs 2 --limit 3000 "${COMMON[@]}" --lr 0.1 --schedule cosine \
   --seed 1 -o st.tkt --json > st_train.json
 echo "== magnitude pruning to 90%"
 "$T" prune st.tkt --method magnitude --sparsity 0.9 -o p90.tkt --json > prune.json
 echo "sparsity $(json prune.json "['sparsity']")"
 echo "== PGD-3 adversarial fine-tuning: 2 epochs on 3000 images"
 "$T" train p90.tkt "${DATA[@]}" --mode pgd --eps 0.1 --alpha 0.04 --steps 3 --epochs 2 --limit 3000 "${COMMON[@]}" \
-  --lr 0.02 --schedule cosine --seed 2 -o at.tkt --json > at_train.json
+  --lr 0.05 --schedule cosine --seed 2 -o at.tkt --json > at_train.json
 echo "== PGD-10 attacks at eps 0.1 (400 test images)"
 for m in st p90 at; do
   "$T" attack $m.tkt "${DATA[@]}" "${ATTACK[@]}" > attack_$m.json

@@ -11,7 +11,8 @@
  *   bn_mean/bn_istd  per BatchNorm layer: the statistics of the last forward (batch
  *            statistics in train mode, running statistics in eval mode), per channel, double
  *
- * Semantics (PyTorch's, as the tests against python3-torch check):
+ * Semantics (PyTorch's; tests/unit/test_grad.c checks the backward against finite differences,
+ * the tests in tests/py compare whole models with python3-torch):
  *   input      x_norm = (x - mean[c]) / std[c] when the model has a normalisation; dx is
  *              with respect to the raw pixels
  *   batchnorm  train: batch mean and biased variance normalise; running_mean/var (in the

@@ -9,7 +9,8 @@
  * (n, c, h, w) with the n of that forward in *n.  NULL when e is not a reference engine, v is
  * out of range or there was no forward. */
 const float *tk_ref_engine_value(const tk_engine *e, int v, int *n);
-/* dL/d(value v) from the last backward (same layout), or NULL as above. */
+/* dL/d(value v) from the last backward (same layout), or NULL as above.  Value 0 (the
+ * normalised input) is complete only when that backward was asked for dx. */
 const float *tk_ref_engine_value_grad(const tk_engine *e, int v, int *n);
 
 #endif

@@ -13,7 +13,7 @@
 #                       [--modes "infer pgd train"] [--no-torch]
 #   --quick    resnet18 only, s = 0.5 0.9 0.99, batch 1 and 32, 1 thread, fewer iterations
 #              (a few minutes)
-#   --out DIR  results (default bench-results/<date>-<time>): results.jsonl (one line per run),
+#   --out DIR  results (default out/bench-<date>-<time>, ignored by git): results.jsonl (one line per run),
 #              summary.txt, speedup.dat, layers.dat, speedup.png, layers.png, log.txt
 #   --ticket   the ticket binary (default $TICKET_BIN, else build/ticket under the source tree)
 # The full sweep takes about 25 minutes on 2 cores.  Run it on a quiet machine: the engines
@@ -50,7 +50,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ -x "$ticket" ] || die "$ticket: no ticket binary (build it, or give --ticket / TICKET_BIN)"
-[ -n "$out" ] || out="bench-results/$(date +%Y%m%d-%H%M%S)"
+[ -n "$out" ] || out="out/bench-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 results="$out/results.jsonl"

@@ -44,7 +44,7 @@ static void usage(FILE *f) {
           "usage: ticket bench MODEL [--batch N] [--threads T] [--iters K] [--warmup W]\n"
           "                    [--vs dense|torch|dense,torch|none] [--mode infer|pgd|train]\n"
           "                    [--random-mask S] [--seed S] [--force VARIANT] [--layers]\n"
-          "                    [--compile-stats] [--json]\n"
+          "                    [--compile-stats] [--torch-dir DIR] [--json]\n"
           "\n"
           "Times the compiled engine on random inputs, alternating iterations with the dense\n"
           "oneDNN engine (and with --vs torch, PyTorch 1.13 on the same network), and prints\n"
@@ -67,6 +67,8 @@ static void usage(FILE *f) {
           "  --layers           also a per-layer profile of both engines (a separate pass)\n"
           "  --compile-stats    build the compiled engine twice from a fresh cache: cold and warm\n"
           "                     build times and the bytes of generated objects\n"
+          "  --torch-dir DIR    keep the network given to PyTorch (graph.json, weights.bin, x.bin,\n"
+          "                     logits.bin) in DIR, to rerun bench/torch_bench.py by hand\n"
           "  --json             print one JSON object (one line)\n");
 }
 
@@ -83,6 +85,7 @@ typedef struct {
   double random_mask; /* < 0: none */
   int force;          /* -1 or a tk_variant */
   int layers, compile_stats, json;
+  const char *torch_dir; /* keep the PyTorch export here */
 } bench_opts;
 
 static int parse_int(const char *s, int lo, int hi, int *out) {
@@ -416,8 +419,13 @@ static tk_status make_tmpdir(char *buf, size_t cap, const char *what) {
 static tk_status run_torch(const bench_opts *o, const tk_model *m, const float *x, const float *logits, int n,
                            char **json) {
   char dir[4096], script[4096], xp[4200], lp[4200], b[16], t[16], it[16], wu[16];
-  tk_status st = make_tmpdir(dir, sizeof dir, "torch");
-  if (st != TK_OK) return st;
+  tk_status st = TK_OK;
+  if (o->torch_dir) {
+    snprintf(dir, sizeof dir, "%s", o->torch_dir);
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST) return tk_fail(TK_ERR_IO, "%s: %s", dir, strerror(errno));
+  } else if ((st = make_tmpdir(dir, sizeof dir, "torch")) != TK_OK) {
+    return st;
+  }
   snprintf(xp, sizeof xp, "%s/x.bin", dir);
   snprintf(lp, sizeof lp, "%s/logits.bin", dir);
   snprintf(script, sizeof script, "%s/bench/torch_bench.py", source_dir());
@@ -433,7 +441,7 @@ static tk_status run_torch(const bench_opts *o, const tk_model *m, const float *
                     "--iters", it, "--warmup", wu, "--mode", (char *)g_mode_names[o->mode], "--check", xp, lp, NULL};
     st = run_capture(argv, json);
   }
-  rm_dir(dir);
+  if (!o->torch_dir) rm_dir(dir);
   return st;
 }
 
@@ -521,6 +529,9 @@ int cmd_bench(int argc, char **argv) {
       NEED_VALUE();
       if (!tk_parse_fraction(v, &o.random_mask) || !(o.random_mask >= 0 && o.random_mask <= 1))
         return cli_usage_error("bench", "--random-mask: '%s' is not a sparsity in [0, 1]", v);
+    } else if (!strcmp(a, "--torch-dir")) {
+      NEED_VALUE();
+      o.torch_dir = v;
     } else if (!strcmp(a, "--force")) {
       NEED_VALUE();
       if ((o.force = variant_by_name(v)) < 0) return cli_usage_error("bench", "--force: '%s' is not a kernel variant", v);

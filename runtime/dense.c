@@ -35,7 +35,7 @@
 int tk_dense_available(void) { return 1; }
 
 #define MAX_VARIANTS 24
-#define MAX_WFMT 8
+#define MAX_WFMT (2 * MAX_VARIANTS) /* a fwd and a bwd-data layout per batch size at most */
 
 /* a reorder between a user (plain) layout and a primitive's layout; prim == NULL when equal */
 typedef struct {

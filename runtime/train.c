@@ -776,6 +776,10 @@ tk_status tk_train_run(tk_engine *e, const tk_dataset *train, const tk_dataset *
                    (long long)step, o.epochs, nb);
       goto done;
     }
+    if (!(ts->rng[0] | ts->rng[1] | ts->rng[2] | ts->rng[3])) {
+      st = tk_fail(TK_ERR_FORMAT, "train_state.rng: the generator state is all zeros");
+      goto done;
+    }
     if ((st = tk_sgd_load(t->sgd, ts)) != TK_OK) goto done;
     memcpy(rng.s, ts->rng, sizeof rng.s);
     state_get_metrics(ts, &rm);
@@ -788,6 +792,11 @@ tk_status tk_train_run(tk_engine *e, const tk_dataset *train, const tk_dataset *
       goto done;
     }
     train_state_clear(m->train);
+    /* metrics measured on the weights we start from no longer describe the result */
+    for (int i = 0; i < m->prov.n_metrics; i++) free(m->prov.metrics[i].name);
+    free(m->prov.metrics);
+    m->prov.metrics = NULL;
+    m->prov.n_metrics = 0;
   }
   tk_train_state *ts = m->train;
   if ((st = set_string(&ts->config, r->config ? r->config : "{}")) != TK_OK) goto done;
@@ -895,23 +904,17 @@ tk_status tk_train_run(tk_engine *e, const tk_dataset *train, const tk_dataset *
       st = tk_fail(TK_ERR_NOMEM, "out of memory");
       goto done;
     }
-    if (vsa >= 0 && vsa > rm.v[RM_BEST_SA]) {
-      rm.v[RM_BEST_SA] = vsa;
-      rm.v[RM_BEST_SA_EPOCH] = ep;
-      if (r->best_sa_out) {
-        ts->epoch = ep;
-        ts->step = step;
-        if ((st = set_string(&ts->log, log.s)) != TK_OK || (st = save_finished(m, r->best_sa_out)) != TK_OK) goto done;
-      }
-    }
-    if (vra >= 0 && vra > rm.v[RM_BEST_RA]) {
-      rm.v[RM_BEST_RA] = vra;
-      rm.v[RM_BEST_RA_EPOCH] = ep;
-      if (r->best_ra_out) {
-        ts->epoch = ep;
-        ts->step = step;
-        if ((st = set_string(&ts->log, log.s)) != TK_OK || (st = save_finished(m, r->best_ra_out)) != TK_OK) goto done;
-      }
+    int new_sa = vsa >= 0 && vsa > rm.v[RM_BEST_SA], new_ra = vra >= 0 && vra > rm.v[RM_BEST_RA];
+    if (new_sa) rm.v[RM_BEST_SA] = vsa, rm.v[RM_BEST_SA_EPOCH] = ep;
+    if (new_ra) rm.v[RM_BEST_RA] = vra, rm.v[RM_BEST_RA_EPOCH] = ep;
+    if ((new_sa && r->best_sa_out) || (new_ra && r->best_ra_out)) {
+      /* a finished model of this epoch: its record (log, metrics) up to and including it */
+      ts->epoch = ep;
+      ts->step = step;
+      rm.v[RM_EPOCH_LOSS] = rm.v[RM_EPOCH_CORRECT] = rm.v[RM_EPOCH_SEEN] = 0;
+      if ((st = set_string(&ts->log, log.s)) != TK_OK || (st = state_set_metrics(ts, &rm)) != TK_OK) goto done;
+      if (new_sa && r->best_sa_out && (st = save_finished(m, r->best_sa_out)) != TK_OK) goto done;
+      if (new_ra && r->best_ra_out && (st = save_finished(m, r->best_ra_out)) != TK_OK) goto done;
     }
     rm.v[RM_EPOCH_LOSS] = rm.v[RM_EPOCH_CORRECT] = rm.v[RM_EPOCH_SEEN] = 0;
     res->epochs_done = ep;

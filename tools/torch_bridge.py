@@ -390,6 +390,8 @@ def export_state_dict(sd, arch, what="checkpoint", k=None, mask_from_zeros=False
         raise BridgeError("%s: %s" % (what, "; ".join(problems)))
     if k is not None and has_scores:
         notes.append("masks from HYDRA popup_scores, top-k per layer with k = %g (scores kept)" % k)
+    elif k is not None:
+        notes.append("--k %g unused: the checkpoint has no popup_scores" % k)
     if multiplied:
         notes.append("masks on tensors %s does not prune were multiplied into their data: %s" %
                      (arch, _few(multiplied, 3)))

@@ -100,7 +100,7 @@ typedef struct {
 /* Write the artifact of kind o->emit to `out`:
  *   c    out is a directory (existing, or given with a trailing '/'): DIR/NAME.c, DIR/NAME.h;
  *        otherwise a base name: OUT.c and OUT.h (a trailing .c or .h is dropped)
- *   so   out is the shared object; the header is written beside it (OUT without .so, + .h)
+ *   so   out is the shared object; NAME.h is written beside it (same directory)
  *   exe  out is the executable
  * Files appear atomically (temporary file, rename).  A compiler failure returns
  * TK_ERR_COMPILE naming the model and the layer whose code the first error points at;

@@ -338,9 +338,7 @@ static tk_status load_idx(const char *dir, const char *family, const char *split
     }
   const int64_t D = (int64_t)rows * cols, expected = 16 + (int64_t)ni * D;
   long from = 0, count = 0;
-  char what[512];
-  snprintf(what, sizeof what, "%s", img_path);
-  if ((st = select_range(what, (long)ni, offset, limit, &from, &count)) != TK_OK) goto done;
+  if ((st = select_range(img_path, (long)ni, offset, limit, &from, &count)) != TK_OK) goto done;
   char name[96];
   snprintf(name, sizeof name, "%s/%s", family, split);
   d = dataset_new(name, (int)count, 1, (int)rows, (int)cols, 10);

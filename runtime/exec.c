@@ -29,6 +29,12 @@
  *
  * Numerics follow PyTorch (runtime/ops.h); the reference engine (runtime/ref/ref.c) is the
  * oracle in tests/unit/test_exec.c.  Results are deterministic for a given thread count.
+ *
+ * How to add an op: write its forward and backward in ops.c (parallel names, `acc` flag),
+ * call them from step_fwd() and step_bwd(); if its backward can run in place on the output
+ * gradient, list it in grad_inplace_ok(); if it keeps state for backward (like batchnorm's
+ * statistics or maxpool's argmax), size it in plan_memory()'s table; add it to a graph in
+ * tests/unit/test_exec.c.
  */
 #include "exec.h"
 

@@ -268,6 +268,7 @@ static void mutations(void) {
                                       : (unsigned char)tk_rng_below(&r, 256);
     }
     if (tk_rng_below(&r, 5) == 0) len = (size_t)tk_rng_below(&r, n + 1);
+    unlink(dst); /* a fresh file: ext4 flushes files truncated over old data on close */
     f = fopen(dst, "wb");
     fwrite(buf, 1, len, f);
     fclose(f);

@@ -25,7 +25,7 @@
   X(compile, "ahead-of-time C, shared object or executable")                 \
   X(bench, "latency and throughput, side by side with dense")
 
-#define X(name, summary) int cmd_##name(int argc, char **argv) __attribute__((weak));
+#define X(name, summary) int cmd_##name(int argc, char **argv);
 TK_COMMANDS(X)
 #undef X
 

@@ -30,10 +30,8 @@ tk_status tk_engine_create(tk_model *m, tk_engine_kind kind, int max_batch, tk_e
   switch (kind) {
   case TK_ENGINE_REFERENCE: return tk_ref_engine_create(m, max_batch, out);
   case TK_ENGINE_COMPILED:
-    if (!tk_compiled_engine_create) return tk_fail(TK_ERR_UNSUPPORTED, "this build has no compiled engine");
     return tk_compiled_engine_create(m, max_batch, NULL, out);
   case TK_ENGINE_DENSE:
-    if (!tk_dense_engine_create) return tk_fail(TK_ERR_UNSUPPORTED, "this build has no dense engine");
     return tk_dense_engine_create(m, max_batch, out);
   }
   return tk_fail(TK_ERR_ARG, "engine kind %d unknown", (int)kind);

@@ -52,11 +52,11 @@ static inline tk_status tk_engine_backward(tk_engine *e, const float *dlogits, f
 }
 static inline tk_status tk_engine_sync(tk_engine *e, int masks_changed) { return e->v->sync(e, masks_changed); }
 
-/* Engines (each in its own file).  Weak while the engines are being built in parallel. */
+/* Engines (each in its own file). */
 tk_status tk_ref_engine_create(tk_model *m, int max_batch, tk_engine **out);      /* runtime/ref/ref.c */
 tk_status tk_compiled_engine_create(tk_model *m, int max_batch, const struct tk_compile_opts *opts,
-                                    tk_engine **out) __attribute__((weak)); /* runtime/exec.c */
-tk_status tk_dense_engine_create(tk_model *m, int max_batch, tk_engine **out) __attribute__((weak)); /* exec.c */
+                                    tk_engine **out); /* runtime/exec.c */
+tk_status tk_dense_engine_create(tk_model *m, int max_batch, tk_engine **out); /* exec.c */
 
 /* Shared helpers for engine implementers (runtime/engine.c). */
 tk_status tk_engine_alloc_grads(tk_engine *e);  /* grads for every trainable tensor */

@@ -24,14 +24,16 @@ set key top left
 ideal(x) = 1 / (1 - x)
 set samples 200
 set multiplot layout words(batches),words(threads) title "Ticket compiled engine: inference speedup vs sparsity"
+# one series: the rows of a model at a batch and thread count, by sparsity
+series(m, b, t) = sprintf("< awk '$1 == \"%s\" && $2 == %s && $3 == %s && $4 == \"infer\"' '%s' | sort -g -k5", m, b, t, dat)
 do for [b in batches] {
   do for [t in threads] {
     set title sprintf("batch %s, %s thread%s", b, t, t eq "1" ? "" : "s")
     plot ideal(x) title "ideal 1/(1-s)" lc rgb "black" dt 3 lw 1.5, \
-      for [i=1:words(models)] dat using ((strcol(1) eq word(models,i) && strcol(2) eq b && strcol(3) eq t \
-          && strcol(4) eq "infer") ? $5 : 1/0):6 with linespoints lc i lw 2 pt 7 title word(models,i)." vs oneDNN", \
-      for [i=1:words(models)] dat using ((strcol(1) eq word(models,i) && strcol(2) eq b && strcol(3) eq t \
-          && strcol(4) eq "infer") ? $5 : 1/0):7 with linespoints lc i dt 2 lw 1.5 pt 6 title word(models,i)." vs PyTorch"
+      for [i=1:words(models)] series(word(models,i), b, t) using 5:6 with linespoints lc i lw 2 pt 7 \
+          title word(models,i)." vs oneDNN", \
+      for [i=1:words(models)] series(word(models,i), b, t) using 5:7 with linespoints lc i dt 2 lw 1.5 pt 6 \
+          title word(models,i)." vs PyTorch"
   }
 }
 unset multiplot

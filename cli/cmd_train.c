@@ -4,7 +4,6 @@
 #include "cli.h"
 
 #include "compiler/compile.h"
-#include "runtime/exec.h"
 #include "runtime/npy.h"
 #include "runtime/train.h"
 
@@ -13,6 +12,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -128,22 +128,16 @@ static tk_status make_engine(tk_model *m, const char *kind, int batch, int threa
   int is_auto = strcmp(kind, "auto") == 0;
   tk_status st = TK_ERR_UNSUPPORTED;
   if (is_auto || strcmp(kind, "compiled") == 0) {
-    if (tk_compiled_engine_create) {
-      tk_compile_opts co;
-      memset(&co, 0, sizeof co);
-      co.batch = batch;
-      co.threads = threads;
-      co.training = 1;
-      co.force = -1;
-      st = tk_compiled_engine_create(m, batch, &co, e);
-      if (st == TK_OK) {
-        /* tk_exec_is_exec is also the strong reference that links the executor (runtime/exec.c)
-         * into the program: engine.h declares its constructors weak */
-        *used = tk_exec_is_exec(*e) ? "compiled" : "compiled (external)";
-        return TK_OK;
-      }
-    } else {
-      st = tk_fail(TK_ERR_UNSUPPORTED, "--engine: this build has no compiled engine");
+    /* built for training: the input- and weight-gradient kernels too */
+    tk_compile_opts co;
+    tk_compile_opts_default(&co);
+    co.batch = batch;
+    co.threads = threads;
+    co.training = 1;
+    st = tk_compiled_engine_create(m, batch, &co, e);
+    if (st == TK_OK) {
+      *used = "compiled";
+      return TK_OK;
     }
     if (!is_auto) return st;
     fprintf(stderr, "ticket train: note: compiled engine unavailable (%s); trying the next\n", tk_last_error());
@@ -338,6 +332,11 @@ int cmd_train(int argc, char **argv) {
   int rc = 0;
   if (!ckpt || !best_sa || !best_ra) {
     rc = cli_error(cmd, tk_fail(TK_ERR_NOMEM, "out of memory"));
+    goto done;
+  }
+
+  if (ckdir && mkdir(ckdir, 0755) != 0 && errno != EEXIST) {
+    rc = cli_error(cmd, tk_fail(TK_ERR_IO, "--checkpoint-dir: cannot create %s: %s", ckdir, strerror(errno)));
     goto done;
   }
 

@@ -379,6 +379,30 @@ tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g) {
     g->col_len = 0;
   }
   g->z_len = (int64_t)g->O * g->FPZ > g->NPH * g->PZB ? (int64_t)g->O * g->FPZ : g->NPH * g->PZB;
+  /* the grid forward by output rows: RV vectors cover a row's OW outputs, RR rows (RR*RV <= 8
+   * accumulators) per block; the choice minimises computed vectors plus two per block */
+  g->RV = g->RR = g->RNBLK = 0;
+  if (!g->IM2COL && g->NCH == 1 && (g->OW + 15) / 16 <= 8) {
+    int rv = (g->OW + 15) / 16;
+    int64_t best = INT64_MAX;
+    for (int r = 8 / rv; r >= 1; r--) {
+      int64_t nb = (g->OH + r - 1) / r, cost = nb * ((int64_t)r * rv + 2);
+      if (cost < best) best = cost, g->RR = r, g->RNBLK = (int)nb;
+    }
+    /* only where it computes less than the flattened grid (narrow maps waste lanes per row):
+     * per output channel, FMAs at the mean non-zeros per channel plus two vectors per block,
+     * and for the grid the z row and its copy to y */
+    double nzo = (double)nnz_all / (g->O > 0 ? g->O : 1);
+    double c_rows = nzo * g->RNBLK * g->RR * rv + 2.0 * g->RNBLK;
+    double c_grid = nzo * g->NBLK * g->NV + 2.0 * g->NBLK + g->PZF / 16.0 + 2.0 * (g->OH * g->OW) / 16.0;
+    const char *force_rows = getenv("TICKET_ROWS"); /* "0"/"1": override, for experiments and tests */
+    int use = force_rows && *force_rows ? atoi(force_rows) != 0 : c_rows <= c_grid;
+    if (!use) g->RR = g->RNBLK = 0, rv = 0;
+    g->RV = rv;
+    /* reads reach row RNBLK*RR - 1 of the last channel and 16*RV columns into it */
+    int64_t need = !rv ? 0 : (int64_t)g->NPH * g->I * g->CS + (int64_t)g->RNBLK * g->RR * g->WQ + 16 * rv + 16;
+    if (need > g->xq_len) g->xq_len = need;
+  }
   if (g->xq_len > INT32_MAX || g->dz_len > INT32_MAX || g->col_len > INT32_MAX)
     return tk_fail(TK_ERR_UNSUPPORTED, "layer %d (%s): scratch of %lld floats exceeds the 32-bit offsets", layer,
                    l->name, (long long)(g->xq_len > g->dz_len ? g->xq_len : g->dz_len));
@@ -600,6 +624,7 @@ static void conv_params(param_set *s, const tk_geom *g) {
   pset(s, "IM2COL", g->IM2COL), pset(s, "P16", g->P16), pset(s, "FNV", g->FNV), pset(s, "FNP", partials(g->FNV));
   pset(s, "FNBLK", g->FNBLK), pset(s, "FPZ", g->FPZ), pset(s, "KH", g->KH), pset(s, "KW", g->KW);
   pset(s, "DH", g->DH), pset(s, "DW", g->DW);
+  pset(s, "RV", g->RV), pset(s, "RR", g->RR), pset(s, "RNBLK", g->RNBLK), pset(s, "RNP", partials(g->RV * g->RR > 0 ? g->RV * g->RR : 1));
   pset(s, "NVB", g->NVB), pset(s, "NPB", partials(g->NVB));
   pset(s, "NBLKB", g->NBLKB), pset(s, "PZB", g->PZB), pset(s, "F", g->F), pset(s, "SZ", g->SZ);
 }
@@ -813,9 +838,9 @@ void tk_emit_layer(tk_codebuf *cb, const tk_model *m, int layer, const tk_geom *
   else
     tk_cb_printf(cb,
                  "\n * params:    I=%d O=%d groups=%d in=%dx%d out=%dx%d kernel=%dx%d stride=%dx%d pad=%dx%d "
-                 "dilation=%dx%d\n *            grid=%dx%d phases=%d im2col=%d NV=%d NBLK=%d chunks=%dx%d NVB=%d NBLKB=%d F=%lld SZ=%lld",
+                 "dilation=%dx%d\n *            grid=%dx%d phases=%d im2col=%d NV=%d NBLK=%d rows=%dx%dx%d chunks=%dx%d NVB=%d NBLKB=%d F=%lld SZ=%lld",
                  g->I, g->O, g->G, g->H, g->W, g->OH, g->OW, g->KH, g->KW, g->SH, g->SW, g->PH, g->PW, g->DH, g->DW,
-                 g->HQ, g->WQ, g->NPH, g->IM2COL, g->FNV, g->FNBLK, g->NCH, g->CH, g->NVB, g->NBLKB, (long long)g->F,
+                 g->HQ, g->WQ, g->NPH, g->IM2COL, g->FNV, g->FNBLK, g->RV, g->RR, g->RNBLK, g->NCH, g->CH, g->NVB, g->NBLKB, (long long)g->F,
                  (long long)g->SZ);
   tk_cb_printf(cb, "\n * nnz:       %lld of %lld (sparsity %.4f)\n * key:       %016" PRIx64 "%016" PRIx64 "\n */\n",
                (long long)t->nnz, (long long)numel, numel ? 1.0 - (double)t->nnz / (double)numel : 0.0, k[0], k[1]);

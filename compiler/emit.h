@@ -98,6 +98,9 @@ typedef struct {
   int64_t P16, col_len;       /* im2col: OH*OW rounded up to 16; floats of col per image */
   int FNV, FNBLK;             /* the forward's blocks: NV/NBLK on the grid, or over P16 */
   int64_t FPZ;                /* FNBLK*FNV*16 */
+  int RV, RR, RNBLK;          /* table forward on the grid with one chunk (RV > 0): by whole output rows,
+                                 RV vectors per row (16*RV >= OW), RR rows per block, RNBLK blocks;
+                                 sums go from registers to y (no dropped columns, no z) */
   int64_t PZF;
   int NVB, NBLKB;             /* input gradient: per phase, PZB = NBLKB*NVB*16 */
   int64_t PZB;

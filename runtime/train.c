@@ -763,8 +763,8 @@ tk_status tk_train_run(tk_engine *e, const tk_dataset *train, const tk_dataset *
     tk_train_state *ts = m->train;
     char *diff = tk_config_diff(ts->config, r->config);
     if (diff) {
-      st = tk_fail(TK_ERR_ARG, "checkpoint: made with different settings (%s); use the same options or start afresh",
-                   diff);
+      st = tk_fail(TK_ERR_ARG, "%s: train_state.config: made with different settings (%s); use the same options or "
+                   "start afresh", r->checkpoint ? r->checkpoint : "checkpoint", diff);
       free(diff);
       goto done;
     }

@@ -23,7 +23,12 @@
  *            x + 0.001 N(0,1).  Forwards x then x_adv in train mode, as YisenWang/MART;
  *            the clean branch is recomputed for its backward with the running statistics
  *            restored, so they see exactly two updates.
- * Attacks run with BatchNorm in eval mode unless attack_bn = TK_BN_TRAIN (Double-Win).
+ * Attacks run with BatchNorm in eval mode unless attack_bn = TK_BN_TRAIN (Double-Win; the
+ * attack's forwards then update the running statistics, as there).  Training attacks keep the
+ * last iterate (attack.h final_iterate).  Two deliberate differences from the seed code: every
+ * attack start is clamped to the pixel range (attack.h; HYDRA and MART add the 0.001 N(0,1)
+ * start unclamped), and HYDRA's trainer/adv.py extra train-mode forward of x (for its accuracy
+ * print, a fourth running-statistics update per TRADES step) is not repeated.
  *
  * Determinism: given the seed (and the thread count), a run is bit-for-bit reproducible, and a
  * run resumed from any checkpoint ends with the same weights as an uninterrupted one.  The

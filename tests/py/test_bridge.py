@@ -18,6 +18,7 @@ are what flatc writes from schema/ticket.fbs.
 import contextlib
 import filecmp
 import gzip
+import importlib.util
 import io
 import json
 import os
@@ -51,9 +52,7 @@ def accessors_up_to_date():
 
 
 accessors_up_to_date()
-try:
-    import torch
-except ImportError:
+if importlib.util.find_spec("torch") is None:
     if C.failures:
         C.done()
     U.skip("PyTorch is not importable: only the generated accessors were checked")

@@ -343,7 +343,6 @@ static void test_engine(const char *model_name, const tk_model *base, double spa
                         tk_status (*make)(tk_model *, tk_engine **, const void *), const void *arg,
                         tk_variant expect, int light) {
   char ctx[256];
-  double t_start = tk_now();
   tk_model *mref = tk_model_clone(base), *meng = tk_model_clone(base);
   tk_engine *ref = NULL, *e = NULL;
   CHECK(mref && meng);
@@ -439,7 +438,6 @@ out:
   tk_engine_free(ref);
   tk_model_free(meng);
   tk_model_free(mref);
-  if (getenv("TEST_EXEC_TIMES")) printf("%-20s %-9s s=%.2f %.2f s\n", ename, model_name, sparsity, tk_now() - t_start);
 }
 
 /* ---- engine makers ------------------------------------------------------------------------------ */

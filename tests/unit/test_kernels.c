@@ -11,7 +11,8 @@
  * Cases: sparsity 0 (no mask and an all-ones mask), 0.5, 0.9, 0.99, 1.0; an all-zero output
  * channel and input channel; stride 2; 1x1; 3x3, 5x5, 4x4 stride 2 pad 1; odd maps (7x7,
  * 13x11); channel counts 1..17 (every remainder of the 16-wide vector); batch 1, 3, 32;
- * dilation 2 and groups 2; linear layers. */
+ * dilation 2 and groups 2; linear layers.  The table variant's forward layouts (by output rows,
+ * the flattened grid, im2col) are each forced on the cases that run every variant. */
 #include "check.h"
 
 #include "compiler/compile.h"
@@ -229,6 +230,25 @@ static void run_case(const kcase *c, const char *cache) {
   }
   VARIANTS(X)
 #undef X
+  /* the table forward's layouts, each forced (the geometry picks one by a cost estimate):
+   * by output rows straight to y, the flattened grid through z, and the tap copies (im2col) */
+  if (!c->linear && c->all_variants) {
+    static const struct {
+      const char *tag, *im2col, *rows;
+    } forms[] = {{"rows", "0", "1"}, {"grid", "0", "0"}, {"im2col", "1", "0"}};
+    for (size_t f = 0; f < sizeof forms / sizeof *forms; f++) {
+      char name[160];
+      snprintf(name, sizeof name, "%s (%s forced)", c->name, forms[f].tag);
+      kcase cf = *c;
+      cf.name = name;
+      setenv("TICKET_IM2COL", forms[f].im2col, 1);
+      setenv("TICKET_ROWS", forms[f].rows, 1);
+      memcpy(m->tensors[m->layers[0].weight].data, w0, (size_t)m->tensors[m->layers[0].weight].numel * 4);
+      run_variant(&cf, m, TK_VARIANT_SPARSE_TABLE, 1, cache);
+      unsetenv("TICKET_IM2COL");
+      unsetenv("TICKET_ROWS");
+    }
+  }
   free(w0);
   tk_model_free(m);
 }

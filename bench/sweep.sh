@@ -8,9 +8,14 @@
 # batch-1 single-thread run of each (model, sparsity) also builds the engine cold from an empty
 # cache and warm from the filled one and counts the generated code.
 #
+# Both sides run with OMP_WAIT_POLICY=PASSIVE (PyTorch needs it, DESIGN.md section 8; ours
+# then waits the same way): on a busy machine spinning OpenMP threads lose whole time slices
+# at every barrier (measured 4x slower medians under load); --wait-policy active (or default)
+# keeps libgomp's spinning for ticket on a quiet machine.
+#
 # usage: bench/sweep.sh [--quick] [--out DIR] [--ticket PATH] [--models "a b"]
 #                       [--sparsities "0.5 0.9"] [--batches "1 32"] [--threads "1 2"]
-#                       [--modes "infer pgd train"] [--no-torch]
+#                       [--modes "infer pgd train"] [--no-torch] [--wait-policy P]
 #   --quick    resnet18 only, s = 0.5 0.9 0.99, batch 1 and 32, 1 thread, fewer iterations
 #              (a few minutes)
 #   --out DIR  results (default out/bench-<date>-<time>, ignored by git): results.jsonl (one line per run),
@@ -31,6 +36,7 @@ batches="1 32"
 threads="1 2"
 modes="infer"
 torch=1
+wait_policy=PASSIVE
 
 die() { echo "sweep.sh: error: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -44,7 +50,8 @@ while [ $# -gt 0 ]; do
     --threads) threads="${2:?}"; shift ;;
     --modes) modes="${2:?}"; shift ;;
     --no-torch) torch=0 ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --wait-policy) wait_policy="${2:?}"; shift ;;
+    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
   shift
@@ -58,6 +65,7 @@ log="$out/log.txt"
 : > "$results"
 # kernels compiled by the sweep stay in its own cache
 export TICKET_CACHE="$out/cache"
+if [ "$wait_policy" = default ]; then unset OMP_WAIT_POLICY; else export OMP_WAIT_POLICY="$wait_policy"; fi
 
 # iterations per run: enough for stable medians, small enough for the time budget
 iters_for() { # batch mode
@@ -71,6 +79,7 @@ iters_for() { # batch mode
   echo "sweep: $(date -Iseconds) on $(uname -n), $(nproc) cores"
   echo "ticket: $ticket ($("$ticket" --version))"
   echo "models: $models; sparsities: $sparsities; batches: $batches; threads: $threads; modes: $modes"
+  echo "OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-(libgomp default)}; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$log"
 start=$(date +%s)
 for mode in $modes; do

@@ -69,7 +69,11 @@ static void usage(FILE *f) {
           "                     build times and the bytes of generated objects\n"
           "  --torch-dir DIR    keep the network given to PyTorch (graph.json, weights.bin, x.bin,\n"
           "                     logits.bin) in DIR, to rerun bench/torch_bench.py by hand\n"
-          "  --json             print one JSON object (one line)\n");
+          "  --json             print one JSON object (one line)\n"
+          "\n"
+          "PyTorch runs with OMP_WAIT_POLICY=PASSIVE.  On a busy machine run ticket under it too\n"
+          "(OMP_WAIT_POLICY=PASSIVE ticket bench ...): spinning OpenMP threads lose time slices at\n"
+          "every barrier.  The policy in effect and the load average are reported.\n");
 }
 
 /* ---- options -------------------------------------------------------------------------------------- */
@@ -563,6 +567,14 @@ int cmd_bench(int argc, char **argv) {
   long long code_bytes = -1;
   int code_files = 0;
   tk_exec_layer_time *pc = NULL, *pd = NULL;
+  /* the conditions of the measurement: how idle OpenMP threads wait, and how busy the machine is */
+  const char *wait_policy = getenv("OMP_WAIT_POLICY") && *getenv("OMP_WAIT_POLICY") ? getenv("OMP_WAIT_POLICY") : "default";
+  double load1 = -1;
+  FILE *la = fopen("/proc/loadavg", "r");
+  if (la) {
+    if (fscanf(la, "%lf", &load1) != 1) load1 = -1;
+    fclose(la);
+  }
   tk_status st = load_model(&o, &base);
   if (st != TK_OK) goto fail;
   if (o.random_mask >= 0 && (st = random_masks(base, o.random_mask, (uint64_t)o.seed + 17)) != TK_OK) goto fail;
@@ -678,8 +690,10 @@ int cmd_bench(int argc, char **argv) {
     printf(", \"arch\": ");
     cli_json_string(stdout, base->arch);
     printf(", \"mode\": \"%s\", \"batch\": %d, \"threads\": %d, \"iters\": %d, \"warmup\": %d, \"sparsity\": %.6g, "
-           "\"random_mask\": ",
+           "\"omp_wait_policy\": ",
            g_mode_names[o.mode], o.batch, o.threads, o.iters, o.warmup, tk_model_sparsity(base));
+    cli_json_string(stdout, wait_policy);
+    printf(", \"load_average\": %.2f, \"random_mask\": ", load1);
     if (o.random_mask >= 0) printf("%.6g", o.random_mask);
     else printf("null");
     printf(", \"compiled\": {\"create_s\": %.6g, \"arena_bytes\": %zu, \"plan\": ", rc.create_s,
@@ -738,6 +752,7 @@ int cmd_bench(int argc, char **argv) {
            "engines alternating\n",
            mname, base->arch, tk_model_sparsity(base), o.batch, o.threads, o.threads == 1 ? "" : "s",
            g_mode_names[o.mode], o.iters, o.warmup);
+    printf("OMP_WAIT_POLICY %s, load average %.2f at the start\n", wait_policy, load1);
     printf("compiled engine: %s; built in %.2f s\n", tk_exec_how(rc.e), rc.create_s);
     if (o.compile_stats)
       printf("compile: cold %.2f s, warm (cache hit) %.2f s, %d objects, %lld bytes of generated code\n", cold_s,

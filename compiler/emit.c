@@ -728,6 +728,22 @@ void tk_emit_body(tk_codebuf *body, const tk_model *m, int layer, const tk_geom 
   } else {
     conv_params(&ps, g);
     tk_template_expand(body, "conv_table.c.in", ps.p, ps.n);
+    if (eo->vec_batch && v == TK_VARIANT_SPARSE_TABLE) {
+      /* register block: QB columns (a divisor of OW, at most 8) by QR rows (a divisor of OH) */
+      int qb = 1, qr = 1;
+      for (int d = 1; d <= 8 && d <= g->OW; d++)
+        if (g->OW % d == 0) qb = d;
+      for (int d = 1; d * qb <= 8 && d <= g->OH; d++)
+        if (g->OH % d == 0) qr = d;
+      param_set bs = {0};
+      static const char *const keep[] = {"I", "O", "H", "W", "OH", "OW", "SH", "SW", "PH", "PW", "HQ", "WQ", "CS",
+                                         "NPH", "PHMASK", "F", "SZ"};
+      for (size_t k = 0; k < sizeof keep / sizeof *keep; k++)
+        for (int q = 0; q < ps.n; q++)
+          if (!strcmp(ps.p[q].name, keep[k])) pset(&bs, keep[k], strtoll(ps.p[q].value, NULL, 10));
+      pset(&bs, "QB", qb), pset(&bs, "QR", qr), pset(&bs, "BB", (g->CS + 7) / 8);
+      tk_template_expand(body, "conv_batch.c.in", bs.p, bs.n);
+    }
   }
   if (v == TK_VARIANT_SPARSE_UNROLLED || v == TK_VARIANT_VALUE_BAKED) {
     const float *baked = NULL;
@@ -833,6 +849,8 @@ void tk_emit_layer(tk_codebuf *cb, const tk_model *m, int layer, const tk_geom *
                template_version(g->linear ? "linear_table.c.in" : "conv_table.c.in"));
   if (eo->variant != TK_VARIANT_SPARSE_TABLE)
     tk_cb_printf(cb, ", conv_unrolled.c.in v%d", template_version("conv_unrolled.c.in"));
+  if (eo->vec_batch && !g->linear && eo->variant == TK_VARIANT_SPARSE_TABLE)
+    tk_cb_printf(cb, ", conv_batch.c.in v%d", template_version("conv_batch.c.in"));
   if (g->linear)
     tk_cb_printf(cb, "\n * params:    I=%d O=%d (16 images per block)", g->I, g->O);
   else

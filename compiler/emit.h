@@ -136,6 +136,9 @@ void tk_tables_free(tk_tables *t);
 typedef struct {
   tk_variant variant;         /* SPARSE_TABLE, SPARSE_UNROLLED or VALUE_BAKED */
   int training;               /* emit the input-gradient unrolled form too */
+  int vec_batch;              /* conv, table variant: also emit the batch-vectorised functions
+                                 (conv_batch.c.in: P_prep_xb, P_prep_dyb, P_fwd_b, P_bwd_input_b,
+                                 P_bwd_weight_b; lanes are 16 images) */
   int static_tables;          /* AOT: also emit the tables (and values) as static const data:
                                  P_rp, P_off, P_rpt, P_offt, P_perm, P_w (int32/float arrays) */
   const char *model_hash;     /* for the provenance header; NULL = "-" */

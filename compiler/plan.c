@@ -36,7 +36,9 @@
 #define T_ELEM 0.25e-9      /* per element of prep (pad, phase split, im2col) and epilogue (s) */
 #define T_STREAM 0.4e-9     /* batches: per input + output element per image (s) */
 #define T_ELEM_LINEAR 0.5e-9 /* linear: per element of the transposes into and out of lanes (s) */
-#define UNROLL_BUDGET 20000 /* most non-zeros per layer for unrolled / value-baked code */
+#define UNROLL_BUDGET 20000
+#define VEC_BATCH_MIN 16    /* conv: images from which the batch-vectorised kernel is used */
+#define VEC_BATCH_MAX_MAP 16 /* ... on output maps of at most this many positions */ /* most non-zeros per layer for unrolled / value-baked code */
 
 const char *tk_variant_name(tk_variant v) {
   switch (v) {
@@ -347,6 +349,17 @@ tk_status tk_plan_make(const tk_model *m, const tk_compile_opts *o, tk_plan **ou
                lp->est_dense_us, lp->est_sparse_us);
     }
     lp->variant = v;
+    /* conv, table kernel: vectorise over the batch (16 images per vector, conv_batch.c.in) for
+     * at least 16 images on small stride-1 output maps, where the spatial kernel has too few
+     * positions per vector.  Measured with bench_layers --bwd at batch 32 (512->512 4x4, s=0.9
+     * and 0.99): forward 2x, input gradient 1.3-1.7x, weight gradient 3.5-6x faster.  On maps of
+     * 8x8 and more its scalar image transposes cost more than they save, and with stride 2 its
+     * input gradient walks every phase.  TICKET_VEC_BATCH=0/1 overrides (experiments, tests). */
+    if (l->op == TK_OP_CONV2D && v == TK_VARIANT_SPARSE_TABLE) {
+      const char *e = getenv("TICKET_VEC_BATCH");
+      lp->vec_batch = e && *e ? atoi(e) != 0
+                              : n >= VEC_BATCH_MIN && l->out.h * l->out.w <= VEC_BATCH_MAX_MAP && l->sh == 1 && l->sw == 1;
+    }
   }
   if (st == TK_OK && o->tune && o->force < 0) st = tune(m, o, p);
   if (st != TK_OK) {

@@ -24,6 +24,7 @@
 
 typedef struct {
   float *xq, *col, *dz, *z, *dwv; /* col: im2col forward input (NULL when not IM2COL) */
+  float *xb, *dzb;                /* batch-vectorised grids (vec_batch only) */
 } scratch_set;
 
 typedef struct {
@@ -33,6 +34,8 @@ typedef struct {
   int training, threads;
   tk_jit *jit;
   tk_kfn prep_x, prep_dy, prep_col, fwd, fwd_direct, bwd_input, bwd_weight;
+  int vb; /* conv vectorised over the batch: lanes are 16 images (conv_batch.c.in) */
+  tk_kfn prep_xb, prep_dyb, fwd_b, bwd_input_b, bwd_weight_b;
   float *wv, *wvt, *baked; /* packed values; transposed order; values baked into the code */
   int nsets;
   scratch_set *sets;
@@ -110,10 +113,88 @@ static void conv_fwd_image(sparse_kernel *k, const scratch_set *s, const float *
   k->fwd(&f, 0, k->g.O);
 }
 
+/* ---- conv2d vectorised over the batch: blocks of 16 images, whole blocks per thread ---------- */
+
+static int batch_threads(const sparse_kernel *k, int nblk) {
+  int T = want_threads(k);
+  return T > nblk ? nblk : T;
+}
+
+static void conv_fwd_b(sparse_kernel *k, const float *x, float *y, int n) {
+  const tk_geom *g = &k->g;
+  const float *bias = kbias(&k->base);
+  int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
+  int nblk = (n + 15) / 16, T = batch_threads(k, nblk);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(T) if (T > 1)
+#endif
+  {
+    int t = T > 1 ? thread_id() : 0;
+    for (int b = nblk * t / T; b < nblk * (t + 1) / T; b++) {
+      int nb = n - b * 16 < 16 ? n - b * 16 : 16;
+      tk_kargs a = {.src = x + b * 16 * xs, .dst = k->sets[t].xb, .nb = nb};
+      k->prep_xb(&a, 0, g->I);
+      tk_kargs f = {.src = k->sets[t].xb, .dst = y + b * 16 * ys, .w = k->wv, .rp = k->t.rp, .off = k->t.off,
+                    .bias = bias, .nb = nb};
+      k->fwd_b(&f, 0, g->O);
+    }
+  }
+}
+
+static void conv_bwd_input_b(sparse_kernel *k, const float *dy, float *dx, int n) {
+  const tk_geom *g = &k->g;
+  int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
+  int nblk = (n + 15) / 16, T = batch_threads(k, nblk);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(T) if (T > 1)
+#endif
+  {
+    int t = T > 1 ? thread_id() : 0;
+    for (int b = nblk * t / T; b < nblk * (t + 1) / T; b++) {
+      int nb = n - b * 16 < 16 ? n - b * 16 : 16;
+      tk_kargs a = {.src = dy + b * 16 * ys, .dst = k->sets[t].dzb, .nb = nb};
+      k->prep_dyb(&a, 0, g->O);
+      tk_kargs f = {.src = k->sets[t].dzb, .dst = dx + b * 16 * xs, .w = k->wvt, .rp = k->t.rpt, .off = k->t.offt,
+                    .nb = nb};
+      k->bwd_input_b(&f, 0, g->I);
+    }
+  }
+}
+
+/* the packed weight gradient summed over the images into sets[0].dwv */
+static void conv_bwd_weight_b(sparse_kernel *k, const float *x, const float *dy, int n) {
+  const tk_geom *g = &k->g;
+  int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW, nnz = k->t.nnz;
+  int nblk = (n + 15) / 16, T = batch_threads(k, nblk);
+  for (int t = 0; t < T; t++) memset(k->sets[t].dwv, 0, (size_t)(nnz ? nnz : 1) * sizeof(float));
+#ifdef _OPENMP
+#pragma omp parallel num_threads(T) if (T > 1)
+#endif
+  {
+    int t = T > 1 ? thread_id() : 0;
+    for (int b = nblk * t / T; b < nblk * (t + 1) / T; b++) {
+      int nb = n - b * 16 < 16 ? n - b * 16 : 16;
+      tk_kargs a = {.src = x + b * 16 * xs, .dst = k->sets[t].xb, .nb = nb};
+      k->prep_xb(&a, 0, g->I);
+      tk_kargs d = {.src = dy + b * 16 * ys, .dst = k->sets[t].dzb, .nb = nb};
+      k->prep_dyb(&d, 0, g->O);
+      tk_kargs c = {.src = k->sets[t].xb, .src2 = k->sets[t].dzb, .dst = k->sets[t].dwv, .rp = k->t.rp,
+                    .off = k->t.off, .nb = nb};
+      k->bwd_weight_b(&c, 0, g->O);
+    }
+  }
+  for (int t = 1; t < T; t++)
+    for (int64_t j = 0; j < nnz; j++) k->sets[0].dwv[j] += k->sets[t].dwv[j];
+}
+
 static tk_status conv_fwd(tk_kernel *kb, const float *x, float *y, int n) {
   sparse_kernel *k = (sparse_kernel *)kb;
   tk_status st = check_n(kb, n);
   if (st) return st;
+  if (k->vb) {
+    conv_fwd_b(k, x, y, n);
+    return TK_OK;
+  }
   const tk_geom *g = &k->g;
   const float *bias = kbias(kb);
   int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
@@ -162,6 +243,10 @@ static tk_status conv_bwd_input(tk_kernel *kb, const float *dy, float *dx, int n
   if (!k->training)
     return tk_fail(TK_ERR_ARG, "layer %d (%s): kernel built without gradients (plan with training)", kb->layer,
                    klayer(kb)->name);
+  if (k->vb) {
+    conv_bwd_input_b(k, dy, dx, n);
+    return TK_OK;
+  }
   const tk_geom *g = &k->g;
   int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
   int T = want_threads(k);
@@ -234,6 +319,11 @@ static tk_status conv_bwd_weight(tk_kernel *kb, const float *x, const float *dy,
                    klayer(kb)->name);
   const tk_geom *g = &k->g;
   int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
+  if (k->vb) {
+    conv_bwd_weight_b(k, x, dy, n);
+    finish_bwd_weight(k, k->sets[0].dwv, dy, dw, db, n, (int64_t)g->OH * g->OW);
+    return TK_OK;
+  }
   int64_t nnz = k->t.nnz;
   int T = want_threads(k);
   for (int t = 0; t < T; t++) memset(k->sets[t].dwv, 0, (size_t)(nnz ? nnz : 1) * sizeof(float));
@@ -475,6 +565,7 @@ typedef struct {
   uint64_t key[2];    /* cache key: body hash + toolchain */
   uint64_t sym;       /* symbol prefix: body hash */
   int unit;           /* index into the unique objects */
+  int vb;             /* conv vectorised over the batch */
 } build_item;
 
 typedef struct {
@@ -506,6 +597,7 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
   memset(&it->t, 0, sizeof it->t); /* owned by the kernel now */
   k->training = training;
   k->threads = threads;
+  k->vb = it->vb;
   k->jit = jit;
   tk_jit_retain(jit);
   char name[64];
@@ -520,6 +612,23 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
               {&k->fwd, unrolled ? "fwd_u" : "fwd"},
               {&k->bwd_input, unrolled && training && it->variant == TK_VARIANT_SPARSE_UNROLLED ? "bwd_input_u" : "bwd_input"},
               {&k->bwd_weight, "bwd_weight"}};
+  struct {
+    tk_kfn *dst;
+    const char *fn;
+  } bsyms[] = {{&k->prep_xb, "prep_xb"},
+               {&k->prep_dyb, "prep_dyb"},
+               {&k->fwd_b, "fwd_b"},
+               {&k->bwd_input_b, "bwd_input_b"},
+               {&k->bwd_weight_b, "bwd_weight_b"}};
+  for (size_t s = 0; s < sizeof bsyms / sizeof *bsyms && k->vb; s++) {
+    snprintf(name, sizeof name, "tk_k%016" PRIx64 "_%s", it->sym, bsyms[s].fn);
+    void *p = tk_jit_lookup(jit, name);
+    if (!p) {
+      sk_destroy(&k->base);
+      return tk_fail_prefix(TK_ERR_COMPILE, "layer %d (%s)", it->layer, l->name);
+    }
+    memcpy(bsyms[s].dst, &p, sizeof p);
+  }
   for (size_t s = 0; s < sizeof syms / sizeof *syms; s++) {
     if (!syms[s].fn) continue;
     snprintf(name, sizeof name, "tk_k%016" PRIx64 "_%s", it->sym, syms[s].fn);
@@ -539,7 +648,9 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
   /* one arena: per thread xq, z, and (training) dz, dwv; 64-byte aligned pieces */
   int64_t xq = (it->g.xq_len + 15) / 16 * 16, z = (it->g.z_len + 15) / 16 * 16, col = (it->g.col_len + 15) / 16 * 16;
   int64_t dz = training ? (it->g.dz_len + 15) / 16 * 16 : 0, dwv = training ? (nz1 + 15) / 16 * 16 : 0;
-  int64_t per = xq + z + dz + dwv + col;
+  /* batch-vectorised: the grids with 16 images per cell */
+  int64_t xb = it->vb ? xq * 16 : 0, dzb = it->vb && training ? dz * 16 : 0;
+  int64_t per = xq + z + dz + dwv + col + xb + dzb;
   k->arena = tk_alloc_aligned((size_t)(per * threads) * sizeof(float));
   if (!k->wv || (training && !k->wvt) || (it->variant == TK_VARIANT_VALUE_BAKED && !k->baked) || !k->sets || !k->arena) {
     sk_destroy(&k->base);
@@ -553,6 +664,8 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
     k->sets[t].dz = training ? b + xq + z : NULL;
     k->sets[t].dwv = training ? b + xq + z + dz : NULL;
     k->sets[t].col = col ? b + xq + z + dz + dwv : NULL;
+    k->sets[t].xb = xb ? b + xq + z + dz + dwv + col : NULL;
+    k->sets[t].dzb = dzb ? b + xq + z + dz + dwv + col + xb : NULL;
   }
   if (k->baked) {
     const tk_tensor *wt = &m->tensors[l->weight];
@@ -617,9 +730,10 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
       it->layer = i;
       it->variant = v;
       if ((st = tk_geom_make(m, i, &it->g)) != TK_OK) goto done;
+      it->vb = p->layers[i].vec_batch && !it->g.linear && v == TK_VARIANT_SPARSE_TABLE;
       if ((st = tk_tables_build(m, i, &it->g, o->training || v == TK_VARIANT_SPARSE_UNROLLED, &it->t)) != TK_OK)
         goto done;
-      tk_emit_opts eo = {.variant = v, .training = o->training};
+      tk_emit_opts eo = {.variant = v, .training = o->training, .vec_batch = it->vb};
       tk_codebuf body;
       tk_cb_init(&body);
       uint64_t bk[2];
@@ -655,7 +769,7 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
         tk_model_hash(m, h);
         snprintf(mhash, sizeof mhash, "%016" PRIx64 "%016" PRIx64, h[0], h[1]);
       }
-      tk_emit_opts eo = {.variant = it->variant, .training = o->training, .model_hash = mhash};
+      tk_emit_opts eo = {.variant = it->variant, .training = o->training, .vec_batch = it->vb, .model_hash = mhash};
       tk_codebuf *cb = &srcs[n_units];
       tk_cb_init(cb);
       tk_emit_layer(cb, m, it->layer, &it->g, &it->t, &eo, NULL);

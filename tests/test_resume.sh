@@ -4,9 +4,12 @@
 #   B: killed with SIGKILL at a random point after its first checkpoint, then resumed;
 #   C: stopped with SIGTERM at a random point (a clean stop: the step finishes, a mid-epoch
 #      checkpoint is written, exit status 143), then resumed;
-# and both must end with the same tensors, byte for byte, as the uninterrupted run A (same
-# thread count), and with the same epoch log.  The kill points are printed (and can be fixed
-# with RESUME_KILL_MS / RESUME_TERM_MS to reproduce a failure).
+#   D: stopped after 5 steps (mid-epoch), resumed for 7 more (across an epoch boundary), then
+#      resumed to the end (--max-steps: the same stop path as a signal, at fixed points);
+# and all must end with the same tensors, byte for byte, as the uninterrupted run A (same
+# thread count), and with the same epoch log.  The random points are drawn from the time A
+# spent between its first checkpoint and its end; they are printed, and RESUME_KILL_MS /
+# RESUME_TERM_MS fix them to reproduce a failure.
 set -euo pipefail
 T=${TICKET_BIN:?TICKET_BIN is not set}
 SRC=${TICKET_SOURCE_DIR:-$(cd "$(dirname "$0")/.." && pwd)}
@@ -55,17 +58,20 @@ ARGS=(--data fashion-mnist --limit 352 --val 64 --epochs 3 --batch 32 --mode pgd
       --steps 2 --val-steps 2 --augment crop:2,flip --lr 0.05 --schedule cosine --seed 3 --threads 2 --engine auto)
 now_ms() { date +%s%3N; }
 
-# A: uninterrupted
-t0=$(now_ms)
-"$T" train model.tkt "${ARGS[@]}" -o A.tkt --json > A.json 2> A.err
-dur=$(( $(now_ms) - t0 ))
-echo "A: uninterrupted run took ${dur} ms ($(grep -o '"engine":"[^"]*"' A.json))"
+# A: uninterrupted; `window` = the time from its first checkpoint to its end
+"$T" train model.tkt "${ARGS[@]}" -o A.tkt --json > A.json 2> A.err &
+pid=$!
+while [ ! -f A.ckpt.tkt ] && kill -0 $pid 2>/dev/null; do sleep 0.02; done
+t1=$(now_ms)
+wait $pid
+window=$(( $(now_ms) - t1 ))
+echo "A: uninterrupted run, ${window} ms from its first checkpoint to the end ($(grep -o '"engine":"[^"]*"' A.json))"
 
 # B: SIGKILL at a random point after the first checkpoint, then resume
 "$T" train model.tkt "${ARGS[@]}" -o B.tkt --json > B1.json 2> B1.err &
 pid=$!
 while [ ! -f B.ckpt.tkt ] && kill -0 $pid 2>/dev/null; do sleep 0.02; done
-kill_ms=${RESUME_KILL_MS:-$(( RANDOM % (dur * 6 / 10 + 1) ))}
+kill_ms=${RESUME_KILL_MS:-$(( RANDOM % (window * 8 / 10 + 1) ))}
 sleep "$(printf '%d.%03d' $((kill_ms / 1000)) $((kill_ms % 1000)))"
 if kill -9 $pid 2>/dev/null; then echo "B: SIGKILL ${kill_ms} ms after the first checkpoint"; else echo "B: the run ended before the kill"; fi
 wait $pid 2>/dev/null || true
@@ -78,7 +84,7 @@ grep -q "resuming from" B.err || { echo "FAIL: B did not resume from its checkpo
 "$T" train model.tkt "${ARGS[@]}" -o C.tkt --json > C1.json 2> C1.err &
 pid=$!
 while [ ! -f C.ckpt.tkt ] && kill -0 $pid 2>/dev/null; do sleep 0.02; done
-term_ms=${RESUME_TERM_MS:-$(( RANDOM % (dur * 4 / 10 + 1) ))}
+term_ms=${RESUME_TERM_MS:-$(( RANDOM % (window * 8 / 10 + 1) ))}
 sleep "$(printf '%d.%03d' $((term_ms / 1000)) $((term_ms % 1000)))"
 kill -TERM $pid 2>/dev/null && echo "C: SIGTERM ${term_ms} ms after the first checkpoint" || echo "C: the run ended before SIGTERM"
 rc=0
@@ -94,8 +100,16 @@ fi
 rm -f C.tkt
 "$T" train model.tkt "${ARGS[@]}" -o C.tkt --resume --json > C.json 2> C.err
 
+# D: stops at fixed steps: 5 (mid-epoch 1), 12 (mid-epoch 2, across the boundary), then the end
+"$T" train model.tkt "${ARGS[@]}" -o D.tkt --max-steps 5 --json > D1.json 2> D1.err
+"$T" train model.tkt "${ARGS[@]}" -o D.tkt --max-steps 7 --resume --json > D2.json 2> D2.err
+grep -q '"interrupted":true' D1.json && grep -q '"interrupted":true' D2.json && [ ! -f D.tkt ] ||
+  { echo "FAIL: --max-steps did not stop the run"; exit 1; }
+grep -q '"steps":12' D2.json || { echo "FAIL: D stopped at the wrong step"; cat D2.json; exit 1; }
+"$T" train model.tkt "${ARGS[@]}" -o D.tkt --resume --json > D.json 2> D.err
+
 # the same tensors, byte for byte, and the same epoch log
-$PY - A.tkt B.tkt C.tkt <<'EOF'
+$PY - A.tkt B.tkt C.tkt D.tkt <<'EOF'
 import sys
 import numpy as np
 import tkt
@@ -121,7 +135,7 @@ for path in sys.argv[2:]:
         print("%s: all %d tensors identical to the uninterrupted run" % (path, len(m.tensors)))
 sys.exit(1 if bad else 0)
 EOF
-cmp -s A.tkt B.tkt && cmp -s A.tkt C.tkt && echo "the final model files are identical byte for byte"
+cmp -s A.tkt B.tkt && cmp -s A.tkt C.tkt && cmp -s A.tkt D.tkt && echo "the final model files are identical byte for byte"
 # and training did something: the weights moved from the start
 $PY - model.tkt A.tkt <<'EOF'
 import sys

@@ -12,7 +12,8 @@
  * channel and input channel; stride 2; 1x1; 3x3, 5x5, 4x4 stride 2 pad 1; odd maps (7x7,
  * 13x11); channel counts 1..17 (every remainder of the 16-wide vector); batch 1, 3, 32;
  * dilation 2 and groups 2; linear layers.  The table variant's forward layouts (by output rows,
- * the flattened grid, im2col) are each forced on the cases that run every variant. */
+ * the flattened grid, im2col) and the batch-vectorised kernel are each forced on the cases that
+ * run every variant. */
 #include "check.h"
 
 #include "compiler/compile.h"
@@ -133,6 +134,10 @@ static void run_variant(const kcase *c, tk_model *m, tk_variant v, int training,
   }
   tk_variant want = nnz == 0 ? TK_VARIANT_EMPTY : (c->linear ? TK_VARIANT_SPARSE_TABLE : v);
   CHECK_MSG(p->layers[0].variant == want, "%s [%s]: planned %s", c->name, vname, tk_variant_name(p->layers[0].variant));
+  const char *vbe = getenv("TICKET_VEC_BATCH");
+  if (vbe && *vbe && !c->linear && want == TK_VARIANT_SPARSE_TABLE)
+    CHECK_MSG(p->layers[0].vec_batch == (atoi(vbe) != 0), "%s [%s]: vec_batch %d, forced %s", c->name, vname,
+              p->layers[0].vec_batch, vbe);
   tk_kernel *ks[2] = {NULL, NULL};
   if (tk_sparse_build(m, p, &o, c->n, ks) != TK_OK || !ks[0]) {
     fprintf(stderr, "%s [%s]: build: %s\n", c->name, vname, tk_last_error());
@@ -230,12 +235,14 @@ static void run_case(const kcase *c, const char *cache) {
   }
   VARIANTS(X)
 #undef X
-  /* the table forward's layouts, each forced (the geometry picks one by a cost estimate):
-   * by output rows straight to y, the flattened grid through z, and the tap copies (im2col) */
+  /* the table kernel's layouts, each forced (the geometry and the plan pick one by a cost
+   * estimate): the forward by output rows straight to y, the flattened grid through z, the tap
+   * copies (im2col), and the batch-vectorised kernel (16 images per vector, every pass; with
+   * 1 or 3 images the other lanes are idle, with 32 two blocks) */
   if (!c->linear && c->all_variants) {
     static const struct {
-      const char *tag, *im2col, *rows;
-    } forms[] = {{"rows", "0", "1"}, {"grid", "0", "0"}, {"im2col", "1", "0"}};
+      const char *tag, *im2col, *rows, *vec_batch;
+    } forms[] = {{"rows", "0", "1", "0"}, {"grid", "0", "0", "0"}, {"im2col", "1", "0", "0"}, {"batch", "", "", "1"}};
     for (size_t f = 0; f < sizeof forms / sizeof *forms; f++) {
       char name[160];
       snprintf(name, sizeof name, "%s (%s forced)", c->name, forms[f].tag);
@@ -243,10 +250,12 @@ static void run_case(const kcase *c, const char *cache) {
       cf.name = name;
       setenv("TICKET_IM2COL", forms[f].im2col, 1);
       setenv("TICKET_ROWS", forms[f].rows, 1);
+      setenv("TICKET_VEC_BATCH", forms[f].vec_batch, 1);
       memcpy(m->tensors[m->layers[0].weight].data, w0, (size_t)m->tensors[m->layers[0].weight].numel * 4);
       run_variant(&cf, m, TK_VARIANT_SPARSE_TABLE, 1, cache);
       unsetenv("TICKET_IM2COL");
       unsetenv("TICKET_ROWS");
+      unsetenv("TICKET_VEC_BATCH");
     }
   }
   free(w0);
@@ -292,6 +301,33 @@ static void check_source(const char *cache) {
   tk_tables_free(&t);
   tk_model_free(m);
   (void)cache;
+}
+
+/* The planner's default layout: batch-vectorised for 16+ images on small stride-1 maps only. */
+static void check_plan_vec_batch(void) {
+  unsetenv("TICKET_VEC_BATCH");
+  static const struct {
+    kcase c;
+    int want;
+  } pc[] = {
+      {{"plan 4x4 batch 32", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1},
+      {{"plan 4x4 batch 8", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 8, 0, 0}, 0},
+      {{"plan 16x16 batch 32", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0},
+      {{"plan 8x8 s2 batch 32", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 0},
+  };
+  for (size_t i = 0; i < sizeof pc / sizeof *pc; i++) {
+    tk_model *m = make_model(&pc[i].c);
+    tk_compile_opts o;
+    tk_compile_opts_default(&o);
+    o.batch = pc[i].c.n;
+    o.force = TK_VARIANT_SPARSE_TABLE;
+    tk_plan *p = NULL;
+    CHECK(m && tk_plan_make(m, &o, &p) == TK_OK);
+    if (p) CHECK_MSG(p->layers[0].vec_batch == pc[i].want, "%s: vec_batch %d, expected %d", pc[i].c.name,
+                     p->layers[0].vec_batch, pc[i].want);
+    tk_plan_free(p);
+    tk_model_free(m);
+  }
 }
 
 int main(void) {
@@ -352,6 +388,7 @@ int main(void) {
     kcase big = {"resnet 128x16 s=0.9 batch 32", 0, 128, 128, 16, 16, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 1};
     run_case(&big, cache);
   }
+  check_plan_vec_batch();
   check_source(cache);
   printf("%d kernel/variant cases run\n", g_cases_run);
   char cmd[512];

@@ -15,8 +15,8 @@ O=out/demo
 mkdir -p "$O"
 export TICKET_CACHE="${TICKET_CACHE:-$PWD/build/cache}"
 
-TRAIN_N=20000; TEST_N=1000; ST_EPOCHS=2; AT_EPOCHS=2
-if [ "${1:-}" = "--quick" ]; then TRAIN_N=4000; TEST_N=300; ST_EPOCHS=1; AT_EPOCHS=1; fi
+ST_N=12000; AT_N=6000; TEST_N=1000; ST_EPOCHS=3; AT_EPOCHS=2
+if [ "${1:-}" = "--quick" ]; then ST_N=6000; AT_N=2000; TEST_N=300; ST_EPOCHS=2; AT_EPOCHS=1; fi
 ATTACK=(--eps 0.1 --alpha 0.025 --steps 10 --limit "$TEST_N")
 DATA=(--data fashion-mnist)
 
@@ -26,9 +26,9 @@ step "1. a LeNet for Fashion-MNIST (reference initialisation)"
 $T init lenet -o "$O/lenet.tkt" --seed 1
 $T info "$O/lenet.tkt" | tail -n 3
 
-step "2. standard training ($ST_EPOCHS epochs on $TRAIN_N images)"
-$T train "$O/lenet.tkt" "${DATA[@]}" --mode st --epochs $ST_EPOCHS --limit $TRAIN_N --batch 128 \
-   --lr 0.05 --schedule cosine --seed 1 --val 1000 --engine compiled -o "$O/lenet_st.tkt" --json > "$O/train_st.json"
+step "2. standard training ($ST_EPOCHS epochs on $ST_N images)"
+$T train "$O/lenet.tkt" "${DATA[@]}" --mode st --epochs $ST_EPOCHS --limit $ST_N --batch 128 \
+   --lr 0.1 --schedule cosine --seed 1 --val 1000 --val-steps 0 --engine compiled -o "$O/lenet_st.tkt" --json > "$O/train_st.json"
 
 step "3. prune to 90% sparsity (magnitude, layer-wise)"
 $T prune "$O/lenet_st.tkt" --method magnitude --sparsity 0.9 --scope layer -o "$O/lenet_p90.tkt"
@@ -40,9 +40,9 @@ $T plan "$O/lenet_p90.tkt" --batch 1
 step "5. attack the pruned model: PGD-10, eps 0.1"
 $T attack "$O/lenet_p90.tkt" "${DATA[@]}" "${ATTACK[@]}" --engine compiled --json > "$O/attack_before.json"
 
-step "6. adversarial fine-tuning on the sparse structure (PGD-AT, $AT_EPOCHS epochs)"
-$T train "$O/lenet_p90.tkt" "${DATA[@]}" --mode pgd --eps 0.1 --alpha 0.025 --steps 5 --epochs $AT_EPOCHS \
-   --limit $TRAIN_N --batch 128 --lr 0.02 --schedule cosine --seed 2 --val 1000 --engine compiled \
+step "6. adversarial fine-tuning on the sparse structure (PGD-5 AT, $AT_EPOCHS epochs on $AT_N images)"
+$T train "$O/lenet_p90.tkt" "${DATA[@]}" --mode pgd --eps 0.1 --alpha 0.03 --steps 5 --epochs $AT_EPOCHS \
+   --limit $AT_N --batch 128 --lr 0.05 --schedule cosine --seed 2 --val 500 --val-steps 5 --engine compiled \
    -o "$O/lenet_p90_at.tkt" --json > "$O/train_at.json"
 
 step "7. attack again"

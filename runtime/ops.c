@@ -198,9 +198,43 @@ void tk_ops_relu_bwd(const float *y, const float *dy, float *dx, size_t count, i
 
 /* ---- pools ------------------------------------------------------------------------------------ */
 
+/* The common 2x2 window, stride 2, no padding (LeNet, VGG): the same first-maximum and
+ * NaN rules as the general loop below, without its bounds logic, so it vectorises. */
+static void maxpool_fwd_2x2s2(const tk_pool_dims *d, const float *x, float *y, int32_t *argmax, long planes) {
+  const int ih = d->ih, iw = d->iw, oh = d->oh, ow = d->ow;
+  TK_PRAGMA("omp parallel for schedule(static) if(planes * oh * ow * 4 > PAR_MIN)")
+  for (long p = 0; p < planes; p++) {
+    const float *xp = x + p * ih * iw;
+    float *yp = y + p * oh * ow;
+    int32_t *ap = argmax + p * oh * ow;
+    for (int oy = 0; oy < oh; oy++) {
+      const float *r0 = xp + 2 * oy * iw, *r1 = r0 + iw;
+      const int32_t base = 2 * oy * iw;
+      TK_PRAGMA("omp simd")
+      for (int ox = 0; ox < ow; ox++) {
+        float bv = r0[2 * ox];
+        int32_t bi = base + 2 * ox;
+        float v = r0[2 * ox + 1];
+        if (v > bv || v != v) bv = v, bi = base + 2 * ox + 1;
+        v = r1[2 * ox];
+        if (v > bv || v != v) bv = v, bi = base + iw + 2 * ox;
+        v = r1[2 * ox + 1];
+        if (v > bv || v != v) bv = v, bi = base + iw + 2 * ox + 1;
+        yp[oy * ow + ox] = bv;
+        ap[oy * ow + ox] = bi;
+      }
+    }
+  }
+}
+
 void tk_ops_maxpool_fwd(const tk_pool_dims *d, const float *x, float *y, int32_t *argmax, int n) {
   const long planes = (long)n * d->c;
   const int ih = d->ih, iw = d->iw, oh = d->oh, ow = d->ow;
+  if (d->kh == 2 && d->kw == 2 && d->sh == 2 && d->sw == 2 && d->ph == 0 && d->pw == 0 && 2 * oh <= ih &&
+      2 * ow <= iw) {
+    maxpool_fwd_2x2s2(d, x, y, argmax, planes);
+    return;
+  }
   TK_PRAGMA("omp parallel for schedule(static) if(planes * oh * ow * d->kh * d->kw > PAR_MIN)")
   for (long p = 0; p < planes; p++) {
     const float *xp = x + p * ih * iw;

@@ -10,6 +10,7 @@
 
 #include "ticket.h"
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #define TK_COMMANDS(X)                                                         \
@@ -36,6 +37,10 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
 int cli_exit_code(tk_status st);
 /* true when argv has -h or --help */
 bool cli_wants_help(int argc, char **argv);
+/* Decimal integer in [lo, hi], the whole string; false otherwise (nothing written). */
+bool cli_parse_long(const char *s, long lo, long hi, long *out);
+/* Non-negative integer (decimal, or 0x hex), the whole string. */
+bool cli_parse_u64(const char *s, uint64_t *out);
 /* Write a JSON string literal (quoted, escaped). */
 void cli_json_string(FILE *f, const char *s);
 

@@ -44,22 +44,7 @@ static void usage(FILE *f) {
         f);
 }
 
-static bool parse_long(const char *s, long lo, long hi, long *out) {
-  char *end;
-  long v = strtol(s, &end, 10);
-  if (end == s || *end || v < lo || v > hi) return false;
-  *out = v;
-  return true;
-}
 
-static bool parse_u64(const char *s, uint64_t *out) {
-  char *end;
-  if (!*s || *s == '-') return false;
-  unsigned long long v = strtoull(s, &end, 0);
-  if (*end) return false;
-  *out = v;
-  return true;
-}
 
 int cmd_attack(int argc, char **argv) {
   const char *cmd = "attack";
@@ -93,19 +78,19 @@ int cmd_attack(int argc, char **argv) {
       if (!tk_parse_fraction(argv[++i], &alpha) || alpha < 0)
         return cli_usage_error(cmd, "--alpha: '%s' is not a number >= 0", argv[i]);
     } else if (!strcmp(a, "--steps") && has) {
-      if (!parse_long(argv[++i], 0, 1000000, &steps)) return cli_usage_error(cmd, "--steps: '%s' is not in 0..1000000", argv[i]);
+      if (!cli_parse_long(argv[++i], 0, 1000000, &steps)) return cli_usage_error(cmd, "--steps: '%s' is not in 0..1000000", argv[i]);
     } else if (!strcmp(a, "--restarts") && has) {
-      if (!parse_long(argv[++i], 1, 100000, &restarts)) return cli_usage_error(cmd, "--restarts: '%s' is not in 1..100000", argv[i]);
+      if (!cli_parse_long(argv[++i], 1, 100000, &restarts)) return cli_usage_error(cmd, "--restarts: '%s' is not in 1..100000", argv[i]);
     } else if (!strcmp(a, "--seed") && has) {
-      if (!parse_u64(argv[++i], &seed)) return cli_usage_error(cmd, "--seed: '%s' is not a non-negative integer", argv[i]);
+      if (!cli_parse_u64(argv[++i], &seed)) return cli_usage_error(cmd, "--seed: '%s' is not a non-negative integer", argv[i]);
     } else if (!strcmp(a, "--offset") && has) {
-      if (!parse_long(argv[++i], 0, 1L << 30, &offset)) return cli_usage_error(cmd, "--offset: '%s' is not a count", argv[i]);
+      if (!cli_parse_long(argv[++i], 0, 1L << 30, &offset)) return cli_usage_error(cmd, "--offset: '%s' is not a count", argv[i]);
     } else if (!strcmp(a, "--limit") && has) {
-      if (!parse_long(argv[++i], 1, 1L << 30, &limit)) return cli_usage_error(cmd, "--limit: '%s' is not a positive count", argv[i]);
+      if (!cli_parse_long(argv[++i], 1, 1L << 30, &limit)) return cli_usage_error(cmd, "--limit: '%s' is not a positive count", argv[i]);
     } else if (!strcmp(a, "--batch") && has) {
-      if (!parse_long(argv[++i], 1, 1 << 16, &batch)) return cli_usage_error(cmd, "--batch: '%s' is not in 1..65536", argv[i]);
+      if (!cli_parse_long(argv[++i], 1, 1 << 16, &batch)) return cli_usage_error(cmd, "--batch: '%s' is not in 1..65536", argv[i]);
     } else if (!strcmp(a, "--threads") && has) {
-      if (!parse_long(argv[++i], 1, 4096, &threads)) return cli_usage_error(cmd, "--threads: '%s' is not in 1..4096", argv[i]);
+      if (!cli_parse_long(argv[++i], 1, 4096, &threads)) return cli_usage_error(cmd, "--threads: '%s' is not in 1..4096", argv[i]);
     } else if (a[0] == '-' && a[1]) return cli_usage_error(cmd, "unknown option or missing value: %s", a);
     else if (!model_path) model_path = a;
     else return cli_usage_error(cmd, "unexpected argument: %s", a);

@@ -29,13 +29,6 @@ static void usage(FILE *f) {
         f);
 }
 
-static bool parse_long(const char *s, long lo, long hi, long *out) {
-  char *end;
-  long v = strtol(s, &end, 10);
-  if (end == s || *end || v < lo || v > hi) return false;
-  *out = v;
-  return true;
-}
 
 int cmd_eval(int argc, char **argv) {
   const char *cmd = "eval";
@@ -56,13 +49,13 @@ int cmd_eval(int argc, char **argv) {
     else if (!strcmp(a, "--split") && has) split = argv[++i];
     else if (!strcmp(a, "--engine") && has) engine_name = argv[++i];
     else if (!strcmp(a, "--offset") && has) {
-      if (!parse_long(argv[++i], 0, 1L << 30, &offset)) return cli_usage_error(cmd, "--offset: '%s' is not a count", argv[i]);
+      if (!cli_parse_long(argv[++i], 0, 1L << 30, &offset)) return cli_usage_error(cmd, "--offset: '%s' is not a count", argv[i]);
     } else if (!strcmp(a, "--limit") && has) {
-      if (!parse_long(argv[++i], 1, 1L << 30, &limit)) return cli_usage_error(cmd, "--limit: '%s' is not a positive count", argv[i]);
+      if (!cli_parse_long(argv[++i], 1, 1L << 30, &limit)) return cli_usage_error(cmd, "--limit: '%s' is not a positive count", argv[i]);
     } else if (!strcmp(a, "--batch") && has) {
-      if (!parse_long(argv[++i], 1, 1 << 16, &batch)) return cli_usage_error(cmd, "--batch: '%s' is not in 1..65536", argv[i]);
+      if (!cli_parse_long(argv[++i], 1, 1 << 16, &batch)) return cli_usage_error(cmd, "--batch: '%s' is not in 1..65536", argv[i]);
     } else if (!strcmp(a, "--threads") && has) {
-      if (!parse_long(argv[++i], 1, 4096, &threads)) return cli_usage_error(cmd, "--threads: '%s' is not in 1..4096", argv[i]);
+      if (!cli_parse_long(argv[++i], 1, 4096, &threads)) return cli_usage_error(cmd, "--threads: '%s' is not in 1..4096", argv[i]);
     } else if (a[0] == '-' && a[1]) return cli_usage_error(cmd, "unknown option or missing value: %s", a);
     else if (!model_path) model_path = a;
     else return cli_usage_error(cmd, "unexpected argument: %s", a);

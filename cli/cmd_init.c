@@ -27,14 +27,6 @@ static void usage(FILE *f) {
           "  --json            print the result as one JSON object\n");
 }
 
-static bool parse_int(const char *s, long lo, long hi, long *out) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || end == s || *end || v < lo || v > hi) return false;
-  *out = v;
-  return true;
-}
 
 static bool parse_input(const char *s, int *c, int *h, int *w) {
   char buf[64];
@@ -46,7 +38,7 @@ static bool parse_input(const char *s, int *c, int *h, int *w) {
   if (n != 3 || tok) return false;
   long v[3];
   for (int i = 0; i < 3; i++)
-    if (!parse_int(parts[i], 1, 65536, &v[i])) return false;
+    if (!cli_parse_long(parts[i], 1, 65536, &v[i])) return false;
   *c = (int)v[0];
   *h = (int)v[1];
   *w = (int)v[2];
@@ -127,7 +119,7 @@ int cmd_init(int argc, char **argv) {
       if (!has_val) return cli_usage_error("init", "%s needs a file name", a);
       out = argv[++i];
     } else if (!strcmp(a, "--classes")) {
-      if (!has_val || !parse_int(argv[i + 1], 1, 65536, &classes))
+      if (!has_val || !cli_parse_long(argv[i + 1], 1, 65536, &classes))
         return cli_usage_error("init", "--classes: '%s' is not a number of classes in 1..65536", has_val ? argv[i + 1] : "");
       i++;
     } else if (!strcmp(a, "--input")) {

@@ -3,7 +3,7 @@
  * SIGINT/SIGTERM.  The loop itself is runtime/train.c. */
 #include "cli.h"
 
-#include "compiler/compile.h"
+#include "runtime/evaluate.h"
 #include "runtime/npy.h"
 #include "runtime/train.h"
 
@@ -77,14 +77,6 @@ static const char *opt_value(int argc, char **argv, int *i, const char *name) {
   return argv[++*i];
 }
 
-static int parse_int(const char *s, long lo, long hi, long *out) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (!*s || *end || errno || v < lo || v > hi) return 0;
-  *out = v;
-  return 1;
-}
 
 /* path of OUT without a trailing ".tkt", plus suffix */
 static char *with_suffix(const char *out, const char *suffix) {
@@ -124,41 +116,6 @@ static tk_status same_structure(const tk_model *a, const char *pa, const tk_mode
   return TK_OK;
 }
 
-static tk_status make_engine(tk_model *m, const char *kind, int batch, int threads, tk_engine **e, const char **used) {
-  int is_auto = strcmp(kind, "auto") == 0;
-  tk_status st = TK_ERR_UNSUPPORTED;
-  if (is_auto || strcmp(kind, "compiled") == 0) {
-    /* built for training: the input- and weight-gradient kernels too */
-    tk_compile_opts co;
-    tk_compile_opts_default(&co);
-    co.batch = batch;
-    co.threads = threads;
-    co.training = 1;
-    st = tk_compiled_engine_create(m, batch, &co, e);
-    if (st == TK_OK) {
-      *used = "compiled";
-      return TK_OK;
-    }
-    if (!is_auto) return st;
-    fprintf(stderr, "ticket train: note: compiled engine unavailable (%s); trying the next\n", tk_last_error());
-  }
-  if (is_auto || strcmp(kind, "dense") == 0) {
-    st = tk_engine_create(m, TK_ENGINE_DENSE, batch, e);
-    if (st == TK_OK) {
-      *used = "dense";
-      return TK_OK;
-    }
-    if (!is_auto) return st;
-    fprintf(stderr, "ticket train: note: dense engine unavailable (%s); using the reference engine\n", tk_last_error());
-  }
-  if (is_auto || strcmp(kind, "reference") == 0) {
-    st = tk_engine_create(m, TK_ENGINE_REFERENCE, batch, e);
-    if (st == TK_OK) *used = "reference";
-    return st;
-  }
-  return tk_fail(TK_ERR_ARG, "--engine: '%s' is not auto, reference, compiled or dense", kind);
-}
-
 int cmd_train(int argc, char **argv) {
   const char *cmd = "train";
   if (cli_wants_help(argc, argv)) {
@@ -190,10 +147,10 @@ int cmd_train(int argc, char **argv) {
       NEED("-o");
       out = v;
     } else if ((v = opt_value(argc, argv, &i, "--epochs"))) {
-      if (!parse_int(v, 1, 100000, &k)) return cli_usage_error(cmd, "--epochs: '%s' is not in 1..100000", v);
+      if (!cli_parse_long(v, 1, 100000, &k)) return cli_usage_error(cmd, "--epochs: '%s' is not in 1..100000", v);
       o.epochs = (int)k;
     } else if ((v = opt_value(argc, argv, &i, "--batch"))) {
-      if (!parse_int(v, 2, 65536, &k)) return cli_usage_error(cmd, "--batch: '%s' is not in 2..65536", v);
+      if (!cli_parse_long(v, 2, 65536, &k)) return cli_usage_error(cmd, "--batch: '%s' is not in 2..65536", v);
       o.batch = (int)k;
     } else if ((v = opt_value(argc, argv, &i, "--lr"))) {
       if (!tk_parse_fraction(v, &o.sgd.lr) || o.sgd.lr < 0) return cli_usage_error(cmd, "--lr: '%s' is not a number >= 0", v);
@@ -224,7 +181,7 @@ int cmd_train(int argc, char **argv) {
       if (!tk_parse_fraction(v, &o.alpha) || o.alpha < 0) return cli_usage_error(cmd, "--alpha: '%s' is not a number >= 0", v);
       alpha_set = 1;
     } else if ((v = opt_value(argc, argv, &i, "--steps"))) {
-      if (!parse_int(v, 1, 10000, &k)) return cli_usage_error(cmd, "--steps: '%s' is not in 1..10000", v);
+      if (!cli_parse_long(v, 1, 10000, &k)) return cli_usage_error(cmd, "--steps: '%s' is not in 1..10000", v);
       o.steps = (int)k;
     } else if ((v = opt_value(argc, argv, &i, "--beta"))) {
       if (!tk_parse_fraction(v, &o.beta) || o.beta < 0) return cli_usage_error(cmd, "--beta: '%s' is not a number >= 0", v);
@@ -236,7 +193,7 @@ int cmd_train(int argc, char **argv) {
       NEED("--augment");
       augment = v;
     } else if ((v = opt_value(argc, argv, &i, "--val-steps"))) {
-      if (!parse_int(v, 0, 10000, &k)) return cli_usage_error(cmd, "--val-steps: '%s' is not in 0..10000", v);
+      if (!cli_parse_long(v, 0, 10000, &k)) return cli_usage_error(cmd, "--val-steps: '%s' is not in 0..10000", v);
       o.val_steps = (int)k;
       val_steps_set = 1;
     } else if ((v = opt_value(argc, argv, &i, "--val-alpha"))) {
@@ -244,12 +201,12 @@ int cmd_train(int argc, char **argv) {
         return cli_usage_error(cmd, "--val-alpha: '%s' is not a number >= 0", v);
       val_alpha_set = 1;
     } else if ((v = opt_value(argc, argv, &i, "--val"))) {
-      if (!parse_int(v, 0, 100000000, &val_n)) return cli_usage_error(cmd, "--val: '%s' is not a count >= 0", v);
+      if (!cli_parse_long(v, 0, 100000000, &val_n)) return cli_usage_error(cmd, "--val: '%s' is not a count >= 0", v);
     } else if ((v = opt_value(argc, argv, &i, "--subset"))) {
       if (!tk_parse_fraction(v, &d) || !(d > 0 && d <= 1)) return cli_usage_error(cmd, "--subset: '%s' is not in (0, 1]", v);
       subset = d;
     } else if ((v = opt_value(argc, argv, &i, "--limit"))) {
-      if (!parse_int(v, 1, 100000000, &limit)) return cli_usage_error(cmd, "--limit: '%s' is not a count >= 1", v);
+      if (!cli_parse_long(v, 1, 100000000, &limit)) return cli_usage_error(cmd, "--limit: '%s' is not a count >= 1", v);
     } else if ((v = opt_value(argc, argv, &i, "--seed"))) {
       char *end;
       errno = 0;
@@ -259,7 +216,7 @@ int cmd_train(int argc, char **argv) {
       NEED("--engine");
       engine_kind = v;
     } else if ((v = opt_value(argc, argv, &i, "--threads"))) {
-      if (!parse_int(v, 1, 1024, &threads)) return cli_usage_error(cmd, "--threads: '%s' is not in 1..1024", v);
+      if (!cli_parse_long(v, 1, 1024, &threads)) return cli_usage_error(cmd, "--threads: '%s' is not in 1..1024", v);
     } else if ((v = opt_value(argc, argv, &i, "--checkpoint-dir"))) {
       NEED("--checkpoint-dir");
       ckdir = v;
@@ -273,7 +230,7 @@ int cmd_train(int argc, char **argv) {
       NEED("--dump-adv");
       dump_adv = v;
     } else if ((v = opt_value(argc, argv, &i, "--max-steps"))) {
-      if (!parse_int(v, 1, 1000000000, &max_steps)) return cli_usage_error(cmd, "--max-steps: '%s' is not a count >= 1", v);
+      if (!cli_parse_long(v, 1, 1000000000, &max_steps)) return cli_usage_error(cmd, "--max-steps: '%s' is not a count >= 1", v);
     } else if (strcmp(argv[i], "--resume") == 0) {
       resume = 1;
     } else if (strcmp(argv[i], "--json") == 0) {
@@ -291,8 +248,8 @@ int cmd_train(int argc, char **argv) {
   if (!data) return cli_usage_error(cmd, "--data SPEC is missing");
   if (!mode_set) return cli_usage_error(cmd, "--mode is missing (st, pgd, fgsm-rs, trades or mart)");
   if (!out) return cli_usage_error(cmd, "-o OUT is missing");
-  if (strcmp(engine_kind, "auto") && strcmp(engine_kind, "reference") && strcmp(engine_kind, "compiled") &&
-      strcmp(engine_kind, "dense"))
+  int engine_kind_id;
+  if (!tk_engine_kind_parse(engine_kind, &engine_kind_id))
     return cli_usage_error(cmd, "--engine: '%s' is not auto, reference, compiled or dense", engine_kind);
   /* augmentation */
   if (strcmp(augment, "none") != 0) {
@@ -303,7 +260,7 @@ int cmd_train(int argc, char **argv) {
       else if (strcmp(tok, "crop") == 0) o.crop_pad = 4;
       else if (strncmp(tok, "crop:", 5) == 0) {
         long k;
-        if (!parse_int(tok + 5, 1, 64, &k)) return cli_usage_error(cmd, "--augment: '%s': padding must be 1..64", tok);
+        if (!cli_parse_long(tok + 5, 1, 64, &k)) return cli_usage_error(cmd, "--augment: '%s': padding must be 1..64", tok);
         o.crop_pad = (int)k;
       } else
         return cli_usage_error(cmd, "--augment: '%s' is not crop, crop:PAD, flip or none", tok);
@@ -419,9 +376,16 @@ int cmd_train(int argc, char **argv) {
 #ifdef _OPENMP
   if (threads > 0) omp_set_num_threads((int)threads);
 #endif
-  if ((st = make_engine(m, engine_kind, o.batch, (int)threads, &e, &engine_used)) != TK_OK) {
-    rc = cli_error(cmd, st);
-    goto done;
+  {
+    /* engines made through tk_engine_create carry the gradient kernels and the thread count
+     * set above; auto takes the fastest this build has */
+    char note[512];
+    if ((st = tk_engine_create_best(m, engine_kind_id, o.batch, &e, note, sizeof note)) != TK_OK) {
+      rc = cli_error(cmd, st);
+      goto done;
+    }
+    if (note[0]) fprintf(stderr, "ticket train: note: %s\n", note);
+    engine_used = e->v->name;
   }
   if (threads > 0) e->threads = (int)threads;
 

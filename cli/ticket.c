@@ -1,6 +1,7 @@
 /* ticket.c -- the `ticket` command: dispatch to subcommands (cli/cmd_*.c). */
 #include "cli.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,25 @@ bool cli_wants_help(int argc, char **argv) {
   for (int i = 1; i < argc; i++)
     if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) return true;
   return false;
+}
+
+bool cli_parse_long(const char *s, long lo, long hi, long *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (errno || end == s || *end || v < lo || v > hi) return false;
+  *out = v;
+  return true;
+}
+
+bool cli_parse_u64(const char *s, uint64_t *out) {
+  char *end;
+  if (!*s || *s == '-') return false;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 0);
+  if (errno || *end) return false;
+  *out = v;
+  return true;
 }
 
 void cli_json_string(FILE *f, const char *s) {

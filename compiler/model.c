@@ -64,16 +64,20 @@ void tk_model_free(tk_model *m) {
   free(m->prov.notes);
   metrics_free(m->prov.metrics, m->prov.n_metrics);
   if (m->train) {
-    tk_train_state *ts = m->train;
-    free(ts->rng);
-    for (int i = 0; i < ts->n_momenta; i++) tensor_free(&ts->momenta[i]);
-    free(ts->momenta);
-    free(ts->config);
-    free(ts->log);
-    metrics_free(ts->best, ts->n_best);
-    free(ts);
+    tk_train_state_clear(m->train);
+    free(m->train);
   }
   free(m);
+}
+
+void tk_train_state_clear(tk_train_state *ts) {
+  free(ts->rng);
+  for (int i = 0; i < ts->n_momenta; i++) tensor_free(&ts->momenta[i]);
+  free(ts->momenta);
+  free(ts->config);
+  free(ts->log);
+  metrics_free(ts->best, ts->n_best);
+  memset(ts, 0, sizeof *ts);
 }
 
 int tk_model_classes(const tk_model *m) { return m->classes; }

@@ -137,6 +137,8 @@ int tk_model_add_layer(tk_model *m, const tk_layer *l);
 tk_layer tk_layer_default(tk_op op, const char *name, int input);
 int tk_model_find_tensor(const tk_model *m, const char *name);
 tk_model *tk_model_clone(const tk_model *m);   /* deep copy, or NULL */
+/* Free everything a training state holds and zero it (the struct itself stays). */
+void tk_train_state_clear(tk_train_state *ts);
 tk_status tk_tensor_set_mask(tk_tensor *t, const uint8_t *mask); /* copies; NULL clears */
 void tk_tensor_apply_mask(tk_tensor *t);        /* zero the pruned data */
 

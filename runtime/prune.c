@@ -246,25 +246,6 @@ static tk_status set_str(char **dst, const char *s) {
   return TK_OK;
 }
 
-static void free_train_state(tk_model *m) {
-  tk_train_state *ts = m->train;
-  if (!ts) return;
-  free(ts->rng);
-  for (int i = 0; i < ts->n_momenta; i++) {
-    free(ts->momenta[i].name);
-    free(ts->momenta[i].data);
-    free(ts->momenta[i].mask);
-    free(ts->momenta[i].scores);
-  }
-  free(ts->momenta);
-  free(ts->config);
-  free(ts->log);
-  for (int i = 0; i < ts->n_best; i++) free(ts->best[i].name);
-  free(ts->best);
-  free(ts);
-  m->train = NULL;
-}
-
 tk_status tk_prune(tk_model *m, const tk_prune_opts *o, tk_prune_report *rep) {
   const tk_prune_method *meth = tk_prune_find(o->method);
   if (!meth) {
@@ -380,7 +361,11 @@ tk_status tk_prune(tk_model *m, const tk_prune_opts *o, tk_prune_report *rep) {
     free(m->prov.metrics);
     m->prov.metrics = NULL;
     m->prov.n_metrics = 0;
-    free_train_state(m);
+    if (m->train) {
+      tk_train_state_clear(m->train);
+      free(m->train);
+      m->train = NULL;
+    }
   }
   if (rep) {
     memset(rep, 0, sizeof *rep);

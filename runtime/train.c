@@ -554,22 +554,6 @@ typedef struct {
   double v[RM_COUNT];
 } run_metrics;
 
-static void train_state_clear(tk_train_state *ts) {
-  free(ts->rng);
-  for (int i = 0; i < ts->n_momenta; i++) {
-    free(ts->momenta[i].name);
-    free(ts->momenta[i].data);
-    free(ts->momenta[i].mask);
-    free(ts->momenta[i].scores);
-  }
-  free(ts->momenta);
-  free(ts->config);
-  free(ts->log);
-  for (int i = 0; i < ts->n_best; i++) free(ts->best[i].name);
-  free(ts->best);
-  memset(ts, 0, sizeof *ts);
-}
-
 int tk_train_state_resumable(const tk_model *m) {
   return m->train && m->train->n_rng == 4 && m->train->rng && m->train->config;
 }
@@ -791,7 +775,7 @@ tk_status tk_train_run(tk_engine *e, const tk_dataset *train, const tk_dataset *
       st = TK_ERR_NOMEM;
       goto done;
     }
-    train_state_clear(m->train);
+    tk_train_state_clear(m->train);
     /* metrics measured on the weights we start from no longer describe the result */
     for (int i = 0; i < m->prov.n_metrics; i++) free(m->prov.metrics[i].name);
     free(m->prov.metrics);

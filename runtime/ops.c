@@ -115,20 +115,25 @@ void tk_ops_bn_train_fwd(const float *x, const float *gamma, const float *beta, 
   const size_t cs = (size_t)c * hw; /* stride between images */
   TK_PRAGMA("omp parallel for schedule(static) if(count * c > PAR_MIN)")
   for (int ch = 0; ch < c; ch++) {
-    double s = 0.0;
+    double s = 0.0; /* float lanes within a plane, double across planes */
     for (int i = 0; i < n; i++) {
       const float *xp = x + i * cs + (size_t)ch * hw;
-      TK_PRAGMA("omp simd reduction(+ : s)")
-      for (int k = 0; k < hw; k++) s += xp[k];
+      float ps = 0.0f;
+      TK_PRAGMA("omp simd reduction(+ : ps)")
+      for (int k = 0; k < hw; k++) ps += xp[k];
+      s += ps;
     }
     double mean = s / count, ss = 0.0;
+    const float fmean = (float)mean;
     for (int i = 0; i < n; i++) {
       const float *xp = x + i * cs + (size_t)ch * hw;
-      TK_PRAGMA("omp simd reduction(+ : ss)")
+      float pss = 0.0f;
+      TK_PRAGMA("omp simd reduction(+ : pss)")
       for (int k = 0; k < hw; k++) {
-        double d = xp[k] - mean;
-        ss += d * d;
+        float d = xp[k] - fmean;
+        pss += d * d;
       }
+      ss += pss;
     }
     double var = ss / count; /* biased: used to normalise */
     double invstd = 1.0 / sqrt(var + (double)eps);
@@ -144,41 +149,107 @@ void tk_ops_bn_train_fwd(const float *x, const float *gamma, const float *beta, 
   }
 }
 
+/* Masked output gradient: dy where the fused ReLU passed its input (relu_y > 0), else 0.
+ * RELU is a literal at every call, so each caller gets its own branch-free loop. */
+#define MASKED(RELU, yp, gp, k) ((RELU) && !((yp)[k] > 0.0f) ? 0.0f : (gp)[k])
+
+/* dx (+)= a * masked(dy) over one plane: eval-mode batchnorm's input gradient */
+static inline void bn_scale_plane(const float *yp, const float *gp, float a, int relu, int acc, float *dp, int hw) {
+#define BN_SCALE_LOOP(RELU, ACC)                                                   \
+  TK_PRAGMA("omp simd")                                                            \
+  for (int k = 0; k < hw; k++) {                                                   \
+    float v = a * MASKED(RELU, yp, gp, k);                                         \
+    dp[k] = (ACC) ? dp[k] + v : v;                                                 \
+  }
+  if (relu) {
+    if (acc) { BN_SCALE_LOOP(1, 1) } else { BN_SCALE_LOOP(1, 0) }
+  } else {
+    if (acc) { BN_SCALE_LOOP(0, 1) } else { BN_SCALE_LOOP(0, 0) }
+  }
+#undef BN_SCALE_LOOP
+}
+
+/* Per-plane sums of g and g * (x - mean): float lanes within a plane (at most a few thousand
+ * terms), double across planes, in a fixed order. */
+static inline void bn_plane_sums(const float *xp, const float *yp, const float *gp, float mean, int relu, int hw,
+                                 double *sg, double *sgx) {
+  double s = 0.0, sx = 0.0;
+  if (relu) {
+    TK_PRAGMA("omp simd reduction(+ : s, sx)")
+    for (int k = 0; k < hw; k++) {
+      float g = MASKED(1, yp, gp, k);
+      s += g;
+      sx += (double)g * (xp[k] - mean);
+    }
+  } else {
+    TK_PRAGMA("omp simd reduction(+ : s, sx)")
+    for (int k = 0; k < hw; k++) {
+      float g = gp[k];
+      s += g;
+      sx += (double)g * (xp[k] - mean);
+    }
+  }
+  *sg += s;
+  *sgx += sx;
+}
+
 void tk_ops_bn_bwd(const float *x, const float *relu_y, const float *dy, const float *gamma, const float *save_mean,
                    const float *save_invstd, int train, float *dx, float *dgamma, float *dbeta, int n, int c,
                    int hw, int acc) {
   const double count = (double)n * hw;
   const size_t cs = (size_t)c * hw;
+  const int relu = relu_y != NULL;
+  if (!train && !dgamma && !dbeta) {
+    /* eval mode, input gradient only (every PGD step): one scaling pass, no sums */
+    if (!dx) return;
+    long planes = (long)n * c;
+    TK_PRAGMA("omp parallel for schedule(static) if(planes * hw > PAR_MIN)")
+    for (long p = 0; p < planes; p++) {
+      int ch = (int)(p % c);
+      bn_scale_plane(relu ? relu_y + p * hw : NULL, dy + p * hw, gamma[ch] * save_invstd[ch], relu, acc,
+                     dx + p * hw, hw);
+    }
+    return;
+  }
   TK_PRAGMA("omp parallel for schedule(static) if(count * c > PAR_MIN)")
   for (int ch = 0; ch < c; ch++) {
     const float mean = save_mean[ch], invstd = save_invstd[ch];
-    double sg = 0.0, sgx = 0.0; /* sum g, sum g * xhat */
+    double sg = 0.0, sgx = 0.0; /* sum g, sum g * (x - mean) */
     for (int i = 0; i < n; i++) {
       size_t off = i * cs + (size_t)ch * hw;
-      const float *xp = x + off, *gp = dy + off, *yp = relu_y ? relu_y + off : NULL;
-      TK_PRAGMA("omp simd reduction(+ : sg, sgx)")
-      for (int k = 0; k < hw; k++) {
-        float g = (yp && !(yp[k] > 0.0f)) ? 0.0f : gp[k];
-        sg += g;
-        sgx += (double)g * ((xp[k] - mean) * invstd);
-      }
+      bn_plane_sums(x + off, relu ? relu_y + off : NULL, dy + off, mean, relu, hw, &sg, &sgx);
     }
+    sgx *= invstd; /* sum g * xhat */
     if (dgamma) dgamma[ch] = (float)sgx;
     if (dbeta) dbeta[ch] = (float)sg;
     if (!dx) continue;
     const float k0 = gamma[ch] * invstd;
-    const float mg = train ? (float)(sg / count) : 0.0f;    /* mean of g */
-    const float mgx = train ? (float)(sgx / count) : 0.0f;  /* mean of g * xhat */
+    if (!train) {
+      for (int i = 0; i < n; i++) {
+        size_t off = i * cs + (size_t)ch * hw;
+        bn_scale_plane(relu ? relu_y + off : NULL, dy + off, k0, relu, acc, dx + off, hw);
+      }
+      continue;
+    }
+    const float mg = (float)(sg / count);   /* mean of g */
+    const float mgx = (float)(sgx / count); /* mean of g * xhat */
+    const float kx = invstd * mgx;
     for (int i = 0; i < n; i++) {
       size_t off = i * cs + (size_t)ch * hw;
-      const float *xp = x + off, *gp = dy + off, *yp = relu_y ? relu_y + off : NULL;
+      const float *xp = x + off, *gp = dy + off, *yp = relu ? relu_y + off : NULL;
       float *dp = dx + off;
-      TK_PRAGMA("omp simd")
-      for (int k = 0; k < hw; k++) {
-        float g = (yp && !(yp[k] > 0.0f)) ? 0.0f : gp[k];
-        float v = k0 * (g - mg - (xp[k] - mean) * invstd * mgx);
-        dp[k] = acc ? dp[k] + v : v;
+#define BN_TRAIN_LOOP(RELU, ACC)                                                    \
+  TK_PRAGMA("omp simd")                                                             \
+  for (int k = 0; k < hw; k++) {                                                    \
+    float v = k0 * (MASKED(RELU, yp, gp, k) - mg - (xp[k] - mean) * kx);            \
+    dp[k] = (ACC) ? dp[k] + v : v;                                                  \
+  }
+      if (relu) {
+        if (acc) { BN_TRAIN_LOOP(1, 1) } else { BN_TRAIN_LOOP(1, 0) }
+      } else {
+        if (acc) { BN_TRAIN_LOOP(0, 1) } else { BN_TRAIN_LOOP(0, 0) }
       }
+#undef BN_TRAIN_LOOP
     }
   }
 }
@@ -367,12 +438,29 @@ void tk_ops_add_fwd(const float *a, const float *b, int relu, float *y, size_t c
     FLAT_LOOP(count, TK_PRAGMA("omp simd") for (size_t i = lo; i < hi; i++) y[i] = a[i] + b[i]);
 }
 
+/* d (+)= g over [lo, hi) */
+static inline void grad_to(const float *g, float *d, int acc, size_t lo, size_t hi) {
+  if (!d) return;
+  if (acc) {
+    TK_PRAGMA("omp simd")
+    for (size_t i = lo; i < hi; i++) d[i] += g[i];
+  } else if (d != g) {
+    memcpy(d + lo, g + lo, (hi - lo) * sizeof(float));
+  }
+}
+
 void tk_ops_add_bwd(const float *relu_y, float *dy, float *da, int acc_a, float *db, int acc_b, size_t count) {
-  /* One pass; g is read before da/db are written at the same index, so either may be dy. */
-  FLAT_LOOP(count, for (size_t i = lo; i < hi; i++) {
-    float g = (relu_y && !(relu_y[i] > 0.0f)) ? 0.0f : dy[i];
-    if (da) da[i] = acc_a ? da[i] + g : g;
-    if (db) db[i] = acc_b ? db[i] + g : g;
+  /* Block by block: mask dy in place (it dies here), then hand it to the input that does not
+   * share dy's buffer first, so that both read g before it is overwritten. */
+  float *first = da == dy ? db : da, *second = da == dy ? da : db;
+  const int acc_first = da == dy ? acc_b : acc_a, acc_second = da == dy ? acc_a : acc_b;
+  FLAT_LOOP(count, {
+    if (relu_y) {
+      TK_PRAGMA("omp simd")
+      for (size_t i = lo; i < hi; i++) dy[i] = relu_y[i] > 0.0f ? dy[i] : 0.0f;
+    }
+    grad_to(dy, first, acc_first, lo, hi);
+    grad_to(dy, second, acc_second, lo, hi);
   });
 }
 

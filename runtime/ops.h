@@ -81,7 +81,7 @@ void tk_ops_gap_bwd(const float *dy, float *dx, int n, int c, int hw, int acc); 
 /* y = relu?(a + b) over count elements; y may equal a or b. */
 void tk_ops_add_fwd(const float *a, const float *b, int relu, float *y, size_t count);
 /* g = dy * (relu_y > 0) (or dy when relu_y is NULL); da (acc_a) and db (acc_b) receive g
- * (NULL skips).  Any of dy, da, db may be the same buffer. */
+ * (NULL skips).  dy is overwritten with g.  Any of dy, da, db may be the same buffer. */
 void tk_ops_add_bwd(const float *relu_y, float *dy, float *da, int acc_a, float *db, int acc_b, size_t count);
 
 /* ---- per-channel scale: y = x * w[c] --------------------------------------------------------- */

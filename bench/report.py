@@ -59,7 +59,8 @@ def main():
         for r in runs:
             c = r["compiled"]["latency"]["median_ms"]
             d = r["dense"]["latency"]["median_ms"] if r.get("dense") else None
-            t = torch.get((r["arch"], r["mode"], r["batch"], r["threads"]))
+            # PyTorch timed in this run (--torch-every), else the one run of this model/mode/batch/threads
+            t = torch_best(r.get("torch")) or torch.get((r["arch"], r["mode"], r["batch"], r["threads"]))
             sd = d / c if d else float("nan")
             st = t / c if t else float("nan")
             comp = r.get("compile") or {}
@@ -81,6 +82,18 @@ def main():
         lines.append("%-10s %-5s %5d %3d %8.3f %10s %10s %10s %8s %8s %7s %7s %10s" % (
             r[0], r[1], r[2], r[3], r[4], fmt(r[5], ".3f"), fmt(r[6], ".3f"), fmt(r[7], ".3f"), fmt(r[8], ".2f"),
             fmt(r[9], ".2f"), fmt(r[10], ".2f"), fmt(r[11], ".2f"), fmt(r[12], "d")))
+    robust = [r for r in rows if r[1] in ("pgd", "train")]
+    if robust:
+        # the robust-runtime view: PGD-10 evaluation in images/s, training steps in seconds
+        lines += ["", "%-10s %-5s %5s %3s %8s %12s %12s %12s %8s %8s" % (
+            "model", "mode", "batch", "thr", "sparsity", "ours", "oneDNN", "torch", "x dense", "x torch")]
+        for r in sorted(robust, key=lambda r: (r[0], r[1], r[2], r[3], r[4])):
+            if r[1] == "pgd":
+                cell = lambda ms: fmt(r[2] * 1000.0 / ms if ms else None, ".2f") + " img/s"
+            else:
+                cell = lambda ms: fmt(ms / 1000.0 if ms else None, ".3f") + " s"
+            lines.append("%-10s %-5s %5d %3d %8.3f %12s %12s %12s %8s %8s" % (
+                r[0], r[1], r[2], r[3], r[4], cell(r[5]), cell(r[6]), cell(r[7]), fmt(r[8], ".2f"), fmt(r[9], ".2f")))
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "summary.txt"), "w") as f:
         f.write(text)

@@ -15,12 +15,20 @@
 #
 # usage: bench/sweep.sh [--quick] [--out DIR] [--ticket PATH] [--models "a b"]
 #                       [--sparsities "0.5 0.9"] [--batches "1 32"] [--threads "1 2"]
-#                       [--modes "infer pgd train"] [--no-torch] [--wait-policy P]
+#                       [--modes "infer pgd train"] [--no-torch] [--torch-every] [--no-layers]
+#                       [--iters K] [--warmup W] [--wait-policy P]
 #   --quick    resnet18 only, s = 0.5 0.9 0.99, batch 1 and 32, 1 thread, fewer iterations
 #              (a few minutes)
 #   --out DIR  results (default out/bench-<date>-<time>, ignored by git): results.jsonl (one line per run),
 #              summary.txt, speedup.dat, layers.dat, speedup.png, layers.png, log.txt
 #   --ticket   the ticket binary (default $TICKET_BIN, else build/ticket under the source tree)
+#   --torch-every  time PyTorch in every run (same process run as ours), not only at the first
+#              sparsity of each model
+#   --no-layers    skip the per-layer profile pass (halves the time of pgd/train runs)
+#   --iters K / --warmup W  timed and untimed iterations per engine (defaults depend on batch, mode)
+# The robust-runtime table (PGD-10 evaluation and PGD-AT steps at batch 128, README):
+#   bench/sweep.sh --models "resnet18 vgg16_bn" --sparsities "0 0.9 0.95 0.99" --batches 128 \
+#                  --threads 2 --modes "pgd train" --torch-every --no-layers --iters 2 --warmup 1
 # The full sweep takes about 25 minutes on 2 cores.  Run it on a quiet machine: the engines
 # alternate, so a neighbour slows both, but medians of a loaded machine are still noisy.
 set -euo pipefail
@@ -36,6 +44,10 @@ batches="1 32"
 threads="1 2"
 modes="infer"
 torch=1
+torch_every=0
+layers=--layers
+iters=""
+warmup=""
 wait_policy=PASSIVE
 
 die() { echo "sweep.sh: error: $*" >&2; exit 2; }
@@ -50,8 +62,12 @@ while [ $# -gt 0 ]; do
     --threads) threads="${2:?}"; shift ;;
     --modes) modes="${2:?}"; shift ;;
     --no-torch) torch=0 ;;
+    --torch-every) torch_every=1 ;;
+    --no-layers) layers="" ;;
+    --iters) iters="${2:?--iters needs a count}"; shift ;;
+    --warmup) warmup="${2:?--warmup needs a count}"; shift ;;
     --wait-policy) wait_policy="${2:?}"; shift ;;
-    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
   shift
@@ -90,8 +106,10 @@ for mode in $modes; do
       for b in $batches; do
         for t in $threads; do
           read -r it wu < <(iters_for "$b" "$mode")
+          [ -n "$iters" ] && it="$iters"
+          [ -n "$warmup" ] && wu="$warmup"
           vs=dense
-          [ "$torch" = 1 ] && [ "$s" = "$first_s" ] && vs=dense,torch
+          [ "$torch" = 1 ] && { [ "$s" = "$first_s" ] || [ "$torch_every" = 1 ]; } && vs=dense,torch
           extra=()
           [ "$b" = "$(echo "$batches" | awk '{print $1}')" ] && [ "$t" = "$(echo "$threads" | awk '{print $1}')" ] &&
             [ "$mode" = infer ] && extra+=(--compile-stats)
@@ -99,7 +117,7 @@ for mode in $modes; do
           printf '%-6s %-9s s=%-5s batch=%-3s threads=%s ... ' "$mode" "$m" "$s" "$b" "$t" | tee -a "$log"
           t0=$(date +%s)
           if line=$("$ticket" bench "$m" --random-mask "$s" --batch "$b" --threads "$t" --iters "$it" \
-              --warmup "$wu" --mode "$mode" --vs "$vs" --layers --json "${extra[@]}" 2>>"$log"); then
+              --warmup "$wu" --mode "$mode" --vs "$vs" $layers --json "${extra[@]}" 2>>"$log"); then
             echo "$line" >> "$results"
             /usr/bin/python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%.2fx vs oneDNN (%.3f ms vs %.3f ms)" % (r["speedup_vs_dense"], r["compiled"]["latency"]["median_ms"], r["dense"]["latency"]["median_ms"]))' "$line" | tee -a "$log"
           else

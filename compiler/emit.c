@@ -729,11 +729,12 @@ void tk_emit_body(tk_codebuf *body, const tk_model *m, int layer, const tk_geom 
     conv_params(&ps, g);
     tk_template_expand(body, "conv_table.c.in", ps.p, ps.n);
     if (eo->vec_batch && v == TK_VARIANT_SPARSE_TABLE) {
-      /* register block: QB columns (a divisor of OW, at most 8) by QR rows (a divisor of OH) */
+      /* register block: QB columns (a divisor of OW, at most 16) by QR rows (a divisor of OH),
+       * at most 16 positions: one 16x16 transpose stores it */
       int qb = 1, qr = 1;
-      for (int d = 1; d <= 8 && d <= g->OW; d++)
+      for (int d = 1; d <= 16 && d <= g->OW; d++)
         if (g->OW % d == 0) qb = d;
-      for (int d = 1; d * qb <= 8 && d <= g->OH; d++)
+      for (int d = 1; d * qb <= 16 && d <= g->OH; d++)
         if (g->OH % d == 0) qr = d;
       param_set bs = {0};
       static const char *const keep[] = {"I", "O", "H", "W", "OH", "OW", "SH", "SW", "PH", "PW", "HQ", "WQ", "CS",
@@ -741,7 +742,24 @@ void tk_emit_body(tk_codebuf *body, const tk_model *m, int layer, const tk_geom 
       for (size_t k = 0; k < sizeof keep / sizeof *keep; k++)
         for (int q = 0; q < ps.n; q++)
           if (!strcmp(ps.p[q].name, keep[k])) pset(&bs, keep[k], strtoll(ps.p[q].value, NULL, 10));
+      /* input gradient, stride 1: IB columns (a divisor of W, at most 16) by IR rows */
+      int ib = 1, ir = 1;
+      for (int d = 1; d <= 16 && d <= g->W; d++)
+        if (g->W % d == 0) ib = d;
+      for (int d = 1; d * ib <= 16 && d <= g->H; d++)
+        if (g->H % d == 0) ir = d;
+      /* weight gradient: bands of WR output rows (a divisor of OH) whose window of xb (every
+       * channel and phase, WR*SH + KH rows) stays within about 512 KB of L2, but at least 32
+       * positions per band so the per-band horizontal sums stay cheap */
+      int wr = 1;
+      for (int d = 1; d <= g->OH; d++) {
+        if (g->OH % d) continue;
+        double win = (double)g->I * g->NPH * (d * g->SH + g->KH) / g->SH * g->WQ * 64.0;
+        if (win <= 512e3 || (int64_t)(wr * g->WQ) < 32) wr = d;
+        else break;
+      }
       pset(&bs, "QB", qb), pset(&bs, "QR", qr), pset(&bs, "BB", (g->CS + 7) / 8);
+      pset(&bs, "IB", ib), pset(&bs, "IR", ir), pset(&bs, "WR", wr);
       tk_template_expand(body, "conv_batch.c.in", bs.p, bs.n);
     }
   }

@@ -36,9 +36,11 @@
 #define T_ELEM 0.25e-9      /* per element of prep (pad, phase split, im2col) and epilogue (s) */
 #define T_STREAM 0.4e-9     /* batches: per input + output element per image (s) */
 #define T_ELEM_LINEAR 0.5e-9 /* linear: per element of the transposes into and out of lanes (s) */
-#define UNROLL_BUDGET 20000
+#define UNROLL_BUDGET 20000 /* most non-zeros per layer for unrolled / value-baked code */
 #define VEC_BATCH_MIN 16    /* conv: images from which the batch-vectorised kernel is used */
-#define VEC_BATCH_MAX_MAP 16 /* ... on output maps of at most this many positions */ /* most non-zeros per layer for unrolled / value-baked code */
+#define VEC_BATCH_MAX_MAP 256 /* ... on stride-1 output maps of at most this many positions */
+#define VEC_BATCH_MAX_MAP_FWD 64 /* ... (inference plans: forward only) */
+#define VEC_BATCH_MAX_SP 0.96 /* ... and on maps up to 4x larger up to this sparsity */
 
 const char *tk_variant_name(tk_variant v) {
   switch (v) {
@@ -350,15 +352,25 @@ tk_status tk_plan_make(const tk_model *m, const tk_compile_opts *o, tk_plan **ou
     }
     lp->variant = v;
     /* conv, table kernel: vectorise over the batch (16 images per vector, conv_batch.c.in) for
-     * at least 16 images on small stride-1 output maps, where the spatial kernel has too few
-     * positions per vector.  Measured with bench_layers --bwd at batch 32 (512->512 4x4, s=0.9
-     * and 0.99): forward 2x, input gradient 1.3-1.7x, weight gradient 3.5-6x faster.  On maps of
-     * 8x8 and more its scalar image transposes cost more than they save, and with stride 2 its
-     * input gradient walks every phase.  TICKET_VEC_BATCH=0/1 overrides (experiments, tests). */
+     * at least 16 images on stride-1 layers.  Measured with bench_layers --bwd --variants
+     * table,batch --clock cpu --stat min, 1 thread, ResNet-18 CIFAR shapes, batch 32 and 128,
+     * nzGF/s batch vs spatial (fwd / input gradient / weight gradient):
+     *   512x4x4   s=0.9  48/26/26 vs 19/7.5/3.0   s=0.99 23/16/9.6 vs 9.9/7.2/2.5 (b128)
+     *   256x8x8   s=0.9  41/41/35 vs 30/17/12     s=0.99 15/16/8.0 vs 13/10/5.3   (b128)
+     *   128x16x16 s=0.9  28/28/22 vs 24/17/14     s=0.99 13/13/7.0 vs 15/9.0/6.8  (b128)
+     *   64x32x32  s=0.9  24/25/16 vs 26/19/13     s=0.95 19/20/11 vs 23/16/11     s=0.99 6.4/6.6/3.3 vs 6.9/7.9/3.6
+     * Weighing a PGD batch (11 forwards, 10 input gradients, one weight gradient), the batch
+     * layout wins on every map up to 16x16 (5-60%), on 32x32 by 5-10% at s=0.9-0.95 and loses
+     * there by 11-35% at s=0.99.  Forward alone it loses on 32x32 at every sparsity and on
+     * 16x16 at s=0.99, so inference plans use it on maps up to 8x8 only (and 16x16 up to
+     * VEC_BATCH_MAX_SP).  With stride 2 its input gradient walks every phase grid and is 2-8x
+     * slower than the spatial kernel's (1x1 stride 2: 3-10x), which outweighs its faster forward
+     * on 8x8 and weight gradient everywhere.  TICKET_VEC_BATCH=0/1 overrides (experiments, tests). */
     if (l->op == TK_OP_CONV2D && v == TK_VARIANT_SPARSE_TABLE) {
       const char *e = getenv("TICKET_VEC_BATCH");
-      lp->vec_batch = e && *e ? atoi(e) != 0
-                              : n >= VEC_BATCH_MIN && l->out.h * l->out.w <= VEC_BATCH_MAX_MAP && l->sh == 1 && l->sw == 1;
+      int64_t map = (int64_t)l->out.h * l->out.w, small = o->training ? VEC_BATCH_MAX_MAP : VEC_BATCH_MAX_MAP_FWD;
+      int fits = map <= small || (map <= 4 * small && sp <= VEC_BATCH_MAX_SP);
+      lp->vec_batch = e && *e ? atoi(e) != 0 : n >= VEC_BATCH_MIN && l->sh == 1 && l->sw == 1 && fits;
     }
   }
   if (st == TK_OK && o->tune && o->force < 0) st = tune(m, o, p);

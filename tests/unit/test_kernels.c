@@ -303,23 +303,32 @@ static void check_source(const char *cache) {
   (void)cache;
 }
 
-/* The planner's default layout: batch-vectorised for 16+ images on small stride-1 maps only. */
+/* The planner's default layout (compiler/plan.c): batch-vectorised for 16+ images on stride-1
+ * layers; with gradients on maps up to 16x16, and 32x32 up to sparsity 0.96; forward only
+ * (inference) on maps up to 8x8, and 16x16 up to sparsity 0.96. */
 static void check_plan_vec_batch(void) {
   unsetenv("TICKET_VEC_BATCH");
   static const struct {
     kcase c;
-    int want;
+    int training, want;
   } pc[] = {
-      {{"plan 4x4 batch 32", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1},
-      {{"plan 4x4 batch 8", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 8, 0, 0}, 0},
-      {{"plan 16x16 batch 32", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0},
-      {{"plan 8x8 s2 batch 32", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 0},
+      {{"plan 4x4 batch 32", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, 1},
+      {{"plan 4x4 batch 8", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 8, 0, 0}, 1, 0},
+      {{"plan 8x8 batch 16", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.99, 16, 0, 0}, 0, 1},
+      {{"plan 16x16 batch 32", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, 1},
+      {{"plan 16x16 s=0.99 batch 32", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 0.99, 32, 0, 0}, 0, 0},
+      {{"plan 16x16 s=0.99 batch 32 training", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 0.99, 32, 0, 0}, 1, 1},
+      {{"plan 32x32 batch 32 training", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1, 1},
+      {{"plan 32x32 batch 32", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, 0},
+      {{"plan 32x32 s=0.99 batch 128 training", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.99, 128, 0, 0}, 1, 0},
+      {{"plan 8x8 s2 batch 32", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 1, 0},
   };
   for (size_t i = 0; i < sizeof pc / sizeof *pc; i++) {
     tk_model *m = make_model(&pc[i].c);
     tk_compile_opts o;
     tk_compile_opts_default(&o);
     o.batch = pc[i].c.n;
+    o.training = pc[i].training;
     o.force = TK_VARIANT_SPARSE_TABLE;
     tk_plan *p = NULL;
     CHECK(m && tk_plan_make(m, &o, &p) == TK_OK);

@@ -35,6 +35,10 @@
 #define T_ENTRY 0.25e-9     /* per non-zero per position block (s) */
 #define T_ELEM 0.25e-9      /* per element of prep (pad, phase split, im2col) and epilogue (s) */
 #define T_STREAM 0.4e-9     /* batches: per input + output element per image (s) */
+#define T_STREAM_DENSE 0.8e-9 /* oneDNN, batches: the same, layout reorders included.  Batch 128, 1
+                               * thread: the first conv (3 -> 64, 32x32) 10.5 ms for 3.9 ms of
+                               * flops; 1x1 stride 2 (64 -> 128) 20-29 ms for 4.7 (fit low, so a
+                               * doubt goes to oneDNN) */
 #define T_ELEM_LINEAR 0.5e-9 /* linear: per element of the transposes into and out of lanes (s) */
 #define UNROLL_BUDGET 20000 /* most non-zeros per layer for unrolled / value-baked code */
 #define VEC_BATCH_MIN 16    /* conv: images from which the batch-vectorised kernel is used */
@@ -78,9 +82,11 @@ static double est_dense(const tk_model *m, const tk_layer *l, int n, int T) {
   double dense = (double)m->tensors[l->weight].numel * l->out.h * l->out.w; /* MACs per image */
   double flops = 2.0 * dense * n;
   /* oneDNN is less efficient on small problems (blocking, short loops) */
-  double eff = pow(fmin(1.0, flops / 2e7), 0.15);
-  if (eff < 0.2) eff = 0.2;
-  return flops / (R_DENSE * T * eff) + C_DENSE;
+  double eff = fmax(0.2, pow(fmin(1.0, flops / 2e7), 0.15));
+  double stream = n > 1 ? ((double)l->in.c * l->in.h * l->in.w + (double)l->out.c * l->out.h * l->out.w) * n *
+                              T_STREAM_DENSE
+                        : 0.0;
+  return (flops / (R_DENSE * eff) + stream) / T + C_DENSE;
 }
 
 static double est_sparse(const tk_geom *g, int64_t nnz, int n, int T) {
@@ -370,6 +376,10 @@ tk_status tk_plan_make(const tk_model *m, const tk_compile_opts *o, tk_plan **ou
       const char *e = getenv("TICKET_VEC_BATCH");
       int64_t map = (int64_t)l->out.h * l->out.w, small = o->training ? VEC_BATCH_MAX_MAP : VEC_BATCH_MAX_MAP_FWD;
       int fits = map <= small || (map <= 4 * small && sp <= VEC_BATCH_MAX_SP);
+      /* few input channels (the first conv): the image transposes outweigh the work; 3 -> 64
+       * 32x32 at s=0.9, batch 128: spatial 2.2x / 5.8x over oneDNN (fwd / input gradient),
+       * batch layout 1.6x / 3.7x */
+      fits = fits && l->in.c >= 16;
       lp->vec_batch = e && *e ? atoi(e) != 0 : n >= VEC_BATCH_MIN && l->sh == 1 && l->sw == 1 && fits;
     }
   }

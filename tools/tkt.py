@@ -66,7 +66,8 @@ FORMAT_VERSION = 1
 
 def _enum_names(cls):
     pairs = sorted((v, k) for k, v in vars(cls).items() if not k.startswith("_") and isinstance(v, int))
-    names = [k for _, k in pairs]
+    # flatc appends "_" to names that are Python keywords (Init.None_): the schema's name is "None"
+    names = [k[:-1] if k.endswith("_") else k for _, k in pairs]
     assert [v for v, _ in pairs] == list(range(len(pairs))), cls
     return names
 

@@ -441,6 +441,22 @@ def zoo_init_round_trip(d):
                 "zoo %s: export from the JSON architecture differs from ticket init's" % arch)
 
 
+def init_enum_names(d):
+    """Every Init name of the schema survives tkt: save (by name) -> ticket info -> load, "None" included
+    (flatc spells it None_ in Python)."""
+    C.check(tkt.INITS[0] == "None" and all(not n.endswith("_") for n in tkt.INITS), "tkt.INITS: %s" % tkt.INITS)
+    path = os.path.join(d, "inits.tkt")
+    U.ticket("init", "lenet", "-o", path, "--seed", "1")
+    m = tkt.load(path)
+    for i, t in enumerate(m.tensors):
+        t.init = tkt.INITS[i % len(tkt.INITS)]
+    tkt.save(m, path)
+    U.ticket("info", path)  # the C loader accepts every value
+    m2 = tkt.load(path)
+    C.check([t.init for t in m2.tensors] == [t.init for t in m.tensors],
+            "Init names do not round-trip: %s" % [(a.init, b.init) for a, b in zip(m.tensors, m2.tensors)])
+
+
 def input_and_classes(d):
     """Classes and input channels follow the checkpoint; height and width come from --input."""
     net = R.LeNet5(num_classes=5, in_ch=3, hw=(32, 32))
@@ -502,7 +518,7 @@ def pretrained(d):
         print("  %s as %s: accuracy %.4f on %d MNIST test images (PyTorch %.4f)" % (f, arch, r["accuracy"], n, acc))
 
 
-for fn in (hydra_subnet, torch_prune, synflow, double_win, wrn_sub_block1, bad_checkpoints, zoo_init_round_trip,
+for fn in (hydra_subnet, torch_prune, synflow, double_win, wrn_sub_block1, bad_checkpoints, zoo_init_round_trip, init_enum_names,
            input_and_classes, pretrained):
     try:
         with U.tmpdir() as d:

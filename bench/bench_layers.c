@@ -6,13 +6,16 @@
  * side by side and timed in the same run.  Reports the median time per call, GF/s of
  * non-zero work (2 * kept MACs / time) and the speed-up over oneDNN.
  *
- *   bench_layers [--sparsity 0.9,0.95,0.99] [--batch 1,32] [--threads 1] [--variants table,batch,unrolled]
+ *   bench_layers [--sparsity 0.9,0.95,0.99] [--batch 1,32] [--threads 1] [--variants table,batch,unchunked,unrolled]
  *                [--bwd] [--shapes resnet18|I,O,H,K,S[;...]] [--min-time 0.2] [--clock wall|cpu]
  *                [--stat median|min] [--json]
  * Medians by default; --stat min and --clock cpu help on a machine shared with other work.
  * With `batch` among the variants, the table kernel is built twice, vectorised over the
  * spatial index (column "table", TICKET_VEC_BATCH=0) and over the batch (column "batch",
- * TICKET_VEC_BATCH=1); otherwise the table column uses the planner's own choice.
+ * TICKET_VEC_BATCH=1); otherwise the table column uses the planner's own choice.  `unchunked`
+ * adds the batch kernel without channel chunks (TICKET_BATCH_CHUNK=0) as one more column, so
+ * the chunked one (its own choice, or TICKET_BATCH_CHUNK from the environment) is compared
+ * side by side in the same run.
  *
  * Benchmarks only; the tests never time anything. */
 #include "compiler/compile.h"
@@ -135,7 +138,7 @@ static int parse_list(const char *s, double *out, int max) {
 
 int main(int argc, char **argv) {
   double sp[16] = {0.9, 0.95, 0.99}, bt[16] = {1, 32};
-  int nsp = 3, nbt = 2, threads = 1, json = 0, bwd = 0, do_unrolled = 0, do_table = 1, do_batch = 0;
+  int nsp = 3, nbt = 2, threads = 1, json = 0, bwd = 0, do_unrolled = 0, do_table = 1, do_batch = 0, do_nc = 0;
   double min_time = 0.2;
   const shape *shapes = resnet18;
   int nshapes = (int)(sizeof resnet18 / sizeof *resnet18);
@@ -144,7 +147,7 @@ int main(int argc, char **argv) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       printf("usage: bench_layers [--sparsity 0.9,0.95,0.99] [--batch 1,32] [--threads 1]\n"
-             "                    [--variants table,batch,unrolled] [--bwd] [--shapes resnet18|I,O,H,K,S[;...]]\n"
+             "                    [--variants table,batch,unchunked,unrolled] [--bwd] [--shapes resnet18|I,O,H,K,S[;...]]\n"
              "                    [--min-time SECONDS] [--clock wall|cpu] [--stat median|min] [--json]\n"
              "Per-layer medians of the generated kernels and oneDNN, GF/s of non-zero work.\n");
       return 0;
@@ -158,7 +161,7 @@ int main(int argc, char **argv) {
       min_time = atof(v), i++;
     } else if (!strcmp(a, "--variants") && v) {
       do_table = strstr(v, "table") != NULL, do_unrolled = strstr(v, "unrolled") != NULL, i++;
-      do_batch = strstr(v, "batch") != NULL;
+      do_batch = strstr(v, "batch") != NULL, do_nc = strstr(v, "unchunked") != NULL;
     } else if (!strcmp(a, "--clock") && v) {
       g_cpu_clock = !strcmp(v, "cpu"), i++;
     } else if (!strcmp(a, "--stat") && v) {
@@ -206,9 +209,9 @@ int main(int argc, char **argv) {
 #endif
   if (json) printf("{\"threads\": %d, \"results\": [\n", threads);
   else
-    printf("%-24s %5s %5s %8s | %10s %8s | %10s %8s %6s%s%s\n", "layer", "spars", "batch", "nnz", "dense us", "GF/s",
+    printf("%-24s %5s %5s %8s | %10s %8s | %10s %8s %6s%s%s%s\n", "layer", "spars", "batch", "nnz", "dense us", "GF/s",
            "table us", "nzGF/s", "x", do_batch ? " | batch us   nzGF/s      x" : "",
-           do_unrolled ? " | unroll us  nzGF/s      x" : "");
+           do_unrolled ? " | unroll us  nzGF/s      x" : "", do_nc ? " | unchnk us  nzGF/s      x" : "");
   int first = 1;
   for (int si = 0; si < nshapes; si++)
     for (int pi = 0; pi < nsp; pi++)
@@ -229,17 +232,24 @@ int main(int argc, char **argv) {
         for (int64_t q = 0; q < xs; q++) x[q] = (float)tk_rng_uniform(&r);
         for (int64_t q = 0; q < ys; q++) dy[q] = (float)tk_rng_normal(&r);
         double td[3] = {NAN, NAN, NAN}, tt[3] = {NAN, NAN, NAN}, tu[3] = {NAN, NAN, NAN}, tb[3] = {NAN, NAN, NAN};
+        double tn[3] = {NAN, NAN, NAN};
         tk_kernel *dk = NULL;
         if (tk_dense_available() && tk_kernel_dense_create(m, 0, n, &dk) == TK_OK) {
           for (int w = 0; w < (bwd ? 3 : 1); w++) td[w] = time_calls(dk, w, x, y, dy, dx, dw, db, n, min_time);
           dk->v->destroy(dk);
         }
-        /* 0 table, 1 unrolled, 2 table vectorised over the batch */
-        tk_variant vs[3] = {TK_VARIANT_SPARSE_TABLE, TK_VARIANT_SPARSE_UNROLLED, TK_VARIANT_SPARSE_TABLE};
-        for (int vi = 0; vi < 3; vi++) {
-          if ((vi == 0 && !do_table) || (vi == 1 && (!do_unrolled || s->linear)) || (vi == 2 && (!do_batch || s->linear)))
+        /* 0 table, 1 unrolled, 2 table vectorised over the batch, 3 the same without chunks */
+        tk_variant vs[4] = {TK_VARIANT_SPARSE_TABLE, TK_VARIANT_SPARSE_UNROLLED, TK_VARIANT_SPARSE_TABLE,
+                            TK_VARIANT_SPARSE_TABLE};
+        const char *chunk_env = getenv("TICKET_BATCH_CHUNK");
+        char chunk_keep[32] = "";
+        if (chunk_env) snprintf(chunk_keep, sizeof chunk_keep, "%s", chunk_env);
+        for (int vi = 0; vi < 4; vi++) {
+          if ((vi == 0 && !do_table) || (vi == 1 && (!do_unrolled || s->linear)) || (vi == 2 && (!do_batch || s->linear)) ||
+              (vi == 3 && (!do_nc || s->linear)))
             continue;
-          if (do_batch) setenv("TICKET_VEC_BATCH", vi == 2 ? "1" : "0", 1);
+          if (do_batch) setenv("TICKET_VEC_BATCH", vi >= 2 ? "1" : "0", 1);
+          if (vi == 3) setenv("TICKET_BATCH_CHUNK", "0", 1);
           tk_compile_opts o;
           tk_compile_opts_default(&o);
           o.batch = n, o.threads = threads, o.training = bwd, o.force = vs[vi];
@@ -250,11 +260,13 @@ int main(int argc, char **argv) {
             tk_plan_free(p);
             continue;
           }
-          double *t = vi == 2 ? tb : vi ? tu : tt;
+          double *t = vi == 3 ? tn : vi == 2 ? tb : vi ? tu : tt;
           for (int w = 0; w < (bwd ? 3 : 1); w++) t[w] = time_calls(ks[0], w, x, y, dy, dx, dw, db, n, min_time);
           ks[0]->v->destroy(ks[0]);
           tk_plan_free(p);
         }
+        if (chunk_env) setenv("TICKET_BATCH_CHUNK", chunk_keep, 1);
+        else unsetenv("TICKET_BATCH_CHUNK");
         if (do_batch) unsetenv("TICKET_VEC_BATCH");
         double nzf = 2.0 * (double)smacs * n, df = 2.0 * (double)dmacs * n;
         static const char *const what[3] = {"fwd", "bwd_input", "bwd_weight"};
@@ -263,16 +275,18 @@ int main(int argc, char **argv) {
             printf("%s  {\"layer\": \"%s\", \"pass\": \"%s\", \"sparsity\": %.4f, \"batch\": %d, \"nnz\": %lld, "
                    "\"dense_us\": %.3f, \"table_us\": %.3f, \"unrolled_us\": %.3f, \"batch_us\": %.3f, "
                    "\"table_nz_gflops\": %.2f, \"batch_nz_gflops\": %.2f, \"dense_gflops\": %.2f, "
-                   "\"speedup_table\": %.3f, \"speedup_unrolled\": %.3f, \"speedup_batch\": %.3f}",
+                   "\"speedup_table\": %.3f, \"speedup_unrolled\": %.3f, \"speedup_batch\": %.3f, "
+                   "\"unchunked_us\": %.3f, \"speedup_unchunked\": %.3f}",
                    first ? "" : ",\n", s->name, what[w], sp[pi], n, (long long)nnz, td[w] * 1e6, tt[w] * 1e6,
                    tu[w] * 1e6, tb[w] * 1e6, nzf / tt[w] / 1e9, nzf / tb[w] / 1e9, df / td[w] / 1e9, td[w] / tt[w],
-                   td[w] / tu[w], td[w] / tb[w]);
+                   td[w] / tu[w], td[w] / tb[w], tn[w] * 1e6, td[w] / tn[w]);
             first = 0;
           } else {
             printf("%-24s %5.3f %5d %8lld | %10.1f %8.1f | %10.1f %8.1f %6.2f", w ? what[w] : s->name, sp[pi], n,
                    (long long)nnz, td[w] * 1e6, df / td[w] / 1e9, tt[w] * 1e6, nzf / tt[w] / 1e9, td[w] / tt[w]);
             if (do_batch) printf(" | %10.1f %8.1f %6.2f", tb[w] * 1e6, nzf / tb[w] / 1e9, td[w] / tb[w]);
             if (do_unrolled) printf(" | %10.1f %8.1f %6.2f", tu[w] * 1e6, nzf / tu[w] / 1e9, td[w] / tu[w]);
+            if (do_nc) printf(" | %10.1f %8.1f %6.2f", tn[w] * 1e6, nzf / tn[w] / 1e9, td[w] / tn[w]);
             printf("\n");
           }
           fflush(stdout);

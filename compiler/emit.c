@@ -298,6 +298,10 @@ static int partials(int nv) {
 static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g) {
+  return tk_geom_make_variant(m, layer, TK_VARIANT_SPARSE_TABLE, g);
+}
+
+tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant, tk_geom *g) {
   memset(g, 0, sizeof *g);
   if (layer < 0 || layer >= m->n_layers) return tk_fail(TK_ERR_ARG, "layer %d out of range", layer);
   const tk_layer *l = &m->layers[layer];
@@ -402,6 +406,62 @@ tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g) {
     /* reads reach row RNBLK*RR - 1 of the last channel and 16*RV columns into it */
     int64_t need = !rv ? 0 : (int64_t)g->NPH * g->I * g->CS + (int64_t)g->RNBLK * g->RR * g->WQ + 16 * rv + 16;
     if (need > g->xq_len) g->xq_len = need;
+  }
+  /* stride 1: the forward on KW column-shifted copies with rows padded to whole vectors, so
+   * every load is aligned (DESIGN.md 4), in bands of output rows and input-channel chunks whose
+   * window stays in L1.  TICKET_XS ("0"/"1") forces it off/on where it applies; TICKET_XS_RR,
+   * TICKET_XS_CH and TICKET_XS_L1 (bytes) override the band rows, the chunk and the L1 budget. */
+  g->XS = g->XRS = g->XHR = g->XRV = g->XRR = g->XNBLK = 0;
+  if (variant == TK_VARIANT_SPARSE_TABLE && g->SH == 1 && g->SW == 1 && g->OW >= 1 && g->OH >= 1 &&
+      (g->OW + 15) / 16 <= 8) {
+    /* bands of up to 8 rows and 16 accumulators, few padding rows, two vectors per band */
+    int rv = (g->OW + 15) / 16, rr = 1;
+    int64_t best = INT64_MAX;
+    for (int r = (16 / rv < 8 ? 16 / rv : 8); r >= 1; r--) {
+      int64_t nb = (g->OH + r - 1) / r, cost = nb * ((int64_t)r * rv + 2);
+      if (cost < best) best = cost, rr = r;
+    }
+    const char *e = getenv("TICKET_XS_RR");
+    if (e && atoi(e) > 0 && atoi(e) * rv <= 16) rr = atoi(e);
+    /* Measured (bench_layers, 1 thread, ResNet-18 shapes): about 2x the rows form on 16x16 and
+     * 1.3-1.6x on 32x32 maps at s = 0.9, where the vector FMAs outnumber the extra floats of the KW copies
+     * (prep); at s = 0.99 the copies cost more than the FMAs save (0.8x), about even where the
+     * two are equal.  On maps narrower than 12 the padding lanes lose to im2col.  In a whole
+     * network (ticket bench resnet18, 1 thread) the copies are rewritten every call beside the
+     * activations and weights: 64x32x32 (835 KB of copies) gained alone but lost in the model,
+     * 128x16x16 (442 KB) won in both, so the copies are kept within about a quarter of L2. */
+    int64_t xhr = (int64_t)((g->OH + rr - 1) / rr) * rr + (int64_t)(g->KH - 1) * g->DH;
+    double xbytes = (double)g->KW * g->I * xhr * 64.0 * rv;
+    double fmas = (double)nnz_all * ((g->OH + rr - 1) / rr) * rr * rv;
+    double copies = (double)g->KW * g->I * xhr * 16 * rv - (double)g->I * g->CS;
+    const char *force_xs = getenv("TICKET_XS");
+    int use = force_xs && *force_xs ? atoi(force_xs) != 0 : g->OW >= 12 && fmas >= copies && xbytes <= 512e3;
+    if (use) {
+      g->XS = 1, g->XRV = rv, g->XRS = 16 * rv, g->XRR = rr;
+      g->XNBLK = (g->OH + rr - 1) / rr;
+      g->XHR = g->XNBLK * rr + (g->KH - 1) * g->DH;
+      /* chunk: the band's window (XRR + (KH-1)*DH rows of every copy) of CH channels */
+      double budget = 65536.0;
+      e = getenv("TICKET_XS_L1");
+      if (e && atof(e) > 0) budget = atof(e);
+      double win = (double)(rr + (g->KH - 1) * g->DH) * g->KW * g->XRS * 4.0;
+      int xch = (int)(budget / win);
+      /* but about 10 non-zeros per output channel and chunk, or the load and store of the
+       * sums per chunk cost more than the window's misses */
+      double nzo = (double)nnz_all / (g->O > 0 ? g->O : 1);
+      if (nzo > 0 && nzo * xch / g->I < 10.0) xch = (int)ceil(10.0 * g->I / nzo);
+      e = getenv("TICKET_XS_CH");
+      if (e && atoi(e) > 0) xch = atoi(e);
+      if (xch < 1) xch = 1;
+      if (xch > g->I) xch = g->I;
+      g->CH = xch, g->NCH = (g->I + xch - 1) / xch;
+      g->IM2COL = 0;
+      g->RV = g->RR = g->RNBLK = 0;
+      g->FNV = rr * rv, g->FNBLK = g->XNBLK, g->FPZ = (int64_t)g->XNBLK * rr * g->XRS;
+      g->col_len = (int64_t)g->KW * g->I * g->XHR * g->XRS + 16;
+      int64_t zb = (int64_t)g->O * rr * g->XRS;
+      if (zb > g->z_len) g->z_len = zb;
+    }
   }
   if (g->xq_len > INT32_MAX || g->dz_len > INT32_MAX || g->col_len > INT32_MAX)
     return tk_fail(TK_ERR_UNSUPPORTED, "layer %d (%s): scratch of %lld floats exceeds the 32-bit offsets", layer,
@@ -515,7 +575,7 @@ tk_status tk_tables_build(const tk_model *m, int layer, const tk_geom *g, int tr
   }
   t->rp[g->O] = (int32_t)j;
   TK_ASSERT(j == nnz);
-  if (g->IM2COL) {
+  if (g->IM2COL || g->XS) {
     t->offc = tk_malloc((size_t)(nnz ? nnz : 1) * sizeof *t->offc);
     if (!t->offc) {
       free(trow);
@@ -527,7 +587,10 @@ tk_status tk_tables_build(const tk_model *m, int layer, const tk_geom *g, int tr
       int64_t p = t->pos[q];
       int o = (int)(p / ((int64_t)ig * kk)), il = (int)((p / kk) % ig), tap = (int)(p % kk);
       int i = (o / (g->O / g->G)) * ig + il;
-      t->offc[q] = (int32_t)(((int64_t)i * kk + tap) * g->P16);
+      if (g->XS)
+        t->offc[q] = (int32_t)((((int64_t)(tap % g->KW) * g->I + i) * g->XHR + (int64_t)(tap / g->KW) * g->DH) * g->XRS);
+      else
+        t->offc[q] = (int32_t)(((int64_t)i * kk + tap) * g->P16);
     }
   } else {
     t->offc = t->off;
@@ -587,6 +650,73 @@ nomem:
   return tk_fail(TK_ERR_NOMEM, "layer %d (%s): out of memory building the pattern tables", layer, l->name);
 }
 
+/* ---- the batch-vectorised conv's blocking ---------------------------------------------------- */
+
+/* Channels per chunk for a pass whose rows average `nzr` non-zeros over `nch` channels and
+ * whose window is `cell` bytes per channel: whole 8-channel groups, about 16 non-zeros per
+ * row and chunk, the window at most about 80 KB (L1 and its fill from L2 keep up); no chunks
+ * (nch) when that leaves fewer than 6 non-zeros per row and chunk, where the carried partial
+ * sums cost more than the L2 traffic saved.  bench_layers, batch 128, one thread: 128x16x16,
+ * 256x8x8, 512x4x4 at s=0.9/0.95 gained 10-40% this way, 32x32 at s=0.9 about 10%. */
+static int batch_chunk(int nch, double nzr, double cell) {
+  if (nzr <= 0) return nch;
+  int ch = (int)(16.0 * nch / nzr / 8.0 + 0.5) * 8, cap = (int)(81920.0 / cell) / 8 * 8;
+  if (ch > cap) ch = cap;
+  if (ch < 8) ch = 8;
+  if (ch >= nch || nzr * ch / nch < 6.0) return nch;
+  return ch;
+}
+
+void tk_batch_geom_make(const tk_geom *g, int64_t nnz, tk_batch_geom *bg) {
+  memset(bg, 0, sizeof *bg);
+  /* register block: QB columns (a divisor of OW, at most 16) by QR rows (a divisor of OH),
+   * at most 16 positions: one 16x16 transpose stores it */
+  bg->QB = bg->QR = 1;
+  for (int d = 1; d <= 16 && d <= g->OW; d++)
+    if (g->OW % d == 0) bg->QB = d;
+  for (int d = 1; d * bg->QB <= 16 && d <= g->OH; d++)
+    if (g->OH % d == 0) bg->QR = d;
+  /* input gradient, stride 1: IB columns (a divisor of W, at most 16) by IR rows */
+  bg->IB = bg->IR = 1;
+  for (int d = 1; d <= 16 && d <= g->W; d++)
+    if (g->W % d == 0) bg->IB = d;
+  for (int d = 1; d * bg->IB <= 16 && d <= g->H; d++)
+    if (g->H % d == 0) bg->IR = d;
+  /* weight gradient: bands of WR output rows (a divisor of OH) whose window of xb (every
+   * channel and phase, WR*SH + KH rows) stays within about 512 KB of L2, but at least 32
+   * positions per band so the per-band horizontal sums stay cheap */
+  bg->WR = 1;
+  for (int d = 1; d <= g->OH; d++) {
+    if (g->OH % d) continue;
+    double win = (double)g->I * g->NPH * (d * g->SH + g->KH) / g->SH * g->WQ * 64.0;
+    if (win <= 512e3 || (int64_t)(bg->WR * g->WQ) < 32) bg->WR = d;
+    else break;
+  }
+  /* channel chunks: the forward's window of one register block is about
+   * ((QR - 1)*SH + (KH - 1)*DH + 1) x ((QB - 1)*SW + (KW - 1)*DW + 1) input pixels per input
+   * channel, the input gradient's (IR + (KH - 1)*DH) x (IB + (KW - 1)*DW) cells of dzb per output
+   * channel; the strided input gradient and grouped layers are not chunked */
+  bg->FCH = g->I, bg->BCH = g->O;
+  if (g->G == 1) {
+    double rows = ((bg->QR - 1) * g->SH + (g->KH - 1) * g->DH + 1.0) / g->SH;
+    double cols = ((bg->QB - 1) * g->SW + (g->KW - 1) * g->DW + 1.0) / g->SW;
+    bg->FCH = batch_chunk(g->I, (double)nnz / (g->O > 0 ? g->O : 1), g->NPH * rows * cols * 64.0);
+    if (g->NPH == 1)
+      bg->BCH = batch_chunk(g->O, (double)nnz / (g->I > 0 ? g->I : 1),
+                            (bg->IR + (g->KH - 1) * g->DH) * (double)(bg->IB + (g->KW - 1) * g->DW) * 64.0);
+  }
+  const char *force = getenv("TICKET_BATCH_CHUNK"); /* channels per chunk, 0 = none: experiments, tests */
+  if (force && *force) {
+    int ch = atoi(force);
+    bg->FCH = ch > 0 && ch < g->I && g->G == 1 ? ch : g->I;
+    bg->BCH = ch > 0 && ch < g->O && g->G == 1 && g->NPH == 1 ? ch : g->O;
+  }
+  /* sized for chunking both passes whatever was chosen, so the host's scratch never depends on
+   * the environment at build time matching that at emission */
+  bg->carry = (int64_t)g->O * bg->QR * bg->QB * 16;
+  if ((int64_t)g->I * bg->IR * bg->IB * 16 > bg->carry) bg->carry = (int64_t)g->I * bg->IR * bg->IB * 16;
+}
+
 /* ---- the layer source --------------------------------------------------------------------- */
 
 #define TK_EMIT_FORMAT 1 /* bump when the emitter's output changes in a way the templates do not show */
@@ -624,6 +754,8 @@ static void conv_params(param_set *s, const tk_geom *g) {
   pset(s, "IM2COL", g->IM2COL), pset(s, "P16", g->P16), pset(s, "FNV", g->FNV), pset(s, "FNP", partials(g->FNV));
   pset(s, "FNBLK", g->FNBLK), pset(s, "FPZ", g->FPZ), pset(s, "KH", g->KH), pset(s, "KW", g->KW);
   pset(s, "DH", g->DH), pset(s, "DW", g->DW);
+  pset(s, "XS", g->XS), pset(s, "XRS", g->XRS), pset(s, "XHR", g->XHR), pset(s, "XRV", g->XRV);
+  pset(s, "XRR", g->XRR), pset(s, "XNBLK", g->XNBLK), pset(s, "XNP", partials(g->XRR * g->XRV > 0 ? g->XRR * g->XRV : 1));
   pset(s, "RV", g->RV), pset(s, "RR", g->RR), pset(s, "RNBLK", g->RNBLK), pset(s, "RNP", partials(g->RV * g->RR > 0 ? g->RV * g->RR : 1));
   pset(s, "NVB", g->NVB), pset(s, "NPB", partials(g->NVB));
   pset(s, "NBLKB", g->NBLKB), pset(s, "PZB", g->PZB), pset(s, "F", g->F), pset(s, "SZ", g->SZ);
@@ -729,37 +861,17 @@ void tk_emit_body(tk_codebuf *body, const tk_model *m, int layer, const tk_geom 
     conv_params(&ps, g);
     tk_template_expand(body, "conv_table.c.in", ps.p, ps.n);
     if (eo->vec_batch && v == TK_VARIANT_SPARSE_TABLE) {
-      /* register block: QB columns (a divisor of OW, at most 16) by QR rows (a divisor of OH),
-       * at most 16 positions: one 16x16 transpose stores it */
-      int qb = 1, qr = 1;
-      for (int d = 1; d <= 16 && d <= g->OW; d++)
-        if (g->OW % d == 0) qb = d;
-      for (int d = 1; d * qb <= 16 && d <= g->OH; d++)
-        if (g->OH % d == 0) qr = d;
+      tk_batch_geom bg;
+      tk_batch_geom_make(g, t->nnz, &bg);
       param_set bs = {0};
       static const char *const keep[] = {"I", "O", "H", "W", "OH", "OW", "SH", "SW", "PH", "PW", "HQ", "WQ", "CS",
                                          "NPH", "PHMASK", "F", "SZ"};
       for (size_t k = 0; k < sizeof keep / sizeof *keep; k++)
         for (int q = 0; q < ps.n; q++)
           if (!strcmp(ps.p[q].name, keep[k])) pset(&bs, keep[k], strtoll(ps.p[q].value, NULL, 10));
-      /* input gradient, stride 1: IB columns (a divisor of W, at most 16) by IR rows */
-      int ib = 1, ir = 1;
-      for (int d = 1; d <= 16 && d <= g->W; d++)
-        if (g->W % d == 0) ib = d;
-      for (int d = 1; d * ib <= 16 && d <= g->H; d++)
-        if (g->H % d == 0) ir = d;
-      /* weight gradient: bands of WR output rows (a divisor of OH) whose window of xb (every
-       * channel and phase, WR*SH + KH rows) stays within about 512 KB of L2, but at least 32
-       * positions per band so the per-band horizontal sums stay cheap */
-      int wr = 1;
-      for (int d = 1; d <= g->OH; d++) {
-        if (g->OH % d) continue;
-        double win = (double)g->I * g->NPH * (d * g->SH + g->KH) / g->SH * g->WQ * 64.0;
-        if (win <= 512e3 || (int64_t)(wr * g->WQ) < 32) wr = d;
-        else break;
-      }
-      pset(&bs, "QB", qb), pset(&bs, "QR", qr), pset(&bs, "BB", (g->CS + 7) / 8);
-      pset(&bs, "IB", ib), pset(&bs, "IR", ir), pset(&bs, "WR", wr);
+      pset(&bs, "QB", bg.QB), pset(&bs, "QR", bg.QR), pset(&bs, "BB", (g->CS + 7) / 8);
+      pset(&bs, "IB", bg.IB), pset(&bs, "IR", bg.IR), pset(&bs, "WR", bg.WR);
+      pset(&bs, "FCH", bg.FCH), pset(&bs, "BCH", bg.BCH);
       tk_template_expand(body, "conv_batch.c.in", bs.p, bs.n);
     }
   }
@@ -874,9 +986,10 @@ void tk_emit_layer(tk_codebuf *cb, const tk_model *m, int layer, const tk_geom *
   else
     tk_cb_printf(cb,
                  "\n * params:    I=%d O=%d groups=%d in=%dx%d out=%dx%d kernel=%dx%d stride=%dx%d pad=%dx%d "
-                 "dilation=%dx%d\n *            grid=%dx%d phases=%d im2col=%d NV=%d NBLK=%d rows=%dx%dx%d chunks=%dx%d NVB=%d NBLKB=%d F=%lld SZ=%lld",
+                 "dilation=%dx%d\n *            grid=%dx%d phases=%d im2col=%d NV=%d NBLK=%d rows=%dx%dx%d shifted=%dx%dx%d chunks=%dx%d "
+                 "NVB=%d NBLKB=%d F=%lld SZ=%lld",
                  g->I, g->O, g->G, g->H, g->W, g->OH, g->OW, g->KH, g->KW, g->SH, g->SW, g->PH, g->PW, g->DH, g->DW,
-                 g->HQ, g->WQ, g->NPH, g->IM2COL, g->FNV, g->FNBLK, g->RV, g->RR, g->RNBLK, g->NCH, g->CH, g->NVB, g->NBLKB, (long long)g->F,
+                 g->HQ, g->WQ, g->NPH, g->IM2COL, g->FNV, g->FNBLK, g->RV, g->RR, g->RNBLK, g->XRV, g->XRR, g->XNBLK, g->NCH, g->CH, g->NVB, g->NBLKB, (long long)g->F,
                  (long long)g->SZ);
   tk_cb_printf(cb, "\n * nnz:       %lld of %lld (sparsity %.4f)\n * key:       %016" PRIx64 "%016" PRIx64 "\n */\n",
                (long long)t->nnz, (long long)numel, numel ? 1.0 - (double)t->nnz / (double)numel : 0.0, k[0], k[1]);

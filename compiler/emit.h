@@ -101,6 +101,10 @@ typedef struct {
   int RV, RR, RNBLK;          /* table forward on the grid with one chunk (RV > 0): by whole output rows,
                                  RV vectors per row (16*RV >= OW), RR rows per block, RNBLK blocks;
                                  sums go from registers to y (no dropped columns, no z) */
+  int XS, XRS, XHR, XRV, XRR, XNBLK; /* stride-1 forward on KW column-shifted copies (XS = 1): col holds
+                                 col[((kw*I + i)*XHR + r)*XRS + c] = xpad[i][r][c + kw*DW], rows of XRS
+                                 floats (OW rounded up to 16, XRV vectors), XHR rows per channel;
+                                 bands of XRR output rows (XNBLK bands) over NCH input-channel chunks */
   int64_t PZF;
   int NVB, NBLKB;             /* input gradient: per phase, PZB = NBLKB*NVB*16 */
   int64_t PZB;
@@ -116,6 +120,9 @@ int64_t tk_weight_nnz(const tk_tensor *t);
 
 /* Fills g for conv2d/linear layer `layer`; errors name the layer. */
 tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g);
+/* The same for a given variant: the shifted-copy forward (XS) is a table-variant form only
+ * (the unrolled and value-baked code reads the grid or im2col); tk_geom_make is the table's. */
+tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant, tk_geom *g);
 
 /* Pattern tables built from the mask (all of the weight when it has none).
  * Packed index j follows the weight's own element order (o, i, kh, kw), so pos[j] is the
@@ -124,13 +131,37 @@ typedef struct {
   int64_t nnz;
   int64_t *pos;               /* nnz: element index in the weight */
   int32_t *rp, *off;          /* forward CSR: O+1, nnz (grid offsets: weight gradient, grid forward) */
-  int32_t *offc;              /* forward offsets into col (== off unless IM2COL) */
+  int32_t *offc;              /* forward offsets into col (== off unless IM2COL or XS) */
   int32_t *rpc;               /* forward CSR split by input-channel chunk: O*NCH+1 (== rp when NCH = 1) */
   int32_t *rpt, *offt, *perm; /* transposed CSR: dx_rows+1, nnz, nnz (wt[k] = w[perm[k]]) */
 } tk_tables;
 
 tk_status tk_tables_build(const tk_model *m, int layer, const tk_geom *g, int transposed, tk_tables *t);
 void tk_tables_free(tk_tables *t);
+
+/* ---- the batch-vectorised conv (conv_batch.c.in) --------------------------------------------
+ * Register blocks, row bands and channel chunks of fwd_b / bwd_input_b / bwd_weight_b.
+ * Chunking (DESIGN.md 4): fwd_b walks register block -> chunk of FCH input channels -> output
+ * channel -> that chunk's non-zeros, so the chunk's window of xb stays in L1 while every output
+ * channel uses it; each output channel's partial sums of the block are carried between chunks
+ * in per-thread scratch (`carry` floats).  bwd_input_b (stride 1) is the same over chunks of
+ * BCH output channels of dzb.  FCH >= I / BCH >= O: no chunking.  (Chunks inside the weight
+ * gradient's bands measured no clear gain at 16-32 channels, s=0.9/0.95, and lost on 4x4 maps:
+ * not done.)  The tables are unchanged: a row's non-zeros are already in channel order, so the
+ * kernel finds the chunk boundaries by walking the row (no reordering; update() repacks as
+ * before). */
+typedef struct {
+  int QB, QR;                 /* forward: output columns (divides OW, <= 16) by rows (divides OH) per block */
+  int IB, IR;                 /* input gradient, stride 1: input columns by rows per block */
+  int WR;                     /* weight gradient: output rows per band */
+  int FCH, BCH;               /* input channels per forward chunk, output channels per input-gradient chunk */
+  int64_t carry;              /* floats of per-thread carry scratch for chunking either pass
+                                 (whether or not this layer's passes chunk) */
+} tk_batch_geom;
+
+/* Fills bg for a conv layer with `nnz` kept weights.  TICKET_BATCH_CHUNK=<channels> forces
+ * the chunk of both passes (0: no chunking), for experiments and tests. */
+void tk_batch_geom_make(const tk_geom *g, int64_t nnz, tk_batch_geom *bg);
 
 /* ---- the layer source ---------------------------------------------------------------------- */
 typedef struct {

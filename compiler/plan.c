@@ -100,7 +100,9 @@ static double est_sparse(const tk_geom *g, int64_t nnz, int n, int T) {
     int phases = 0;
     for (int b = 0; b < 64 && b < g->NPH; b++) phases += (int)((g->PHMASK >> b) & 1);
     if (g->NPH > 64) phases = g->NPH;
-    double prep = g->IM2COL ? (double)g->I * g->KH * g->KW * g->P16 : (double)phases * g->I * g->CS;
+    double prep = g->XS       ? (double)g->KW * g->I * g->XHR * g->XRS
+                  : g->IM2COL ? (double)g->I * g->KH * g->KW * g->P16
+                              : (double)phases * g->I * g->CS;
     lanes = (double)g->FPZ * n;
     blocks = (double)g->FNBLK * n;
     elems = (prep + (double)g->O * g->OH * g->OW) * n;

@@ -25,6 +25,7 @@
 typedef struct {
   float *xq, *col, *dz, *z, *dwv; /* col: im2col forward input (NULL when not IM2COL) */
   float *xb, *dzb;                /* batch-vectorised grids (vec_batch only) */
+  float *zb;                      /* batch-vectorised: partial sums carried between channel chunks */
 } scratch_set;
 
 typedef struct {
@@ -93,15 +94,16 @@ static tk_status check_n(const tk_kernel *k, int n) {
 
 /* ---- conv2d ------------------------------------------------------------------------------ */
 
-/* The forward's input: the grid (prep_x into xq) or the tap copies (prep_col into col). */
+/* The forward's input: the grid (prep_x into xq) or the tap or shifted copies (prep_col into col). */
 static void fwd_prep(const sparse_kernel *k, const scratch_set *s, const float *x, int c0, int c1) {
-  tk_kargs a = {.src = x, .dst = k->g.IM2COL ? s->col : s->xq};
-  (k->g.IM2COL ? k->prep_col : k->prep_x)(&a, c0, c1);
+  const int col = k->g.IM2COL || k->g.XS;
+  tk_kargs a = {.src = x, .dst = col ? s->col : s->xq};
+  (col ? k->prep_col : k->prep_x)(&a, c0, c1);
 }
 
 static tk_kargs fwd_args(const sparse_kernel *k, const scratch_set *in, const scratch_set *mine, float *y,
                          const float *bias) {
-  tk_kargs f = {.src = k->g.IM2COL ? in->col : in->xq, .dst = y, .w = k->baked ? k->baked : k->wv, .rp = k->t.rpc,
+  tk_kargs f = {.src = k->g.IM2COL || k->g.XS ? in->col : in->xq, .dst = y, .w = k->baked ? k->baked : k->wv, .rp = k->t.rpc,
                 .off = k->t.offc, .bias = bias, .z = mine->z};
   return f;
 }
@@ -135,7 +137,7 @@ static void conv_fwd_b(sparse_kernel *k, const float *x, float *y, int n) {
       tk_kargs a = {.src = x + b * 16 * xs, .dst = k->sets[t].xb, .nb = nb};
       k->prep_xb(&a, 0, g->I);
       tk_kargs f = {.src = k->sets[t].xb, .dst = y + b * 16 * ys, .w = k->wv, .rp = k->t.rp, .off = k->t.off,
-                    .bias = bias, .nb = nb};
+                    .bias = bias, .z = k->sets[t].zb, .nb = nb};
       k->fwd_b(&f, 0, g->O);
     }
   }
@@ -155,7 +157,7 @@ static void conv_bwd_input_b(sparse_kernel *k, const float *dy, float *dx, int n
       tk_kargs a = {.src = dy + b * 16 * ys, .dst = k->sets[t].dzb, .nb = nb};
       k->prep_dyb(&a, 0, g->O);
       tk_kargs f = {.src = k->sets[t].dzb, .dst = dx + b * 16 * xs, .w = k->wvt, .rp = k->t.rpt, .off = k->t.offt,
-                    .nb = nb};
+                    .z = k->sets[t].zb, .nb = nb};
       k->bwd_input_b(&f, 0, g->I);
     }
   }
@@ -649,8 +651,13 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
   int64_t xq = (it->g.xq_len + 15) / 16 * 16, z = (it->g.z_len + 15) / 16 * 16, col = (it->g.col_len + 15) / 16 * 16;
   int64_t dz = training ? (it->g.dz_len + 15) / 16 * 16 : 0, dwv = training ? (nz1 + 15) / 16 * 16 : 0;
   /* batch-vectorised: the grids with 16 images per cell */
-  int64_t xb = it->vb ? xq * 16 : 0, dzb = it->vb && training ? dz * 16 : 0;
-  int64_t per = xq + z + dz + dwv + col + xb + dzb;
+  int64_t xb = it->vb ? xq * 16 : 0, dzb = it->vb && training ? dz * 16 : 0, zb = 0;
+  if (it->vb) {
+    tk_batch_geom bg;
+    tk_batch_geom_make(&it->g, nnz, &bg);
+    zb = (bg.carry + 15) / 16 * 16;
+  }
+  int64_t per = xq + z + dz + dwv + col + xb + dzb + zb;
   k->arena = tk_alloc_aligned((size_t)(per * threads) * sizeof(float));
   if (!k->wv || (training && !k->wvt) || (it->variant == TK_VARIANT_VALUE_BAKED && !k->baked) || !k->sets || !k->arena) {
     sk_destroy(&k->base);
@@ -666,6 +673,7 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
     k->sets[t].col = col ? b + xq + z + dz + dwv : NULL;
     k->sets[t].xb = xb ? b + xq + z + dz + dwv + col : NULL;
     k->sets[t].dzb = dzb ? b + xq + z + dz + dwv + col + xb : NULL;
+    k->sets[t].zb = zb ? b + xq + z + dz + dwv + col + xb + dzb : NULL;
   }
   if (k->baked) {
     const tk_tensor *wt = &m->tensors[l->weight];
@@ -729,7 +737,7 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
       build_item *it = &items[n++];
       it->layer = i;
       it->variant = v;
-      if ((st = tk_geom_make(m, i, &it->g)) != TK_OK) goto done;
+      if ((st = tk_geom_make_variant(m, i, v, &it->g)) != TK_OK) goto done;
       it->vb = p->layers[i].vec_batch && !it->g.linear && v == TK_VARIANT_SPARSE_TABLE;
       if ((st = tk_tables_build(m, i, &it->g, o->training || v == TK_VARIANT_SPARSE_UNROLLED, &it->t)) != TK_OK)
         goto done;

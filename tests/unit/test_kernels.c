@@ -238,11 +238,20 @@ static void run_case(const kcase *c, const char *cache) {
   /* the table kernel's layouts, each forced (the geometry and the plan pick one by a cost
    * estimate): the forward by output rows straight to y, the flattened grid through z, the tap
    * copies (im2col), and the batch-vectorised kernel (16 images per vector, every pass; with
-   * 1 or 3 images the other lanes are idle, with 32 two blocks) */
+   * 1 or 3 images the other lanes are idle, with 32 two blocks), once more with channel chunks
+   * of 3 (TICKET_BATCH_CHUNK: partial sums carried across chunks, empty chunks, a short last one);
+   * and the stride-1 forward on column-shifted copies (TICKET_XS, where it applies), once with
+   * input-channel chunks of 3 (TICKET_XS_CH: sums kept in y or z between chunks) */
   if (!c->linear && c->all_variants) {
     static const struct {
-      const char *tag, *im2col, *rows, *vec_batch;
-    } forms[] = {{"rows", "0", "1", "0"}, {"grid", "0", "0", "0"}, {"im2col", "1", "0", "0"}, {"batch", "", "", "1"}};
+      const char *tag, *im2col, *rows, *vec_batch, *chunk, *xs, *xs_ch;
+    } forms[] = {{"rows", "0", "1", "0", "", "0", ""},
+                 {"grid", "0", "0", "0", "", "0", ""},
+                 {"im2col", "1", "0", "0", "", "0", ""},
+                 {"shifted", "0", "0", "0", "", "1", ""},
+                 {"shifted chunked", "0", "0", "0", "", "1", "3"},
+                 {"batch", "", "", "1", "0", "", ""},
+                 {"batch chunked", "", "", "1", "3", "", ""}};
     for (size_t f = 0; f < sizeof forms / sizeof *forms; f++) {
       char name[160];
       snprintf(name, sizeof name, "%s (%s forced)", c->name, forms[f].tag);
@@ -251,11 +260,22 @@ static void run_case(const kcase *c, const char *cache) {
       setenv("TICKET_IM2COL", forms[f].im2col, 1);
       setenv("TICKET_ROWS", forms[f].rows, 1);
       setenv("TICKET_VEC_BATCH", forms[f].vec_batch, 1);
+      setenv("TICKET_BATCH_CHUNK", forms[f].chunk, 1);
+      setenv("TICKET_XS", forms[f].xs, 1);
+      setenv("TICKET_XS_CH", forms[f].xs_ch, 1);
       memcpy(m->tensors[m->layers[0].weight].data, w0, (size_t)m->tensors[m->layers[0].weight].numel * 4);
+      /* the chunked batch form draws its data from a copy of the generator, so that it leaves
+       * the later cases' data as it was */
+      const int own_rng = !strcmp(forms[f].tag, "batch chunked");
+      tk_rng keep_rng = g_rng;
       run_variant(&cf, m, TK_VARIANT_SPARSE_TABLE, 1, cache);
+      if (own_rng) g_rng = keep_rng;
       unsetenv("TICKET_IM2COL");
       unsetenv("TICKET_ROWS");
       unsetenv("TICKET_VEC_BATCH");
+      unsetenv("TICKET_BATCH_CHUNK");
+      unsetenv("TICKET_XS");
+      unsetenv("TICKET_XS_CH");
     }
   }
   free(w0);

@@ -21,10 +21,21 @@
 #endif
 
 /* -O2 is as fast as -O3 on these kernels (the hot loops are written out by hand) and
- * compiles faster.  No -fopenmp: the host owns the threads. */
+ * compiles faster.  No -fopenmp: the host owns the threads.
+ * The large code model, without PIC: every reference to a constant pool or a function is a
+ * 64-bit absolute address.  With the default (small) model the JIT patches 32-bit pc-relative
+ * offsets, and a process that maps gigabytes of activations between two kernel objects can get
+ * an object's code and its constants more than 2 GB apart: the offset is then silently
+ * truncated (seen: a vmovapd of a shuffle-mask constant from an unmapped address, resnet18 at
+ * batch 128 with a second engine built later). */
+#if defined(__x86_64__) || defined(__aarch64__)
+#define TK_CC_MODEL "-fno-pic -mcmodel=large "
+#else
+#define TK_CC_MODEL "-fPIC "
+#endif
 #define TK_CC_FLAGS                                                                          \
-  "-std=gnu11 -O2 -march=native -ffp-contract=fast -fno-math-errno -fPIC -fno-stack-protector " \
-  "-fno-asynchronous-unwind-tables -Wall -Wextra"
+  "-std=gnu11 -O2 -march=native -ffp-contract=fast -fno-math-errno " TK_CC_MODEL             \
+  "-fno-stack-protector -fno-asynchronous-unwind-tables -Wall -Wextra"
 
 const char *tk_cc_flags(void) { return TK_CC_FLAGS; }
 

@@ -667,21 +667,21 @@ static int batch_chunk(int nch, double nzr, double cell) {
   return ch;
 }
 
+/* A register block of a w x h map: *cols (the largest divisor of w up to 16) by *rows (the
+ * largest divisor of h with cols * rows <= 16): one 16x16 transpose stores it. */
+static void register_block(int w, int h, int *cols, int *rows) {
+  *cols = *rows = 1;
+  for (int d = 1; d <= 16 && d <= w; d++)
+    if (w % d == 0) *cols = d;
+  for (int d = 1; d * *cols <= 16 && d <= h; d++)
+    if (h % d == 0) *rows = d;
+}
+
 void tk_batch_geom_make(const tk_geom *g, int64_t nnz, tk_batch_geom *bg) {
   memset(bg, 0, sizeof *bg);
-  /* register block: QB columns (a divisor of OW, at most 16) by QR rows (a divisor of OH),
-   * at most 16 positions: one 16x16 transpose stores it */
-  bg->QB = bg->QR = 1;
-  for (int d = 1; d <= 16 && d <= g->OW; d++)
-    if (g->OW % d == 0) bg->QB = d;
-  for (int d = 1; d * bg->QB <= 16 && d <= g->OH; d++)
-    if (g->OH % d == 0) bg->QR = d;
-  /* input gradient, stride 1: IB columns (a divisor of W, at most 16) by IR rows */
-  bg->IB = bg->IR = 1;
-  for (int d = 1; d <= 16 && d <= g->W; d++)
-    if (g->W % d == 0) bg->IB = d;
-  for (int d = 1; d * bg->IB <= 16 && d <= g->H; d++)
-    if (g->H % d == 0) bg->IR = d;
+  /* forward: QB output columns by QR output rows; input gradient, stride 1: IB by IR inputs */
+  register_block(g->OW, g->OH, &bg->QB, &bg->QR);
+  register_block(g->W, g->H, &bg->IB, &bg->IR);
   /* weight gradient: bands of WR output rows (a divisor of OH) whose window of xb (every
    * channel and phase, WR*SH + KH rows) stays within about 512 KB of L2, but at least 32
    * positions per band so the per-band horizontal sums stay cheap */

@@ -122,45 +122,40 @@ static int batch_threads(const sparse_kernel *k, int nblk) {
   return T > nblk ? nblk : T;
 }
 
-static void conv_fwd_b(sparse_kernel *k, const float *x, float *y, int n) {
-  const tk_geom *g = &k->g;
-  const float *bias = kbias(&k->base);
-  int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
+/* One pass of a batch-vectorised kernel over n images, blocks of 16 whole per thread: `prep`
+ * moves rows [0, prep_rows) of a block of src (image stride ss) into the thread's grid (xb, or
+ * dzb when from_dy), then `run` computes rows [0, rows) into dst (image stride ds). */
+static void batch_pass(sparse_kernel *k, int n, int from_dy, const float *src, int64_t ss, int prep_rows,
+                       tk_kfn prep, float *dst, int64_t ds, int rows, tk_kfn run, const float *w, const int32_t *rp,
+                       const int32_t *off, const float *bias) {
   int nblk = (n + 15) / 16, T = batch_threads(k, nblk);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(T) if (T > 1)
 #endif
   {
     int t = T > 1 ? thread_id() : 0;
+    float *grid = from_dy ? k->sets[t].dzb : k->sets[t].xb;
     for (int b = nblk * t / T; b < nblk * (t + 1) / T; b++) {
       int nb = n - b * 16 < 16 ? n - b * 16 : 16;
-      tk_kargs a = {.src = x + b * 16 * xs, .dst = k->sets[t].xb, .nb = nb};
-      k->prep_xb(&a, 0, g->I);
-      tk_kargs f = {.src = k->sets[t].xb, .dst = y + b * 16 * ys, .w = k->wv, .rp = k->t.rp, .off = k->t.off,
-                    .bias = bias, .z = k->sets[t].zb, .nb = nb};
-      k->fwd_b(&f, 0, g->O);
+      tk_kargs a = {.src = src + b * 16 * ss, .dst = grid, .nb = nb};
+      prep(&a, 0, prep_rows);
+      tk_kargs f = {.src = grid, .dst = dst + b * 16 * ds, .w = w, .rp = rp, .off = off, .bias = bias,
+                    .z = k->sets[t].zb, .nb = nb};
+      run(&f, 0, rows);
     }
   }
+}
+
+static void conv_fwd_b(sparse_kernel *k, const float *x, float *y, int n) {
+  const tk_geom *g = &k->g;
+  int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
+  batch_pass(k, n, 0, x, xs, g->I, k->prep_xb, y, ys, g->O, k->fwd_b, k->wv, k->t.rp, k->t.off, kbias(&k->base));
 }
 
 static void conv_bwd_input_b(sparse_kernel *k, const float *dy, float *dx, int n) {
   const tk_geom *g = &k->g;
   int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
-  int nblk = (n + 15) / 16, T = batch_threads(k, nblk);
-#ifdef _OPENMP
-#pragma omp parallel num_threads(T) if (T > 1)
-#endif
-  {
-    int t = T > 1 ? thread_id() : 0;
-    for (int b = nblk * t / T; b < nblk * (t + 1) / T; b++) {
-      int nb = n - b * 16 < 16 ? n - b * 16 : 16;
-      tk_kargs a = {.src = dy + b * 16 * ys, .dst = k->sets[t].dzb, .nb = nb};
-      k->prep_dyb(&a, 0, g->O);
-      tk_kargs f = {.src = k->sets[t].dzb, .dst = dx + b * 16 * xs, .w = k->wvt, .rp = k->t.rpt, .off = k->t.offt,
-                    .z = k->sets[t].zb, .nb = nb};
-      k->bwd_input_b(&f, 0, g->I);
-    }
-  }
+  batch_pass(k, n, 1, dy, ys, g->O, k->prep_dyb, dx, xs, g->I, k->bwd_input_b, k->wvt, k->t.rpt, k->t.offt, NULL);
 }
 
 /* the packed weight gradient summed over the images into sets[0].dwv */

@@ -155,6 +155,15 @@ void tk_ops_bn_train_fwd(const float *x, const float *gamma, const float *beta, 
 static inline float masked(float y, float g) { return y > 0.0f ? g : 0.0f; }
 /* RELU is a literal at every use, so each caller gets its own loop */
 #define MASKED(RELU, yp, gp, k) ((RELU) ? masked((yp)[k], (gp)[k]) : (gp)[k])
+/* LOOP(RELU, ACC) expanded for the four literal pairs, chosen by the runtime flags */
+#define RELU_ACC_DISPATCH(LOOP, relu, acc)                              \
+  do {                                                                  \
+    if (relu) {                                                         \
+      if (acc) { LOOP(1, 1) } else { LOOP(1, 0) }                       \
+    } else {                                                            \
+      if (acc) { LOOP(0, 1) } else { LOOP(0, 0) }                       \
+    }                                                                   \
+  } while (0)
 
 /* dx (+)= a * masked(dy) over one plane: eval-mode batchnorm's input gradient */
 static inline void bn_scale_plane(const float *yp, const float *gp, float a, int relu, int acc, float *dp, int hw) {
@@ -164,11 +173,7 @@ static inline void bn_scale_plane(const float *yp, const float *gp, float a, int
     float v = a * MASKED(RELU, yp, gp, k);                                         \
     dp[k] = (ACC) ? dp[k] + v : v;                                                 \
   }
-  if (relu) {
-    if (acc) { BN_SCALE_LOOP(1, 1) } else { BN_SCALE_LOOP(1, 0) }
-  } else {
-    if (acc) { BN_SCALE_LOOP(0, 1) } else { BN_SCALE_LOOP(0, 0) }
-  }
+  RELU_ACC_DISPATCH(BN_SCALE_LOOP, relu, acc);
 #undef BN_SCALE_LOOP
 }
 
@@ -255,11 +260,7 @@ void tk_ops_bn_bwd(const float *x, const float *relu_y, const float *dy, const f
     float v = k0 * (MASKED(RELU, yp, gp, k) - mg - (xp[k] - mean) * kx);            \
     dp[k] = (ACC) ? dp[k] + v : v;                                                  \
   }
-      if (relu) {
-        if (acc) { BN_TRAIN_LOOP(1, 1) } else { BN_TRAIN_LOOP(1, 0) }
-      } else {
-        if (acc) { BN_TRAIN_LOOP(0, 1) } else { BN_TRAIN_LOOP(0, 0) }
-      }
+      RELU_ACC_DISPATCH(BN_TRAIN_LOOP, relu, acc);
 #undef BN_TRAIN_LOOP
     }
   }

@@ -1,7 +1,9 @@
 /* cmd_prune.c -- `ticket prune`: set masks on the prunable tensors of a model (magnitude,
- * random, IMP with rewinding) and record the method and sparsity in its provenance. */
+ * random, IMP with rewinding, SynFlow, SNIP) and record the method and sparsity in its
+ * provenance. */
 #include "cli.h"
 
+#include "runtime/evaluate.h"
 #include "runtime/prune.h"
 
 #include <stdlib.h>
@@ -23,15 +25,26 @@ static const char *const usage_text =
     "              still kept (global by default), then reset every tensor to the values in\n"
     "              --rewind CHECKPOINT and apply the mask.  --sparsity instead of --rate\n"
     "              prunes to that level in one round.\n"
+    "  synflow     SynFlow (pruning at initialisation, data free): the score of w is\n"
+    "              |w * dR/dw|, R the sum of the logits of an all-ones input through the\n"
+    "              network with every parameter and statistic replaced by its absolute value;\n"
+    "              100 rounds by default, density d^(r/100) after round r (--iterations)\n"
+    "  snip        SNIP: the score of w is |w * dL/dw| summed over a prune set (--data, the\n"
+    "              first --samples training images, default 10 per class), eval mode\n"
     "\n"
     "options:\n"
-    "  --method M          magnitude | random | imp\n"
+    "  --method M          magnitude | random | imp | synflow | snip\n"
     "  --sparsity S        target sparsity in [0, 1] (fractions such as 9/10 accepted)\n"
     "  --scope global|layer\n"
     "  --rewind FILE       imp: the model to rewind the weights to (same tensors)\n"
     "  --rate R            imp: fraction of the kept weights pruned this round (0.2)\n"
     "  --seed S            random: the generator seed (1)\n"
-    "  --iterations N      scoring rounds towards the target (exponential schedule; 1)\n"
+    "  --iterations N      scoring rounds towards the target (exponential schedule; 1,\n"
+    "                      synflow 100)\n"
+    "  --data SPEC         snip: the data set (see `ticket eval --help`), training split\n"
+    "  --samples N         snip: images of the prune set (default 10 x classes)\n"
+    "  --engine E          synflow, snip: the engine that computes the gradients: dense\n"
+    "                      (default when built), reference or compiled\n"
     "  -o, --output OUT    the pruned model (written atomically)\n"
     "  --json              print the result as JSON\n";
 
@@ -57,8 +70,9 @@ int cmd_prune(int argc, char **argv) {
     fputs(usage_text, stdout);
     return 0;
   }
-  const char *model_path = NULL, *out = NULL, *rewind_path = NULL;
+  const char *model_path = NULL, *out = NULL, *rewind_path = NULL, *data_spec = NULL;
   int json = 0;
+  long samples = 0;
   tk_prune_opts o;
   tk_prune_opts_default(&o);
   o.method = NULL;
@@ -89,6 +103,19 @@ int cmd_prune(int argc, char **argv) {
       long k = strtol(v, &end, 10);
       if (!*v || *end || k < 1 || k > 100000) return cli_usage_error(cmd, "--iterations: '%s' is not in 1..100000", v);
       o.iterations = (int)k;
+    } else if ((v = opt_value(argc, argv, &i, "--data"))) {
+      if (!*v) return cli_usage_error(cmd, "--data needs a data set");
+      data_spec = v;
+    } else if ((v = opt_value(argc, argv, &i, "--samples"))) {
+      char *end;
+      samples = strtol(v, &end, 10);
+      if (!*v || *end || samples < 1 || samples > 100000000)
+        return cli_usage_error(cmd, "--samples: '%s' is not a positive integer", v);
+    } else if ((v = opt_value(argc, argv, &i, "--engine"))) {
+      int kind;
+      if (!tk_engine_kind_parse(v, &kind))
+        return cli_usage_error(cmd, "--engine: '%s' is not auto, compiled, dense or reference", v);
+      o.engine_kind = kind;
     } else if ((v = opt_value(argc, argv, &i, "--output")) || (v = opt_value(argc, argv, &i, "-o"))) {
       if (!*v) return cli_usage_error(cmd, "-o needs a file");
       out = v;
@@ -116,6 +143,9 @@ int cmd_prune(int argc, char **argv) {
   if (meth->needs_rewind && !rewind_path) return cli_usage_error(cmd, "--rewind is missing (method %s)", meth->name);
   if (rewind_path && !meth->needs_rewind)
     return cli_usage_error(cmd, "--rewind applies to imp only, not %s", meth->name);
+  const int wants_data = strcmp(meth->name, "snip") == 0;
+  if (wants_data && !data_spec) return cli_usage_error(cmd, "--data is missing (method %s needs a prune set)", meth->name);
+  if (!wants_data && (data_spec || samples)) return cli_usage_error(cmd, "--data and --samples apply to snip only");
 
   tk_model *m = NULL, *rw = NULL;
   tk_status st = tk_model_load(model_path, &m);
@@ -131,9 +161,19 @@ int cmd_prune(int argc, char **argv) {
     }
     o.rewind = rw;
   }
+  tk_dataset *data = NULL;
+  if (data_spec) {
+    if ((st = tk_data_load(data_spec, "train", 0, samples ? samples : 10L * m->classes, &data)) != TK_OK) {
+      tk_model_free(m);
+      tk_model_free(rw);
+      return cli_error(cmd, st);
+    }
+    o.data = data;
+  }
   tk_prune_report rep;
   memset(&rep, 0, sizeof rep);
   st = tk_prune(m, &o, &rep);
+  tk_dataset_free(data);
   if (st == TK_OK) st = tk_model_save(m, out);
   if (st != TK_OK) {
     free(rep.tensors);

@@ -1,6 +1,9 @@
-/* prune.c -- mask finding: scorers (magnitude, random; IMP = magnitude with rewinding), the
- * top-k selection shared by every method, the iterative driver and provenance.  See prune.h. */
+/* prune.c -- mask finding: scorers (magnitude, random, SynFlow, SNIP; IMP = magnitude with
+ * rewinding), the top-k selection shared by every method, the iterative driver and
+ * provenance.  See prune.h. */
 #include "prune.h"
+
+#include "../include/ticket.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -30,9 +33,124 @@ static tk_status score_random(tk_model *m, const tk_prune_opts *o, int round, fl
   return TK_OK;
 }
 
+/* The engine a data- or gradient-driven scorer runs on: --engine, or the dense engine when this
+ * build has one (exact, and cheap to create for every round's new mask), else the reference. */
+static tk_status scorer_engine(tk_model *m, const tk_prune_opts *o, int batch, tk_engine **e) {
+  if (o->engine_kind >= 0) return tk_engine_create(m, (tk_engine_kind)o->engine_kind, batch, e);
+  tk_status st = tk_engine_create(m, TK_ENGINE_DENSE, batch, e);
+  if (st == TK_ERR_UNSUPPORTED) st = tk_engine_create(m, TK_ENGINE_REFERENCE, batch, e);
+  return st;
+}
+
+/* SynFlow (Tanaka et al. 2020; ganguli-lab/Synaptic-Flow Pruners.SynFlow, SEEDS.md 3.4), data
+ * free: on a copy of the model with every tensor replaced by its absolute value (weights,
+ * biases, batchnorm affine and running statistics: `linearize`), in eval mode, R = sum of the
+ * logits of one all-ones input (after the input normalisation: the raw pixels are mean + std),
+ * and the score of a weight is |w * dR/dw|.  Pruned weights are 0 in the copy, so their flow
+ * is 0.  Float32 as the official code; a flow that overflows float32 is an error. */
+static tk_status score_synflow(tk_model *m, const tk_prune_opts *o, int round, float *const *scores) {
+  tk_model *lin = tk_model_clone(m);
+  if (!lin) return TK_ERR_NOMEM;
+  for (int t = 0; t < lin->n_tensors; t++) {
+    tk_tensor *tt = &lin->tensors[t];
+    for (int64_t i = 0; i < tt->numel; i++) tt->data[i] = fabsf(tt->data[i]);
+  }
+  tk_engine *e = NULL;
+  tk_status st = tk_model_infer(lin);
+  if (st == TK_OK) st = scorer_engine(lin, o, 1, &e);
+  const int64_t in_n = (int64_t)lin->in_c * lin->in_h * lin->in_w, plane = (int64_t)lin->in_h * lin->in_w;
+  float *x = tk_malloc((size_t)in_n * sizeof(float));
+  float *logits = tk_malloc((size_t)lin->classes * sizeof(float));
+  float *ones = tk_malloc((size_t)lin->classes * sizeof(float));
+  if (st == TK_OK && (!x || !logits || !ones)) st = TK_ERR_NOMEM;
+  if (st == TK_OK) {
+    for (int c = 0; c < lin->in_c; c++)
+      for (int64_t k = 0; k < plane; k++)
+        x[c * plane + k] = lin->mean ? lin->mean[c] + lin->std[c] : 1.0f;
+    for (int k = 0; k < lin->classes; k++) ones[k] = 1.0f;
+    st = tk_engine_forward(e, x, 1, TK_BN_EVAL, logits);
+  }
+  if (st == TK_OK) {
+    double r = 0.0;
+    for (int k = 0; k < lin->classes; k++) r += logits[k];
+    if (!isfinite(r) || r > 3.0e38)
+      st = tk_fail(TK_ERR_UNSUPPORTED, "synflow: round %d: the flow R = %g overflows float32 (network too deep for float32 SynFlow)",
+                   round + 1, r);
+  }
+  if (st == TK_OK) st = tk_engine_backward(e, ones, NULL, 1);
+  for (int t = 0; st == TK_OK && t < m->n_tensors; t++) {
+    if (!scores[t]) continue;
+    const tk_tensor *lt = &lin->tensors[t];
+    const float *g = e->grads[t];
+    if (!g) {
+      st = tk_fail(TK_ERR_INTERNAL, "synflow: no gradient for %s", lt->name);
+      break;
+    }
+    for (int64_t i = 0; i < lt->numel; i++) {
+      float s = fabsf(g[i] * lt->data[i]);
+      if (!isfinite(s)) {
+        st = tk_fail(TK_ERR_UNSUPPORTED, "synflow: round %d: the score of %s[%lld] is not finite (float32 overflow)",
+                     round + 1, lt->name, (long long)i);
+        break;
+      }
+      scores[t][i] = s;
+    }
+  }
+  if (e) e->v->destroy(e);
+  free(x);
+  free(logits);
+  free(ones);
+  tk_model_free(lin);
+  return st;
+}
+
+/* SNIP (Lee et al. 2019; as Synaptic-Flow's SNIP pruner): the score of a weight is
+ * |sum over the prune set's batches of w * dL/dw| (the gradient of the loss with respect to
+ * the weight's mask), L the mean cross-entropy of each batch, the model in eval mode. */
+static tk_status score_snip(tk_model *m, const tk_prune_opts *o, int round, float *const *scores) {
+  (void)round;
+  const tk_dataset *d = o->data;
+  if (!d || d->n < 1) return tk_fail(TK_ERR_ARG, "snip: --data is required (the prune set)");
+  if (d->c != m->in_c || d->h != m->in_h || d->w != m->in_w)
+    return tk_fail(TK_ERR_SHAPE, "snip: the data's images are %dx%dx%d, the model takes %dx%dx%d", d->c, d->h, d->w,
+                   m->in_c, m->in_h, m->in_w);
+  for (int i = 0; i < d->n; i++)
+    if (d->y[i] < 0 || d->y[i] >= m->classes)
+      return tk_fail(TK_ERR_ARG, "snip: label %d of image %d is outside the model's %d classes", d->y[i], i, m->classes);
+  const int batch = d->n < o->batch ? d->n : o->batch;
+  tk_engine *e = NULL;
+  tk_status st = scorer_engine(m, o, batch, &e);
+  float *logits = tk_malloc((size_t)batch * m->classes * sizeof(float));
+  float *dl = tk_malloc((size_t)batch * m->classes * sizeof(float));
+  if (st == TK_OK && (!logits || !dl)) st = TK_ERR_NOMEM;
+  for (int t = 0; t < m->n_tensors; t++)
+    if (scores[t]) memset(scores[t], 0, (size_t)m->tensors[t].numel * sizeof(float));
+  const int64_t img = (int64_t)d->c * d->h * d->w;
+  for (int b0 = 0; st == TK_OK && b0 < d->n; b0 += batch) {
+    const int n = d->n - b0 < batch ? d->n - b0 : batch;
+    if ((st = tk_engine_forward(e, d->x + b0 * img, n, TK_BN_EVAL, logits)) != TK_OK) break;
+    tk_softmax_xent(logits, d->y + b0, n, m->classes, dl, NULL);
+    if ((st = tk_engine_backward(e, dl, NULL, 1)) != TK_OK) break;
+    for (int t = 0; t < m->n_tensors; t++) {
+      if (!scores[t]) continue;
+      const float *g = e->grads[t], *w = m->tensors[t].data;
+      for (int64_t i = 0; i < m->tensors[t].numel; i++) scores[t][i] += g[i] * w[i];
+    }
+  }
+  for (int t = 0; st == TK_OK && t < m->n_tensors; t++)
+    if (scores[t])
+      for (int64_t i = 0; i < m->tensors[t].numel; i++) scores[t][i] = fabsf(scores[t][i]);
+  if (e) e->v->destroy(e);
+  free(logits);
+  free(dl);
+  return st;
+}
+
 static const tk_prune_method g_methods[] = {
     {"magnitude", score_magnitude, 1, 0, "keep the largest |w| (one shot)"},
     {"random", score_random, 1, 0, "keep a uniformly random subset"},
+    {"synflow", score_synflow, 100, 0, "data-free synaptic flow |w * dR/dw| of the all-ones input, 100 rounds"},
+    {"snip", score_snip, 1, 0, "connection sensitivity |w * dL/dw| on a prune set of data (one shot)"},
     {"imp", score_magnitude, 1, 1, "one IMP round: prune 20% of the kept weights by |w|, rewind to a checkpoint"},
     {NULL, NULL, 0, 0, NULL}};
 
@@ -51,6 +169,8 @@ void tk_prune_opts_default(tk_prune_opts *o) {
   o->scope = TK_SCOPE_GLOBAL;
   o->seed = 1;
   o->rate = 0.2;
+  o->engine_kind = -1;
+  o->batch = 256;
 }
 
 int64_t tk_round_half_even(double x) {

@@ -13,10 +13,11 @@
  * int((1-k)*numel), robust to decimal fractions); an IMP round prunes round(rate * kept)
  * more, rounding half to even (torch.nn.utils.prune's amount), 20% by default.
  *
- * How to add a method (SynFlow, SNIP, HYDRA scores): write a tk_prune_score_fn that fills
- * scores[t] for every prunable tensor t of the model as it is (masks applied, pruned data 0),
- * add it to the table in prune.c, and give it a default `iterations`.  Scorers that need an
- * engine or data get them through tk_prune_opts.
+ * Methods: magnitude, random, imp, synflow (data free, 100 rounds), snip (a prune set of data).
+ * How to add one (HYDRA's learned scores, say): write a tk_prune_score_fn that fills scores[t]
+ * for every prunable tensor t of the model as it is (masks applied, pruned data 0), add it to
+ * the table in prune.c, and give it a default `iterations`.  Scorers that need data get it
+ * through tk_prune_opts; gradient-driven scorers create an engine per round (the mask changed).
  */
 #ifndef TK_PRUNE_H
 #define TK_PRUNE_H
@@ -34,9 +35,10 @@ typedef struct {
   double rate;              /* imp: fraction of the kept weights pruned in this round (0.2) */
   const tk_model *rewind;   /* imp: the weights to rewind to (same tensors) */
   int iterations;           /* scoring rounds; 0 = the method's default */
-  /* for data- or gradient-driven scorers (not used by magnitude, random, imp): */
-  tk_engine *engine;
-  const tk_dataset *data;
+  /* for data- or gradient-driven scorers (synflow, snip; not used by magnitude, random, imp): */
+  const tk_dataset *data;   /* snip: the prune set */
+  int engine_kind;          /* tk_engine_kind of the scoring engine, -1: dense if built, else reference */
+  int batch;                /* snip: images per forward/backward (256) */
 } tk_prune_opts;
 
 void tk_prune_opts_default(tk_prune_opts *o);

@@ -255,7 +255,7 @@ static void test_iterative_and_errors(void) {
   m = tk_model_clone(orig);
   o.iterations = 0;
   o.method = "synflow-typo";
-  CHECK(tk_prune(m, &o, NULL) == TK_ERR_ARG && strstr(tk_last_error(), "magnitude, random, imp"));
+  CHECK(tk_prune(m, &o, NULL) == TK_ERR_ARG && strstr(tk_last_error(), "magnitude, random, synflow, snip, imp"));
   o.method = "magnitude";
   o.sparsity = 1.5;
   CHECK(tk_prune(m, &o, NULL) == TK_ERR_ARG && strstr(tk_last_error(), "--sparsity"));

@@ -218,49 +218,80 @@ static float select_kth(float *v, int64_t n, int64_t k) {
   return v[k];
 }
 
-static int is_kept(const tk_tensor *t, int64_t i) { return !t->mask || t->mask[i]; }
+/* An order-preserving unsigned key of a (non-NaN) score; -0 and +0 share one. */
+static inline uint32_t score_key(float s) {
+  uint32_t u;
+  if (s == 0.0f) s = 0.0f;
+  memcpy(&u, &s, sizeof u);
+  return (u & 0x80000000u) ? ~u : u | 0x80000000u;
+}
+
+#define KEY_BUCKETS 2048 /* the top 11 bits of a key */
 
 /* Prunes `need` more positions among the kept ones of tensors[ids[0..nid)], lowest score
- * first, ties by position. new_masks[t] are the masks being built. */
+ * first, ties by position. new_masks[t] are the masks being built.  The threshold is found
+ * by a histogram of the keys' top bits, then a selection among the scores of one bucket;
+ * the loops over every weight are free of data-dependent branches (masks and scores are
+ * random to a branch predictor). */
 static tk_status select_group(tk_model *m, float *const *scores, const int *ids, int nid, int64_t need,
                               uint8_t **new_masks) {
   if (need <= 0) return TK_OK;
   int64_t kept = 0;
+  int64_t *hist = tk_calloc(KEY_BUCKETS, sizeof(int64_t));
+  if (!hist) return TK_ERR_NOMEM;
   for (int k = 0; k < nid; k++) {
     const tk_tensor *t = &m->tensors[ids[k]];
-    for (int64_t i = 0; i < t->numel; i++)
-      if (new_masks[ids[k]][i]) {
-        float s = scores[ids[k]][i];
-        if (isnan(s)) return tk_fail(TK_ERR_INTERNAL, "prune: the score of %s[%lld] is NaN", t->name, (long long)i);
-        kept++;
-      }
+    const uint8_t *nm = new_masks[ids[k]];
+    const float *sc = scores[ids[k]];
+    int bad = 0;
+    for (int64_t i = 0; i < t->numel; i++) {
+      const int on = nm[i];
+      bad |= on & isnan(sc[i]);
+      kept += on;
+      hist[score_key(sc[i]) >> 21] += on;
+    }
+    if (bad) {
+      free(hist);
+      for (int64_t i = 0; i < t->numel; i++)
+        if (nm[i] && isnan(sc[i])) return tk_fail(TK_ERR_INTERNAL, "prune: the score of %s[%lld] is NaN", t->name, (long long)i);
+    }
   }
   TK_ASSERT(need <= kept);
-  float *v = tk_malloc((size_t)kept * sizeof(float));
+  /* the bucket holding the need-th lowest score, and how many kept scores lie below it */
+  int64_t under = 0;
+  uint32_t b = 0;
+  while (under + hist[b] < need) under += hist[b++];
+  const int64_t nc = hist[b];
+  free(hist);
+  float *v = tk_malloc((size_t)nc * sizeof(float));
   if (!v) return TK_ERR_NOMEM;
   int64_t j = 0;
   for (int k = 0; k < nid; k++) {
     const tk_tensor *t = &m->tensors[ids[k]];
+    const uint8_t *nm = new_masks[ids[k]];
+    const float *sc = scores[ids[k]];
     for (int64_t i = 0; i < t->numel; i++)
-      if (new_masks[ids[k]][i]) v[j++] = scores[ids[k]][i];
+      if ((score_key(sc[i]) >> 21) == b && nm[i]) v[j++] = sc[i];
   }
-  float thr = select_kth(v, kept, need - 1);
+  TK_ASSERT(j == nc);
+  float thr = select_kth(v, nc, need - 1 - under);
   free(v);
   int64_t below = 0;
   for (int k = 0; k < nid; k++) {
     const tk_tensor *t = &m->tensors[ids[k]];
-    for (int64_t i = 0; i < t->numel; i++)
-      if (new_masks[ids[k]][i] && scores[ids[k]][i] < thr) below++;
+    const uint8_t *nm = new_masks[ids[k]];
+    const float *sc = scores[ids[k]];
+    for (int64_t i = 0; i < t->numel; i++) below += nm[i] & (sc[i] < thr);
   }
   int64_t ties = need - below; /* of the positions scoring exactly thr, prune the first `ties` */
   for (int k = 0; k < nid; k++) {
     const tk_tensor *t = &m->tensors[ids[k]];
     uint8_t *nm = new_masks[ids[k]];
+    const float *sc = scores[ids[k]];
     for (int64_t i = 0; i < t->numel; i++) {
-      if (!nm[i]) continue;
-      float s = scores[ids[k]][i];
-      if (s < thr) nm[i] = 0;
-      else if (s == thr && ties > 0) nm[i] = 0, ties--;
+      const float s = sc[i];
+      nm[i] &= (uint8_t)!(s < thr);
+      if (s == thr && nm[i] && ties > 0) nm[i] = 0, ties--;
     }
   }
   return TK_OK;
@@ -281,7 +312,7 @@ tk_status tk_prune_select_counts(tk_model *m, float *const *scores, const int64_
     }
     ids[n++] = t;
     if (!(nm[t] = tk_malloc((size_t)tt->numel))) goto done;
-    for (int64_t i = 0; i < tt->numel; i++) nm[t][i] = (uint8_t)is_kept(tt, i);
+    for (int64_t i = 0; i < tt->numel; i++) nm[t][i] = (uint8_t)(!tt->mask || tt->mask[i] != 0); /* 0/1 */
   }
   if (!n) {
     st = tk_fail(TK_ERR_ARG, "prune: the model has no prunable tensors");

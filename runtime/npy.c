@@ -172,10 +172,12 @@ static tk_status parse(const char *path, const unsigned char *buf, size_t n, npy
   return TK_OK;
 }
 
-/* Element i as raw little-endian bytes in out[0..itemsize). */
-static void load_elem(const npy_header *hd, int64_t i, unsigned char *out) {
+/* Element i as raw little-endian bytes in out[0..itemsize), itemsize <= 8 (parse() checks;
+ * the bound is restated so that the compiler sees it too). */
+static void load_elem(const npy_header *hd, int64_t i, unsigned char out[8]) {
+  const int n = hd->itemsize < 8 ? hd->itemsize : 8;
   const unsigned char *s = hd->data + (size_t)i * (size_t)hd->itemsize;
-  for (int b = 0; b < hd->itemsize; b++) out[b] = hd->swap ? s[hd->itemsize - 1 - b] : s[b];
+  for (int b = 0; b < n; b++) out[b] = hd->swap ? s[n - 1 - b] : s[b];
 }
 
 static tk_status read_file_header(const char *path, void **buf, npy_header *hd) {
@@ -213,7 +215,7 @@ tk_status tk_npy_read_f32(const char *path, int *ndim, int64_t shape[8], float *
     return TK_ERR_NOMEM;
   }
   for (int64_t i = 0; i < hd.numel; i++) {
-    unsigned char b[8];
+    unsigned char b[8] = {0};
     load_elem(&hd, i, b);
     if (hd.itemsize == 4) {
       memcpy(&out[i], b, 4);

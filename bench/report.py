@@ -12,8 +12,12 @@ Writes into OUTDIR:
                 model batch threads mode sparsity speedup_dense speedup_torch
   layers.dat    per conv/linear layer: model batch threads sparsity layer variant dense_ms
                 compiled_ms speedup (forward, from the --layers profile)
-PyTorch is timed once per (model, mode, batch, threads): zeros in its weights change nothing
-(DESIGN.md section 8), so that number serves every sparsity of the same configuration.
+PyTorch is timed once per (model, mode, batch, threads) unless sweep.sh has --torch-every: zeros
+in its weights change nothing (DESIGN.md section 8), so that number serves every sparsity of the
+same configuration.  In summary.txt a PyTorch figure is plain when it was measured in the same
+run, its iterations interleaved with ours ("interleaved": true); marked * when it comes from
+another run of the same configuration, and ~ when it comes from an older ticket that timed
+PyTorch after its own engines (no "interleaved" field).
 """
 import json
 import math
@@ -60,12 +64,15 @@ def main():
             c = r["compiled"]["latency"]["median_ms"]
             d = r["dense"]["latency"]["median_ms"] if r.get("dense") else None
             # PyTorch timed in this run (--torch-every), else the one run of this model/mode/batch/threads
-            t = torch_best(r.get("torch")) or torch.get((r["arch"], r["mode"], r["batch"], r["threads"]))
+            t = torch_best(r.get("torch"))
+            src = ("" if r.get("interleaved") else "~") if t else "*"
+            t = t or torch.get((r["arch"], r["mode"], r["batch"], r["threads"]))
+            src = src if t else ""
             sd = d / c if d else float("nan")
             st = t / c if t else float("nan")
             comp = r.get("compile") or {}
             rows.append((r["arch"], r["mode"], r["batch"], r["threads"], r["sparsity"], c, d, t, sd, st,
-                         comp.get("cold_s"), comp.get("warm_s"), comp.get("code_bytes")))
+                         comp.get("cold_s"), comp.get("warm_s"), comp.get("code_bytes"), src))
             dat.write("%s %d %d %s %.4f %.4f %.4f\n" % (r["arch"], r["batch"], r["threads"], r["mode"], r["sparsity"],
                                                         sd, st))
             for l in r.get("layers") or []:
@@ -74,27 +81,34 @@ def main():
                 lay.write("%s %d %d %.4f %s %s %.5f %.5f %.4f\n" % (
                     r["arch"], r["batch"], r["threads"], r["sparsity"], l["name"], l["variant"], l["dense_fwd_ms"],
                     l["compiled_fwd_ms"], l["dense_fwd_ms"] / l["compiled_fwd_ms"]))
-    hdr = ("%-10s %-5s %5s %3s %8s %10s %10s %10s %8s %8s %7s %7s %10s" %
-           ("model", "mode", "batch", "thr", "sparsity", "ours ms", "oneDNN ms", "torch ms", "x dense", "x torch",
-            "cold s", "warm s", "code B"))
+    # the PyTorch columns carry one more character: where the figure comes from (docstring)
+    hdr = ("%-10s %-5s %5s %3s %8s %10s %10s %10s%1s %8s %8s%1s %7s %7s %10s" %
+           ("model", "mode", "batch", "thr", "sparsity", "ours ms", "oneDNN ms", "torch ms", "", "x dense", "x torch",
+            "", "cold s", "warm s", "code B"))
     lines = [hdr, "-" * len(hdr)]
     for r in sorted(rows, key=lambda r: (r[0], r[1], r[2], r[3], r[4])):
-        lines.append("%-10s %-5s %5d %3d %8.3f %10s %10s %10s %8s %8s %7s %7s %10s" % (
-            r[0], r[1], r[2], r[3], r[4], fmt(r[5], ".3f"), fmt(r[6], ".3f"), fmt(r[7], ".3f"), fmt(r[8], ".2f"),
-            fmt(r[9], ".2f"), fmt(r[10], ".2f"), fmt(r[11], ".2f"), fmt(r[12], "d")))
+        lines.append("%-10s %-5s %5d %3d %8.3f %10s %10s %10s%1s %8s %8s%1s %7s %7s %10s" % (
+            r[0], r[1], r[2], r[3], r[4], fmt(r[5], ".3f"), fmt(r[6], ".3f"), fmt(r[7], ".3f"), r[13],
+            fmt(r[8], ".2f"), fmt(r[9], ".2f"), r[13], fmt(r[10], ".2f"), fmt(r[11], ".2f"), fmt(r[12], "d")))
     robust = [r for r in rows if r[1] in ("pgd", "train")]
     if robust:
         # the robust-runtime view: PGD-10 evaluation in images/s, training steps in seconds
-        lines += ["", "%-10s %-5s %5s %3s %8s %12s %12s %12s %8s %8s" % (
-            "model", "mode", "batch", "thr", "sparsity", "ours", "oneDNN", "torch", "x dense", "x torch")]
+        lines += ["", "%-10s %-5s %5s %3s %8s %12s %12s %12s%1s %8s %8s%1s" % (
+            "model", "mode", "batch", "thr", "sparsity", "ours", "oneDNN", "torch", "", "x dense", "x torch", "")]
         for r in sorted(robust, key=lambda r: (r[0], r[1], r[2], r[3], r[4])):
             if r[1] == "pgd":
                 cell = lambda ms: fmt(r[2] * 1000.0 / ms if ms else None, ".2f") + " img/s"
             else:
                 cell = lambda ms: fmt(ms / 1000.0 if ms else None, ".3f") + " s"
-            lines.append("%-10s %-5s %5d %3d %8.3f %12s %12s %12s %8s %8s" % (
-                r[0], r[1], r[2], r[3], r[4], cell(r[5]), cell(r[6]), cell(r[7]), fmt(r[8], ".2f"), fmt(r[9], ".2f")))
-    text = "\n".join(lines) + "\n"
+            lines.append("%-10s %-5s %5d %3d %8.3f %12s %12s %12s%1s %8s %8s%1s" % (
+                r[0], r[1], r[2], r[3], r[4], cell(r[5]), cell(r[6]), cell(r[7]), r[13], fmt(r[8], ".2f"),
+                fmt(r[9], ".2f"), r[13]))
+    marks = {r[13] for r in rows}
+    if "*" in marks:
+        lines.append("* PyTorch timed in another run of this model/mode/batch/threads, not interleaved with this one")
+    if "~" in marks:
+        lines.append("~ PyTorch timed after our engines in the same run (older ticket), not interleaved")
+    text = "\n".join(l.rstrip() for l in lines) + "\n"
     with open(os.path.join(out, "summary.txt"), "w") as f:
         f.write(text)
     sys.stdout.write(text)

@@ -2,9 +2,10 @@
 # sweep.sh -- whole-model and per-layer speedups of the compiled engine over oneDNN and
 # PyTorch, against sparsity: resnet18, vgg16_bn and wrn_28_4 (zoo, CIFAR 3x32x32) with
 # uniform random masks per layer at s = 0.5 0.8 0.9 0.95 0.98 0.99, batch 1 and 32, 1 and 2
-# threads.  Every run is `ticket bench --json` (engines alternating in one process, ratio of
-# medians); PyTorch (eager channels_last and jit.trace + optimize_for_inference) runs once per
-# model, batch and thread count, at the first sparsity, since zeros do not speed it up.  The
+# threads.  Every run is `ticket bench --json` (the engines' iterations interleaved in one run,
+# ratio of medians); PyTorch (eager channels_last and jit.trace + optimize_for_inference, a worker
+# process taking its turns between ours) runs once per model, batch and thread count, at the
+# first sparsity, since zeros do not speed it up (--torch-every: in every run).  The
 # batch-1 single-thread run of each (model, sparsity) also builds the engine cold from an empty
 # cache and warm from the filled one and counts the generated code.
 #
@@ -22,15 +23,16 @@
 #   --out DIR  results (default out/bench-<date>-<time>, ignored by git): results.jsonl (one line per run),
 #              summary.txt, speedup.dat, layers.dat, speedup.png, layers.png, log.txt
 #   --ticket   the ticket binary (default $TICKET_BIN, else build/ticket under the source tree)
-#   --torch-every  time PyTorch in every run (same process run as ours), not only at the first
-#              sparsity of each model
+#   --torch-every  time PyTorch in every run, its iterations interleaved with ours, not only at
+#              the first sparsity of each model
 #   --no-layers    skip the per-layer profile pass (halves the time of pgd/train runs)
 #   --iters K / --warmup W  timed and untimed iterations per engine (defaults depend on batch, mode)
 # The robust-runtime table (PGD-10 evaluation and PGD-AT steps at batch 128, README):
 #   bench/sweep.sh --models "resnet18 vgg16_bn" --sparsities "0 0.9 0.95 0.99" --batches 128 \
 #                  --threads 2 --modes "pgd train" --torch-every --no-layers --iters 2 --warmup 1
-# The full sweep takes about 25 minutes on 2 cores.  Run it on a quiet machine: the engines
-# alternate, so a neighbour slows both, but medians of a loaded machine are still noisy.
+# The full sweep takes about 25 minutes on 2 cores.  Run it on a quiet machine: the engines take
+# turns, so a neighbour slows all of them, but medians of a loaded machine are still noisy; the
+# speedups over PyTorch of runs without it use the figure of another run (report.py marks them).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -67,7 +69,7 @@ while [ $# -gt 0 ]; do
     --iters) iters="${2:?--iters needs a count}"; shift ;;
     --warmup) warmup="${2:?--warmup needs a count}"; shift ;;
     --wait-policy) wait_policy="${2:?}"; shift ;;
-    -h|--help) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
   shift
@@ -119,7 +121,7 @@ for mode in $modes; do
           if line=$("$ticket" bench "$m" --random-mask "$s" --batch "$b" --threads "$t" --iters "$it" \
               --warmup "$wu" --mode "$mode" --vs "$vs" $layers --json "${extra[@]}" 2>>"$log"); then
             echo "$line" >> "$results"
-            /usr/bin/python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%.2fx vs oneDNN (%.3f ms vs %.3f ms)" % (r["speedup_vs_dense"], r["compiled"]["latency"]["median_ms"], r["dense"]["latency"]["median_ms"]))' "$line" | tee -a "$log"
+            /usr/bin/python3 -c 'import json,sys; r=json.loads(sys.argv[1]); t=r.get("speedup_vs_torch"); print("%.2fx vs oneDNN (%.3f ms vs %.3f ms)%s" % (r["speedup_vs_dense"], r["compiled"]["latency"]["median_ms"], r["dense"]["latency"]["median_ms"], ", %.2fx vs PyTorch" % t if t else ""))' "$line" | tee -a "$log"
           else
             echo "FAILED (see $log)" | tee -a "$log"
           fi

@@ -1,37 +1,49 @@
 #!/usr/bin/python3
-"""torch_bench.py -- the PyTorch side of `ticket bench --vs torch`.
+"""torch_bench.py -- the PyTorch side of `ticket bench --vs torch`: a worker that times one
+iteration at a time, on command, so that ticket can interleave PyTorch's iterations with its own.
 
-Runs the same network as Ticket, exported by `ticket bench` as a graph description
+It runs the same network as Ticket, exported by `ticket bench` as a graph description
 (graph.json: input, normalisation, layers with their tensors) and raw float32 weights
-(weights.bin), and times it the way DESIGN.md section 8 says is fair to PyTorch 1.13:
+(weights.bin), the way DESIGN.md section 8 says is fair to PyTorch 1.13:
 
-  infer  eager (channels_last, no_grad) and torch.jit.trace + optimize_for_inference
-  pgd    PGD-10 evaluation: eager channels_last, torch.autograd.grad on the input only,
+  infer  two variants: "eager" (channels_last, no_grad) and "jit" (torch.jit.trace + freeze +
+         optimize_for_inference)
+  pgd    "eager": PGD-10 evaluation, channels_last, torch.autograd.grad on the input only,
          BatchNorm in eval mode, then one forward on the adversarial batch
-  train  one PGD-10 training step: the attack with BatchNorm in train mode, then a train-mode
-         forward, backward and an SGD step
+  train  "eager": one PGD-10 training step: the attack with BatchNorm in train mode, then a
+         train-mode forward, backward and an SGD step
 
 torch.set_num_threads(T) is set explicitly; run under OMP_WAIT_POLICY=PASSIVE (ticket bench
-does), without which eager PyTorch at batch 1 on 2 threads is erratic.  With --check X LOGITS
-the eval logits of the batch X are compared with Ticket's (both raw float32 files), so the
-numbers below are known to come from the same network.
+does), without which eager PyTorch at batch 1 on 2 threads is erratic, and so that its idle
+threads sleep while ticket's engines take their turns.  With --check X LOGITS the eval logits of
+the batch X are compared with Ticket's (both raw float32 files), so the numbers are known to
+come from the same network.
 
-Prints one JSON object on stdout:
-  {"torch": "1.13...", "threads": T, "batch": N, "mode": M, "check": {...} | null,
-   "eager": {stats}, "jit": {stats} | null}
-with stats = {"mean_ms", "median_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "iters",
-"images_per_s"}.  Usage: torch_bench.py DIR --batch N --threads T --iters K --warmup W --mode M
+Protocol (one line each way, stdout flushed after every line):
+  ready   after loading the network, building the variants and the check, the worker writes
+          one JSON object: {"torch": "1.13...", "threads": T, "batch": N, "mode": M,
+          "check": {"images", "max_abs_diff", "max_rel_diff", "tolerance", "passed"} | null,
+          "variants": ["eager", "jit"]}
+  run V   one iteration of variant V; the reply is its time in seconds (a decimal number),
+          measured with time.perf_counter around the iteration only
+  quit    (or end of input) exit 0
+Anything else, or an error, ends the worker with a message on stderr and a non-zero exit.
+Warm-up, statistics and the order of turns are ticket's.  By hand:
+  printf 'run jit\\nrun jit\\nrun jit\\n' | bench/torch_bench.py DIR --batch 1 --threads 1
+Usage: torch_bench.py DIR --batch N --threads T --mode M [--check X LOGITS [--tolerance R]]
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
 
-import numpy as np
-import torch
-import torch.nn.functional as F
+try:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+except ImportError as e:
+    sys.exit("torch_bench.py: %s cannot import %s (%s)" % (sys.executable, getattr(e, "name", None) or "a module", e))
 
 
 class GraphNet(torch.nn.Module):
@@ -105,29 +117,6 @@ class GraphNet(torch.nn.Module):
         return vals[-1].flatten(1)
 
 
-def stats(times, batch):
-    t = sorted(times)
-    n = len(t)
-
-    def pct(p):
-        return t[min(n - 1, int(math.ceil(p / 100.0 * n)) - 1)] * 1e3
-
-    return {"mean_ms": sum(t) / n * 1e3, "median_ms": (t[(n - 1) // 2] + t[n // 2]) / 2 * 1e3, "p90_ms": pct(90),
-            "p99_ms": pct(99), "min_ms": t[0] * 1e3, "max_ms": t[-1] * 1e3, "iters": n,
-            "images_per_s": batch * n / sum(t)}
-
-
-def timed(fn, warmup, iters):
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def pgd(model, x, y, steps, eps, alpha, lo, hi, gen):
     """L-inf PGD with a uniform start; gradients w.r.t. the input only."""
     delta = (torch.rand(x.shape, generator=gen) * 2 - 1) * eps
@@ -141,18 +130,69 @@ def pgd(model, x, y, steps, eps, alpha, lo, hi, gen):
     return xa.detach()
 
 
+def variants(model, a, x, y, lo, hi, gen):
+    """The iterations ticket asks for by name: {name: function doing one iteration}."""
+    model = model.to(memory_format=torch.channels_last)
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    if a.mode == "infer":
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        with torch.no_grad():
+            opt = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, xcl).eval()))
+
+        def eager():
+            with torch.no_grad():
+                model(xcl)
+
+        def jit():
+            with torch.no_grad():
+                opt(xcl)
+
+        return {"eager": eager, "jit": jit}
+    if a.mode == "pgd":
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+        def attack():
+            xa = pgd(model, xcl, y, a.steps, a.eps, a.alpha, lo, hi, gen)
+            with torch.no_grad():
+                model(xa)
+
+        return {"eager": attack}
+    sgd = torch.optim.SGD(model.parameters(), lr=1e-4)
+
+    def step():
+        model.train()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        xa = pgd(model, xcl, y, a.steps, a.eps, a.alpha, lo, hi, gen)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        sgd.zero_grad(set_to_none=True)
+        F.cross_entropy(model(xa), y).backward()
+        sgd.step()
+
+    return {"eager": step}
+
+
+def reply(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dir")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--iters", type=int, default=50)
-    ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--mode", choices=["infer", "pgd", "train"], default="infer")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--eps", type=float, default=8 / 255)
     ap.add_argument("--alpha", type=float, default=2 / 255)
     ap.add_argument("--check", nargs=2, metavar=("X", "LOGITS"))
+    ap.add_argument("--tolerance", type=float, default=1e-3, help="largest relative logit difference that passes")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -170,67 +210,37 @@ def main():
     n = a.batch
     x = lo + (hi - lo) * torch.rand((n, c, h, w), generator=gen)
     y = torch.randint(0, graph["classes"], (n,), generator=gen)
-    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "batch": n, "mode": a.mode,
-           "check": None, "eager": None, "jit": None}
+    hello = {"torch": torch.__version__, "threads": torch.get_num_threads(), "batch": n, "mode": a.mode,
+             "check": None}
 
     if a.check:
-        xc = torch.from_numpy(np.fromfile(a.check[0], dtype="<f4").reshape(-1, c, h, w))
-        ours = np.fromfile(a.check[1], dtype="<f4").reshape(xc.shape[0], -1)
+        try:
+            xc = torch.from_numpy(np.fromfile(a.check[0], dtype="<f4").reshape(-1, c, h, w))
+            ours = np.fromfile(a.check[1], dtype="<f4").reshape(xc.shape[0], -1)
+        except (OSError, ValueError) as e:
+            sys.exit("torch_bench.py: --check %s %s: %s" % (a.check[0], a.check[1], e))
         model.eval()
         with torch.no_grad():
             theirs = model(xc).numpy()
         diff = float(np.abs(theirs - ours).max())
-        out["check"] = {"images": int(xc.shape[0]), "max_abs_diff": diff,
-                        "max_rel_diff": diff / max(float(np.abs(theirs).max()), 1e-30)}
+        rel = diff / max(float(np.abs(theirs).max()), 1e-30)
+        hello["check"] = {"images": int(xc.shape[0]), "max_abs_diff": diff, "max_rel_diff": rel,
+                          "tolerance": a.tolerance, "passed": bool(rel <= a.tolerance)}
 
-    model = model.to(memory_format=torch.channels_last)
-    xcl = x.contiguous(memory_format=torch.channels_last)
-    if a.mode == "infer":
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-
-        def eager():
-            with torch.no_grad():
-                model(xcl)
-
-        out["eager"] = stats(timed(eager, a.warmup, a.iters), n)
-        with torch.no_grad():
-            traced = torch.jit.trace(model, xcl)
-            opt = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
-
-        def jit():
-            with torch.no_grad():
-                opt(xcl)
-
-        out["jit"] = stats(timed(jit, a.warmup, a.iters), n)
-    elif a.mode == "pgd":
-        model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-
-        def attack():
-            xa = pgd(model, xcl, y, a.steps, a.eps, a.alpha, lo, hi, gen)
-            with torch.no_grad():
-                model(xa)
-
-        out["eager"] = stats(timed(attack, a.warmup, a.iters), n)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-
-        def step():
-            model.train()
-            for p in model.parameters():
-                p.requires_grad_(False)
-            xa = pgd(model, xcl, y, a.steps, a.eps, a.alpha, lo, hi, gen)
-            for p in model.parameters():
-                p.requires_grad_(True)
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xa), y).backward()
-            opt.step()
-
-        out["eager"] = stats(timed(step, a.warmup, a.iters), n)
-    print(json.dumps(out))
+    runs = variants(model, a, x, y, lo, hi, gen)
+    hello["variants"] = list(runs)
+    reply(json.dumps(hello))
+    for line in sys.stdin:
+        cmd = line.split()
+        if cmd == ["quit"]:
+            return
+        if len(cmd) != 2 or cmd[0] != "run" or cmd[1] not in runs:
+            sys.exit("torch_bench.py: unknown command %r (expected 'run %s' or 'quit')" %
+                     (line.strip(), "|".join(runs)))
+        fn = runs[cmd[1]]
+        t0 = time.perf_counter()
+        fn()
+        reply("%.9e" % (time.perf_counter() - t0))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,31 @@
 /* cmd_bench.c -- `ticket bench`: latency and throughput of the compiled engine, side by side
- * with the dense oneDNN engine (and PyTorch) in the same run.
+ * with the dense oneDNN engine and PyTorch, their iterations interleaved in the same run.
  *
- * Method (DESIGN.md section 8): both engines are created for the same batch and thread
- * count, then iterations alternate between them (compiled, dense, compiled, ...) so that
- * drifting clocks and neighbours hit both alike; each iteration is timed on its own, the
- * first --warmup of each are dropped, and the report gives mean, median, p90, p99, min and
- * max latency, images/s (batch x iterations / summed time) and the ratio of medians.
- * --vs torch exports the network (graph.json + weights.bin in a temporary directory), runs
- * bench/torch_bench.py under /usr/bin/python3 with the same batch and threads and
- * OMP_WAIT_POLICY=PASSIVE, checks its logits against ours and prints its numbers beside ours.
+ * Method (DESIGN.md section 8): every engine is created for the same batch and thread count,
+ * then iterations take turns: compiled, dense, torch (each of its variants), compiled, dense,
+ * torch, ... -- warm-up iterations too -- so that drifting clocks and busy neighbours hit all
+ * sides alike (on this shared machine the same configuration moves by 15% between runs minutes
+ * apart, which a ratio of two sequential runs would take for a speedup).  Each turn is timed on
+ * its own; the first --warmup of each engine are dropped and the report gives mean, median, p90,
+ * p99, min and max latency, images/s (batch x iterations / summed time) and the ratio of medians,
+ * all computed here from the interleaved turns.
+ *
+ * PyTorch: --vs torch exports the network (graph.json + weights.bin in a temporary directory)
+ * and starts bench/torch_bench.py under /usr/bin/python3 (TICKET_PYTHON overrides) with the same
+ * batch and threads and OMP_WAIT_POLICY=PASSIVE, as a worker: it loads the network once, checks
+ * its logits against ours on our input batch, says which variants it has (infer: eager and
+ * jit+optimize_for_inference; pgd, train: eager), then does one iteration per "run VARIANT"
+ * line and answers with the seconds it measured around that iteration alone (pipe latency is
+ * not counted).  Every variant takes its own turn in every iteration, and "its faster variant"
+ * in the speedup is the one with the lower median of its interleaved turns.  The turns are
+ * strictly sequential: we wait for the reply before our next turn, and the worker blocks on its
+ * stdin while our engines run.  Before PyTorch's turns we wait (up to 50 ms) until our idle
+ * OpenMP threads sleep -- libgomp's default policy spins a few milliseconds after each parallel
+ * region -- and count the iterations where they still spun (OMP_WAIT_POLICY=ACTIVE; the report
+ * notes it).  A worker that does not start, dies, answers garbage or does not answer in time
+ * (600 s to be ready and for the first turn of a variant, then 20x its slowest turn, at least
+ * 60 s; TICKET_TORCH_TIMEOUT=S sets all of these) ends the run with one line and a non-zero
+ * exit; it is killed and reaped on every path.
  *
  * Modes: infer (eval forward), pgd (PGD-10 evaluation of the batch: 10 forward+input-gradient
  * steps and a final forward), train (one PGD-10 training step: the attack with train-mode
@@ -26,13 +43,21 @@
 #include "../runtime/dense.h"
 #include "../runtime/exec.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifdef _OPENMP
@@ -46,16 +71,18 @@ static void usage(FILE *f) {
           "                    [--random-mask S] [--seed S] [--force VARIANT] [--layers]\n"
           "                    [--compile-stats] [--torch-dir DIR] [--json]\n"
           "\n"
-          "Times the compiled engine on random inputs, alternating iterations with the dense\n"
-          "oneDNN engine (and with --vs torch, PyTorch 1.13 on the same network), and prints\n"
-          "latency (mean, median, p90, p99, min, max), images/s and the ratio of medians.\n"
+          "Times the compiled engine on random inputs, its iterations interleaved with those of the\n"
+          "dense oneDNN engine and (--vs torch) of PyTorch 1.13 on the same network: compiled, dense,\n"
+          "torch, compiled, dense, torch, ..., one at a time, each timed on its own.  Prints latency\n"
+          "(mean, median, p90, p99, min, max), images/s and the ratio of medians.\n"
           "\n"
           "  MODEL              a model file (.tkt) or a zoo architecture name (e.g. resnet18)\n"
           "  --batch N          images per call (default 1)\n"
           "  --threads T        OpenMP threads of every engine, and torch.set_num_threads (default:\n"
           "                     OMP_NUM_THREADS or all cores)\n"
           "  --iters K          timed iterations per engine (default 50; 10 for pgd and train)\n"
-          "  --warmup W         untimed iterations first (default 5; 2 for pgd and train)\n"
+          "  --warmup W         untimed iterations first, interleaved the same way (default 5; 2 for\n"
+          "                     pgd and train)\n"
           "  --vs WHAT          baselines: dense (default), torch, dense,torch or none\n"
           "  --mode M           infer (eval forward, default), pgd (PGD-10 evaluation: images/s of\n"
           "                     10 forward+input-gradient steps and a final forward) or train (one\n"
@@ -64,16 +91,26 @@ static void usage(FILE *f) {
           "  --seed S           seed of the zoo initialisation, the masks and the inputs (default 1)\n"
           "  --force VARIANT    every conv/linear of the compiled engine on one kernel variant\n"
           "                     (dense, reference, sparse-table, sparse-unrolled, value-baked)\n"
-          "  --layers           also a per-layer profile of both engines (a separate pass)\n"
+          "  --layers           also a per-layer profile of our engines (a separate pass)\n"
           "  --compile-stats    build the compiled engine twice from a fresh cache: cold and warm\n"
           "                     build times and the bytes of generated objects\n"
           "  --torch-dir DIR    keep the network given to PyTorch (graph.json, weights.bin, x.bin,\n"
-          "                     logits.bin) in DIR, to rerun bench/torch_bench.py by hand\n"
+          "                     logits.bin) and its stderr (torch_bench.log) in DIR\n"
           "  --json             print one JSON object (one line)\n"
+          "\n"
+          "PyTorch (bench/torch_bench.py under /usr/bin/python3, or $TICKET_PYTHON) runs as a worker\n"
+          "process that loads the network once and checks its logits against ours, then does one\n"
+          "iteration per turn and reports the time it measured around it; with several variants\n"
+          "(infer: eager and jit+optimize_for_inference) each takes a turn, and the speedup is over\n"
+          "the one with the lower median.  Its replies have a deadline (600 s for loading and a\n"
+          "variant's first turn, then 20x its slowest turn, at least 60 s; TICKET_TORCH_TIMEOUT=S\n"
+          "sets them all): a worker that cannot start, dies or stalls ends the run with one error.\n"
           "\n"
           "PyTorch runs with OMP_WAIT_POLICY=PASSIVE.  On a busy machine run ticket under it too\n"
           "(OMP_WAIT_POLICY=PASSIVE ticket bench ...): spinning OpenMP threads lose time slices at\n"
-          "every barrier.  The policy in effect and the load average are reported.\n");
+          "every barrier.  Before PyTorch's turns ticket waits (up to 50 ms) for its idle threads to\n"
+          "sleep; under OMP_WAIT_POLICY=ACTIVE they never do, and the report says so.  The policy in\n"
+          "effect and the load average are reported.\n");
 }
 
 /* ---- options -------------------------------------------------------------------------------------- */
@@ -329,74 +366,6 @@ static const char *source_dir(void) {
   return s && *s ? s : TICKET_SOURCE_DIR;
 }
 
-/* Runs argv with OMP_WAIT_POLICY=PASSIVE, capturing stdout into *out (malloc'd). */
-static tk_status run_capture(char *const argv[], char **out) {
-  int fd[2];
-  *out = NULL;
-  if (pipe(fd) != 0) return tk_fail(TK_ERR_IO, "pipe: %s", strerror(errno));
-  fflush(stdout);
-  pid_t pid = fork();
-  if (pid < 0) return tk_fail(TK_ERR_IO, "fork: %s", strerror(errno));
-  if (pid == 0) {
-    dup2(fd[1], 1);
-    close(fd[0]);
-    close(fd[1]);
-    setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
-    execv(argv[0], argv);
-    fprintf(stderr, "ticket bench: error: %s: %s\n", argv[0], strerror(errno));
-    _exit(127);
-  }
-  close(fd[1]);
-  size_t cap = 4096, len = 0;
-  char *buf = malloc(cap);
-  ssize_t k;
-  while (buf && (k = read(fd[0], buf + len, cap - len - 1)) > 0) {
-    len += (size_t)k;
-    if (len + 1 == cap) {
-      char *nb = realloc(buf, cap *= 2);
-      if (!nb) free(buf);
-      buf = nb;
-    }
-  }
-  close(fd[0]);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  if (!buf) return tk_fail(TK_ERR_NOMEM, "out of memory reading %s", argv[1]);
-  buf[len] = 0;
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-    free(buf);
-    return tk_fail(TK_ERR_IO, "%s failed (exit status %d; its messages are above)", argv[1],
-                   WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-  }
-  while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r')) buf[--len] = 0;
-  *out = buf;
-  return TK_OK;
-}
-
-/* "key": number after the first occurrence of "section" in the JSON text */
-static double json_get(const char *json, const char *section, const char *key) {
-  const char *p = section ? strstr(json, section) : json;
-  if (!p) return NAN;
-  char pat[64];
-  snprintf(pat, sizeof pat, "\"%s\": ", key);
-  const char *q = strstr(p, pat);
-  return q ? strtod(q + strlen(pat), NULL) : NAN;
-}
-
-static void rm_dir(const char *dir) {
-  DIR *d = opendir(dir);
-  if (!d) return;
-  struct dirent *de;
-  char p[4400];
-  while ((de = readdir(d)))
-    if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
-      snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
-      unlink(p);
-    }
-  closedir(d);
-  rmdir(dir);
-}
-
 static long long dir_bytes(const char *dir, int *files) {
   DIR *d = opendir(dir);
   long long total = 0;
@@ -413,6 +382,54 @@ static long long dir_bytes(const char *dir, int *files) {
   return total;
 }
 
+/* ---- the PyTorch worker ------------------------------------------------------------------------------- */
+
+/* bench/torch_bench.py runs as a child process that loads the network once and then does one
+ * iteration per command, so that its turns interleave with ours (protocol: its header comment).
+ * Only one side works at a time: we write "run V" and block until the reply; it blocks on its
+ * stdin while our engines run.  Every read has a deadline, so a dead, mute or hung worker ends
+ * the benchmark with one line (and the worker killed and reaped), never a hang. */
+
+#define TORCH_MAX_VARIANTS 4
+#define TORCH_READY_S 600.0     /* import torch, load the network, trace, check: generous */
+#define TORCH_FIRST_TURN_S 600.0 /* the first turn of a variant (lazy initialisation, jit profiling) */
+#define TORCH_TURN_FLOOR_S 60.0 /* later turns: max(this, 20 x the slowest earlier turn of the variant) */
+
+extern char **environ;
+
+typedef struct {
+  pid_t pid;      /* > 0 while it runs */
+  int to, from;   /* its stdin (our commands), its stdout (its replies); -1 when closed */
+  char who[4400]; /* "INTERPRETER SCRIPT", for messages */
+  char dir[4096], log[4200]; /* the exported network; its stderr */
+  int keep_dir;
+  double timeout_s; /* TICKET_TORCH_TIMEOUT, else 0: the defaults above */
+  char rbuf[16384]; /* bytes read, not yet a whole line */
+  size_t rlen;
+  char *hello; /* its ready line: a JSON object */
+  int nvar;
+  char var[TORCH_MAX_VARIANTS][16];
+  double *t[TORCH_MAX_VARIANTS]; /* seconds per timed turn */
+  int nt[TORCH_MAX_VARIANTS], turns[TORCH_MAX_VARIANTS];
+  double slowest[TORCH_MAX_VARIANTS];
+  int sigpipe_saved;
+  struct sigaction old_sigpipe;
+} torch_worker;
+
+static void rm_dir(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  struct dirent *de;
+  char p[4400];
+  while ((de = readdir(d)))
+    if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) {
+      snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+      unlink(p);
+    }
+  closedir(d);
+  rmdir(dir);
+}
+
 static tk_status make_tmpdir(char *buf, size_t cap, const char *what) {
   const char *tmp = getenv("TMPDIR");
   snprintf(buf, cap, "%s/ticket-bench-%s-XXXXXX", tmp && *tmp ? tmp : "/tmp", what);
@@ -420,33 +437,338 @@ static tk_status make_tmpdir(char *buf, size_t cap, const char *what) {
   return TK_OK;
 }
 
-static tk_status run_torch(const bench_opts *o, const tk_model *m, const float *x, const float *logits, int n,
-                           char **json) {
-  char dir[4096], script[4096], xp[4200], lp[4200], b[16], t[16], it[16], wu[16];
-  tk_status st = TK_OK;
+/* "key": number after the first occurrence of "section" in the JSON text */
+static double json_get(const char *json, const char *section, const char *key) {
+  const char *p = section ? strstr(json, section) : json;
+  if (!p) return NAN;
+  char pat[64];
+  snprintf(pat, sizeof pat, "\"%s\": ", key);
+  const char *q = strstr(p, pat);
+  return q ? strtod(q + strlen(pat), NULL) : NAN;
+}
+
+static void close_fd(int *fd) {
+  if (*fd >= 0) close(*fd);
+  *fd = -1;
+}
+
+/* Waits up to grace_s for the worker to exit, then kills it (its whole process group: it leads
+ * one, so anything it started goes too); reaps it either way.  Returns the waitpid status, or -1
+ * if there was no worker. */
+static int worker_reap(torch_worker *w, double grace_s) {
+  int status = -1;
+  if (w->pid <= 0) return -1;
+  double end = tk_now() + grace_s;
+  for (;;) {
+    pid_t r = waitpid(w->pid, &status, WNOHANG);
+    if (r == w->pid || (r < 0 && errno != EINTR)) break;
+    if (r == 0 && tk_now() >= end) {
+      if (w->pid > 1) kill(-w->pid, SIGKILL);
+      kill(w->pid, SIGKILL);
+      while (waitpid(w->pid, &status, 0) < 0 && errno == EINTR) {
+      }
+      break;
+    }
+    if (r == 0) {
+      struct timespec ts = {0, 10 * 1000 * 1000};
+      nanosleep(&ts, NULL);
+    }
+  }
+  w->pid = 0;
+  close_fd(&w->to);
+  close_fd(&w->from);
+  return status;
+}
+
+/* The last non-empty line the worker wrote on stderr, control characters replaced, cut short. */
+static void last_log_line(const char *log, char *out, size_t cap) {
+  char buf[4096];
+  out[0] = 0;
+  FILE *f = fopen(log, "rb");
+  if (!f) return;
+  long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+  if (size > (long)sizeof buf - 1) fseek(f, size - (long)sizeof buf + 1, SEEK_SET);
+  else rewind(f);
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ')) n--;
+  buf[n] = 0;
+  char *s = buf + n;
+  while (s > buf && s[-1] != '\n') s--;
+  size_t len = strlen(s) < cap - 1 ? strlen(s) : cap - 1;
+  memcpy(out, s, len);
+  out[len] = 0;
+  for (char *p = out; *p; p++)
+    if ((unsigned char)*p < 0x20) *p = ' ';
+}
+
+/* Records "WHO: MESSAGE; its last message: ..." after killing and reaping the worker. */
+static tk_status worker_fail(torch_worker *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static tk_status worker_fail(torch_worker *w, const char *fmt, ...) {
+  char msg[512], last[300];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  worker_reap(w, 0);
+  last_log_line(w->log, last, sizeof last);
+  return tk_fail(TK_ERR_IO, "%s: %s%s%s", w->who, msg, last[0] ? "; its last message: " : "", last);
+}
+
+/* The worker closed its stdout: it exited (or is about to); say how. */
+static tk_status worker_died(torch_worker *w, const char *when) {
+  int status = worker_reap(w, 5.0);
+  if (status >= 0 && WIFSIGNALED(status))
+    return worker_fail(w, "the PyTorch worker was killed by signal %d %s", WTERMSIG(status), when);
+  int code = status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return worker_fail(w, "the PyTorch worker exited with status %d %s", code, when);
+}
+
+/* One line from the worker (without its newline) into *line, within timeout_s seconds. */
+static tk_status worker_line(torch_worker *w, double timeout_s, const char *when, char *line, size_t cap) {
+  const double end = tk_now() + timeout_s;
+  for (;;) {
+    char *nl = memchr(w->rbuf, '\n', w->rlen);
+    if (nl) {
+      size_t n = (size_t)(nl - w->rbuf);
+      snprintf(line, cap, "%.*s", (int)n, w->rbuf);
+      w->rlen -= n + 1;
+      memmove(w->rbuf, nl + 1, w->rlen);
+      return TK_OK;
+    }
+    if (w->rlen >= sizeof w->rbuf - 1) return worker_fail(w, "a line of more than %zu bytes %s", sizeof w->rbuf, when);
+    double left = end - tk_now();
+    if (left <= 0) return worker_fail(w, "no answer within %.0f s %s (killed)", timeout_s, when);
+    struct pollfd p = {.fd = w->from, .events = POLLIN};
+    int k = poll(&p, 1, left > 1e6 ? 1000000000 : (int)ceil(left * 1e3));
+    if (k < 0 && errno != EINTR) return worker_fail(w, "poll: %s", strerror(errno));
+    if (k <= 0) continue;
+    ssize_t r = read(w->from, w->rbuf + w->rlen, sizeof w->rbuf - 1 - w->rlen);
+    if (r < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (r < 0) return worker_fail(w, "read: %s", strerror(errno));
+    if (r == 0) return worker_died(w, when);
+    w->rlen += (size_t)r;
+  }
+}
+
+static tk_status worker_send(torch_worker *w, const char *cmd, const char *when) {
+  size_t n = strlen(cmd), off = 0;
+  while (off < n) {
+    ssize_t r = write(w->to, cmd + off, n - off);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && errno == EPIPE) return worker_died(w, when);
+    if (r < 0) return worker_fail(w, "write: %s", strerror(errno));
+    off += (size_t)r;
+  }
+  return TK_OK;
+}
+
+/* Exports the network, starts the worker and waits for its ready line.  logits: ours on x, for
+ * its check. */
+static tk_status worker_start(torch_worker *w, const bench_opts *o, const tk_model *m, const float *x,
+                              const float *logits) {
+  char script[4096], xp[4200], lp[4200], b[16], t[16];
+  tk_status st;
+  const char *py = getenv("TICKET_PYTHON"), *to = getenv("TICKET_TORCH_TIMEOUT");
+  py = py && *py ? py : "/usr/bin/python3";
+  if (to && *to) {
+    char *end;
+    w->timeout_s = strtod(to, &end);
+    if (*end || !(w->timeout_s > 0))
+      return tk_fail(TK_ERR_ARG, "TICKET_TORCH_TIMEOUT: '%s' is not a number of seconds", to);
+  }
   if (o->torch_dir) {
-    snprintf(dir, sizeof dir, "%s", o->torch_dir);
-    if (mkdir(dir, 0777) != 0 && errno != EEXIST) return tk_fail(TK_ERR_IO, "%s: %s", dir, strerror(errno));
-  } else if ((st = make_tmpdir(dir, sizeof dir, "torch")) != TK_OK) {
+    snprintf(w->dir, sizeof w->dir, "%s", o->torch_dir);
+    if (mkdir(w->dir, 0777) != 0 && errno != EEXIST) return tk_fail(TK_ERR_IO, "%s: %s", w->dir, strerror(errno));
+    w->keep_dir = 1;
+  } else if ((st = make_tmpdir(w->dir, sizeof w->dir, "torch")) != TK_OK) {
     return st;
   }
-  snprintf(xp, sizeof xp, "%s/x.bin", dir);
-  snprintf(lp, sizeof lp, "%s/logits.bin", dir);
+  snprintf(xp, sizeof xp, "%s/x.bin", w->dir);
+  snprintf(lp, sizeof lp, "%s/logits.bin", w->dir);
+  snprintf(w->log, sizeof w->log, "%s/torch_bench.log", w->dir);
   snprintf(script, sizeof script, "%s/bench/torch_bench.py", source_dir());
-  if ((st = export_graph(m, dir)) == TK_OK &&
-      (st = write_raw(xp, x, (size_t)n * m->in_c * m->in_h * m->in_w)) == TK_OK &&
-      (st = write_raw(lp, logits, (size_t)n * m->classes)) == TK_OK) {
-    const char *py = getenv("TICKET_PYTHON");
-    snprintf(b, sizeof b, "%d", o->batch);
-    snprintf(t, sizeof t, "%d", o->threads);
-    snprintf(it, sizeof it, "%d", o->iters);
-    snprintf(wu, sizeof wu, "%d", o->warmup);
-    char *argv[] = {(char *)(py && *py ? py : "/usr/bin/python3"), script, dir, "--batch", b, "--threads", t,
-                    "--iters", it, "--warmup", wu, "--mode", (char *)g_mode_names[o->mode], "--check", xp, lp, NULL};
-    st = run_capture(argv, json);
+  snprintf(w->who, sizeof w->who, "%s %s", py, script);
+  if ((st = export_graph(m, w->dir)) != TK_OK ||
+      (st = write_raw(xp, x, (size_t)o->batch * m->in_c * m->in_h * m->in_w)) != TK_OK ||
+      (st = write_raw(lp, logits, (size_t)o->batch * m->classes)) != TK_OK)
+    return st;
+  snprintf(b, sizeof b, "%d", o->batch);
+  snprintf(t, sizeof t, "%d", o->threads);
+  char *argv[] = {(char *)py, script, w->dir, "--batch", b, "--threads", t, "--mode", (char *)g_mode_names[o->mode],
+                  "--check", xp, lp, NULL};
+
+  /* its environment: ours with OMP_WAIT_POLICY=PASSIVE */
+  int ne = 0;
+  while (environ[ne]) ne++;
+  char **envp = tk_malloc((size_t)(ne + 2) * sizeof *envp);
+  if (!envp) return TK_ERR_NOMEM;
+  int k = 0;
+  for (int i = 0; i < ne; i++)
+    if (strncmp(environ[i], "OMP_WAIT_POLICY=", 16)) envp[k++] = environ[i];
+  envp[k++] = "OMP_WAIT_POLICY=PASSIVE";
+  envp[k] = NULL;
+
+  /* in: our commands -> its stdin; out: its stdout -> our replies; neither end leaks into it */
+  int in[2] = {-1, -1}, out[2] = {-1, -1}, err = 0;
+  if (pipe(in) != 0 || pipe(out) != 0) err = errno;
+  for (int i = 0; i < 2 && !err; i++)
+    if (fcntl(in[i], F_SETFD, FD_CLOEXEC) != 0 || fcntl(out[i], F_SETFD, FD_CLOEXEC) != 0) err = errno;
+  posix_spawn_file_actions_t fa;
+  posix_spawnattr_t sa;
+  if (!err && !(err = posix_spawn_file_actions_init(&fa))) {
+    if (!(err = posix_spawnattr_init(&sa))) {
+      if (!(err = posix_spawn_file_actions_adddup2(&fa, in[0], 0)) &&
+          !(err = posix_spawn_file_actions_adddup2(&fa, out[1], 1)) &&
+          !(err = posix_spawn_file_actions_addopen(&fa, 2, w->log, O_WRONLY | O_CREAT | O_TRUNC, 0644)) &&
+          !(err = posix_spawnattr_setflags(&sa, POSIX_SPAWN_SETPGROUP)) && !(err = posix_spawnattr_setpgroup(&sa, 0)))
+        err = posix_spawn(&w->pid, py, &fa, &sa, argv, envp);
+      posix_spawnattr_destroy(&sa);
+    }
+    posix_spawn_file_actions_destroy(&fa);
+    if (err) w->pid = 0;
   }
-  if (!o->torch_dir) rm_dir(dir);
-  return st;
+  free(envp);
+  close_fd(&in[0]);
+  close_fd(&out[1]);
+  w->to = in[1];
+  w->from = out[0];
+  if (err) {
+    close_fd(&w->to);
+    close_fd(&w->from);
+    return tk_fail(TK_ERR_IO, "%s: cannot start the PyTorch worker: %s%s", py, strerror(err),
+                   getenv("TICKET_PYTHON") ? " (TICKET_PYTHON)" : "");
+  }
+  /* a worker that dies makes our writes fail with EPIPE instead of killing us */
+  struct sigaction ign = {.sa_handler = SIG_IGN};
+  sigemptyset(&ign.sa_mask);
+  w->sigpipe_saved = sigaction(SIGPIPE, &ign, &w->old_sigpipe) == 0;
+
+  char line[sizeof w->rbuf];
+  const double ready_s = w->timeout_s > 0 ? w->timeout_s : TORCH_READY_S;
+  if ((st = worker_line(w, ready_s, "before it was ready", line, sizeof line)) != TK_OK) return st;
+  size_t n = strlen(line);
+  const char *vs = strstr(line, "\"variants\": [");
+  if (n < 2 || line[0] != '{' || line[n - 1] != '}' || !vs)
+    return worker_fail(w, "its ready line is not the JSON object with \"variants\" expected: '%.80s'", line);
+  /* the variants: ["eager", "jit"] */
+  for (const char *p = vs + strlen("\"variants\": ["); *p != ']'; p++) {
+    size_t len = *p == '"' ? strcspn(p + 1, "\"") : 0;
+    if (*p == ',' || *p == ' ') continue;
+    if (!len || len >= sizeof w->var[0] || p[len + 1] != '"' || w->nvar == TORCH_MAX_VARIANTS)
+      return worker_fail(w, "its ready line has a bad \"variants\" list: '%.80s'", vs);
+    memcpy(w->var[w->nvar], p + 1, len);
+    w->var[w->nvar][len] = 0;
+    for (const char *c = w->var[w->nvar]; *c; c++)
+      if (!(isalnum((unsigned char)*c) || *c == '_'))
+        return worker_fail(w, "its ready line has a bad variant name '%s'", w->var[w->nvar]);
+    w->nvar++;
+    p += len + 1;
+  }
+  if (!w->nvar) return worker_fail(w, "its ready line lists no variants");
+  if (!(w->hello = tk_strdup(line))) return TK_ERR_NOMEM;
+  for (int v = 0; v < w->nvar; v++)
+    if (!(w->t[v] = tk_calloc((size_t)o->iters, sizeof(double)))) return TK_ERR_NOMEM;
+  return TK_OK;
+}
+
+/* One turn: variant v does one iteration; *dt is its time, measured by the worker around the
+ * iteration only. */
+static tk_status worker_turn(torch_worker *w, int v, double *dt) {
+  char cmd[48], when[64], line[256], *end;
+  snprintf(cmd, sizeof cmd, "run %s\n", w->var[v]);
+  snprintf(when, sizeof when, "on 'run %s' (its turn %d)", w->var[v], w->turns[v] + 1);
+  double lim = w->turns[v] ? fmax(TORCH_TURN_FLOOR_S, 20 * w->slowest[v]) : TORCH_FIRST_TURN_S;
+  if (w->timeout_s > 0) lim = w->timeout_s;
+  tk_status st = worker_send(w, cmd, when);
+  if (st == TK_OK) st = worker_line(w, lim, when, line, sizeof line);
+  if (st != TK_OK) return st;
+  *dt = strtod(line, &end);
+  if (end == line || *end || !isfinite(*dt) || *dt <= 0)
+    return worker_fail(w, "replied '%.60s' %s, not a time in seconds", line, when);
+  w->turns[v]++;
+  if (*dt > w->slowest[v]) w->slowest[v] = *dt;
+  return TK_OK;
+}
+
+/* Ends the worker (quit, then a kill if it lingers 5 s; kill_now: a kill at once), restores
+ * SIGPIPE, passes on what it wrote to stderr when it ran through, and removes the export unless
+ * --torch-dir keeps it. */
+static void worker_stop(torch_worker *w, int kill_now) {
+  int ran = w->pid > 0 && !kill_now;
+  if (ran) { /* no error recorded here: a failed write only means it is gone already */
+    ssize_t r = write(w->to, "quit\n", 5);
+    (void)r;
+    close_fd(&w->to);
+  }
+  worker_reap(w, ran ? 5.0 : 0.0);
+  close_fd(&w->to);
+  close_fd(&w->from);
+  if (w->sigpipe_saved) sigaction(SIGPIPE, &w->old_sigpipe, NULL);
+  w->sigpipe_saved = 0;
+  if (ran && w->log[0]) { /* warnings of a worker that ran through (an error has its own line) */
+    FILE *f = fopen(w->log, "rb");
+    char buf[4096];
+    size_t n;
+    while (f && (n = fread(buf, 1, sizeof buf, f)) > 0) fwrite(buf, 1, n, stderr);
+    if (f) fclose(f);
+  }
+  if (w->dir[0] && !w->keep_dir) rm_dir(w->dir);
+  w->dir[0] = 0;
+  free(w->hello);
+  w->hello = NULL;
+  for (int v = 0; v < TORCH_MAX_VARIANTS; v++) {
+    free(w->t[v]);
+    w->t[v] = NULL;
+  }
+}
+
+/* "torch eager", "torch jit+ofi": a variant's name in the reports */
+static const char *torch_row_name(const char *var) {
+  static char buf[TORCH_MAX_VARIANTS][32];
+  static int next;
+  if (!strcmp(var, "eager")) return "torch eager";
+  if (!strcmp(var, "jit")) return "torch jit+ofi";
+  char *b = buf[next++ % TORCH_MAX_VARIANTS];
+  snprintf(b, sizeof buf[0], "torch %s", var);
+  return b;
+}
+
+/* Number of this process's threads other than the calling (main) one that are running or
+ * runnable ('R' in /proc/self/task/TID/stat): idle OpenMP threads that spin instead of sleeping. */
+static int busy_threads(void) {
+  DIR *d = opendir("/proc/self/task");
+  if (!d) return 0;
+  int busy = 0;
+  struct dirent *de;
+  char path[300], buf[512];
+  const long self = (long)getpid(); /* the main thread's id */
+  while ((de = readdir(d))) {
+    if (de->d_name[0] < '0' || de->d_name[0] > '9' || strtol(de->d_name, NULL, 10) == self) continue;
+    snprintf(path, sizeof path, "/proc/self/task/%s/stat", de->d_name);
+    FILE *f = fopen(path, "r");
+    if (!f) continue;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *paren = strrchr(buf, ')'); /* "TID (COMM) STATE ..." */
+    if (paren && paren[1] == ' ' && paren[2] == 'R') busy++;
+  }
+  closedir(d);
+  return busy;
+}
+
+/* Waits until our idle OpenMP threads have stopped spinning, for at most limit_s (libgomp's
+ * default policy spins a few milliseconds after a parallel region, then sleeps; PASSIVE sleeps at
+ * once; ACTIVE spins on).  Returns 0 if some were still spinning.  Must run on the main thread. */
+static int quiesce(double limit_s) {
+  const double end = tk_now() + limit_s;
+  for (;;) {
+    if (!busy_threads()) return 1;
+    if (tk_now() >= end) return 0;
+    struct timespec ts = {0, 200 * 1000};
+    nanosleep(&ts, NULL);
+  }
 }
 
 /* ---- the command ----------------------------------------------------------------------------------------- */
@@ -562,13 +884,17 @@ int cmd_bench(int argc, char **argv) {
   runner rc = {.name = "compiled"}, rd = {.name = "dense"};
   float *x = NULL;
   int *y = NULL;
-  char *torch_json = NULL, cache[4096] = "";
+  torch_worker tw = {.to = -1, .from = -1};
+  int spinning = 0;          /* iterations whose PyTorch turns began with our idle threads spinning */
+  char *torch_hello = NULL; /* the worker's ready line */
+  char cache[4096] = "";
   double cold_s = NAN, warm_s = NAN;
   long long code_bytes = -1;
   int code_files = 0;
   tk_exec_layer_time *pc = NULL, *pd = NULL;
   /* the conditions of the measurement: how idle OpenMP threads wait, and how busy the machine is */
   const char *wait_policy = getenv("OMP_WAIT_POLICY") && *getenv("OMP_WAIT_POLICY") ? getenv("OMP_WAIT_POLICY") : "default";
+  const int active = !strcasecmp(wait_policy, "ACTIVE"); /* idle threads spin on */
   double load1 = -1;
   FILE *la = fopen("/proc/loadavg", "r");
   if (la) {
@@ -621,12 +947,22 @@ int cmd_bench(int argc, char **argv) {
   for (size_t i = 0; i < nx; i++) x[i] = base->lo + (base->hi - base->lo) * (float)tk_rng_uniform(&rng);
   for (int i = 0; i < o.batch; i++) y[i] = (int)tk_rng_below(&rng, (uint64_t)base->classes);
 
-  /* alternate: compiled, dense, compiled, dense, ... */
+  /* PyTorch: our logits on x for its check (one eval forward of each engine, untimed), then
+   * the worker, which loads the network once and waits for its turns */
+  if (o.vs_torch) {
+    if ((st = tk_engine_forward(rc.e, x, o.batch, TK_BN_EVAL, rc.logits)) != TK_OK) goto fail;
+    if (o.vs_dense && (st = tk_engine_forward(rd.e, x, o.batch, TK_BN_EVAL, rd.logits)) != TK_OK) goto fail;
+    if ((st = worker_start(&tw, &o, base, x, rc.logits)) != TK_OK) goto fail;
+  }
+
+  /* the turns of every iteration, warm-up included: compiled, dense, then each PyTorch variant;
+   * one engine at a time, each turn timed on its own */
   runner *rs[2] = {&rc, o.vs_dense ? &rd : NULL};
   tk_rng arng[2];
   tk_rng_seed(&arng[0], 99);
   tk_rng_seed(&arng[1], 99);
-  for (int it = 0; it < o.warmup + o.iters; it++)
+  double spin_wait = 0.05; /* how long to wait for our threads to fall asleep before PyTorch's turn */
+  for (int it = 0; it < o.warmup + o.iters; it++) {
     for (int k = 0; k < 2; k++) {
       runner *r = rs[k];
       if (!r) continue;
@@ -635,6 +971,26 @@ int cmd_bench(int argc, char **argv) {
       double dt = tk_now() - t0;
       if (it >= o.warmup) r->t[r->nt++] = dt;
     }
+    if (!tw.nvar) continue;
+    if (o.threads > 1 && !quiesce(spin_wait)) {
+      spinning++;
+      if (active) spin_wait = 0; /* they will spin on: count, do not wait again */
+    }
+    for (int v = 0; v < tw.nvar; v++) {
+      double dt;
+      if ((st = worker_turn(&tw, v, &dt)) != TK_OK) goto fail;
+      if (it >= o.warmup) tw.t[v][tw.nt[v]++] = dt;
+    }
+  }
+  lat_stats st_torch[TORCH_MAX_VARIANTS] = {{0}};
+  int torch_fast = -1; /* PyTorch's faster variant: the lower median */
+  for (int v = 0; v < tw.nvar; v++) {
+    st_torch[v] = summarise(tw.t[v], tw.nt[v], o.batch);
+    if (torch_fast < 0 || st_torch[v].median < st_torch[torch_fast].median) torch_fast = v;
+  }
+  torch_hello = tw.hello; /* kept past worker_stop for the report */
+  tw.hello = NULL;
+  worker_stop(&tw, 0);
   lat_stats sc = summarise(rc.t, rc.nt, o.batch), sd = {0};
   if (o.vs_dense) sd = summarise(rd.t, rd.nt, o.batch);
 
@@ -658,27 +1014,15 @@ int cmd_bench(int argc, char **argv) {
     }
   }
 
-  /* PyTorch on the same network, its logits checked against ours */
-  if (o.vs_torch) {
-    tk_model *chk = tk_model_clone(base);
-    tk_engine *ce = NULL;
-    float *lg = tk_malloc((size_t)o.batch * base->classes * sizeof(float));
-    st = !chk || !lg ? TK_ERR_NOMEM : tk_compiled_engine_create(chk, o.batch, NULL, &ce);
-    if (st == TK_OK) st = tk_engine_forward(ce, x, o.batch, TK_BN_EVAL, lg);
-    if (st == TK_OK) st = run_torch(&o, base, x, lg, o.batch, &torch_json);
-    tk_engine_free(ce);
-    tk_model_free(chk);
-    free(lg);
-    if (st != TK_OK) goto fail;
-    if (!strchr(torch_json, '{')) {
-      st = tk_fail(TK_ERR_IO, "bench/torch_bench.py printed no JSON");
-      goto fail;
-    }
-  }
-  double torch_eager = torch_json ? json_get(torch_json, "\"eager\"", "median_ms") : NAN;
-  double torch_jit = torch_json ? json_get(torch_json, "\"jit\"", "median_ms") : NAN;
-  double torch_best = isfinite(torch_jit) && (!isfinite(torch_eager) || torch_jit < torch_eager) ? torch_jit : torch_eager;
-  double torch_check = torch_json ? json_get(torch_json, "\"check\"", "max_rel_diff") : NAN;
+  double torch_best = torch_fast >= 0 ? st_torch[torch_fast].median : NAN;
+  double torch_check = torch_hello ? json_get(torch_hello, "\"check\"", "max_rel_diff") : NAN;
+  double torch_tol = torch_hello ? json_get(torch_hello, "\"check\"", "tolerance") : NAN;
+  int torch_passed = torch_hello && strstr(torch_hello, "\"passed\": true") != NULL;
+  /* the order of the turns, for both reports */
+  char turns[256] = "\"compiled\"";
+  if (o.vs_dense) strcat(turns, ", \"dense\"");
+  for (int v = 0; v < (torch_hello ? tw.nvar : 0); v++)
+    snprintf(turns + strlen(turns), sizeof turns - strlen(turns), ", \"%s\"", torch_row_name(tw.var[v]));
 
   int count[TK_VARIANT_COUNT] = {0};
   for (int i = 0; i < L; i++) count[tk_exec_layer_variant(rc.e, i)]++;
@@ -693,7 +1037,7 @@ int cmd_bench(int argc, char **argv) {
            "\"omp_wait_policy\": ",
            g_mode_names[o.mode], o.batch, o.threads, o.iters, o.warmup, tk_model_sparsity(base));
     cli_json_string(stdout, wait_policy);
-    printf(", \"load_average\": %.2f, \"random_mask\": ", load1);
+    printf(", \"load_average\": %.2f, \"interleaved\": true, \"turns\": [%s], \"random_mask\": ", load1, turns);
     if (o.random_mask >= 0) printf("%.6g", o.random_mask);
     else printf("null");
     printf(", \"compiled\": {\"create_s\": %.6g, \"arena_bytes\": %zu, \"plan\": ", rc.create_s,
@@ -718,7 +1062,26 @@ int cmd_bench(int argc, char **argv) {
              code_files);
     else
       printf("null");
-    printf(", \"torch\": %s", torch_json ? torch_json : "null");
+    printf(", \"torch\": ");
+    if (torch_hello) { /* its ready line, and the statistics of each variant's interleaved turns */
+      printf("%.*s", (int)strlen(torch_hello) - 1, torch_hello);
+      static const char *const always[2] = {"eager", "jit"}; /* present, null when not run */
+      for (int k = 0; k < 2; k++) {
+        int v = 0;
+        while (v < tw.nvar && strcmp(tw.var[v], always[k])) v++;
+        printf(", \"%s\": ", always[k]);
+        if (v < tw.nvar) json_stats(stdout, &st_torch[v]);
+        else printf("null");
+      }
+      for (int v = 0; v < tw.nvar; v++)
+        if (strcmp(tw.var[v], "eager") && strcmp(tw.var[v], "jit")) {
+          printf(", \"%s\": ", tw.var[v]);
+          json_stats(stdout, &st_torch[v]);
+        }
+      printf("}, \"spinning_before_torch\": %d", spinning);
+    } else {
+      printf("null, \"spinning_before_torch\": null");
+    }
     if (isfinite(torch_best)) printf(", \"speedup_vs_torch\": %.6g", torch_best / sc.median);
     else printf(", \"speedup_vs_torch\": null");
     printf(", \"layers\": ");
@@ -749,7 +1112,7 @@ int cmd_bench(int argc, char **argv) {
     printf("}\n");
   } else {
     printf("ticket bench: %s (%s), sparsity %.3f, batch %d, %d thread%s, mode %s: %d iterations after %d warm-up, "
-           "engines alternating\n",
+           "turns interleaved\n",
            mname, base->arch, tk_model_sparsity(base), o.batch, o.threads, o.threads == 1 ? "" : "s",
            g_mode_names[o.mode], o.iters, o.warmup);
     printf("OMP_WAIT_POLICY %s, load average %.2f at the start\n", wait_policy, load1);
@@ -761,21 +1124,23 @@ int cmd_bench(int argc, char **argv) {
            "median", "p90", "p99", "min", "images/s");
     row("compiled", &sc);
     if (o.vs_dense) row("dense (oneDNN)", &sd);
-    if (torch_json) {
-      const char *secs[2] = {"\"eager\"", "\"jit\""}, *names[2] = {"torch eager", "torch jit+ofi"};
-      for (int k = 0; k < 2; k++) {
-        lat_stats s = {json_get(torch_json, secs[k], "mean_ms"),   json_get(torch_json, secs[k], "median_ms"),
-                       json_get(torch_json, secs[k], "p90_ms"),    json_get(torch_json, secs[k], "p99_ms"),
-                       json_get(torch_json, secs[k], "min_ms"),    json_get(torch_json, secs[k], "max_ms"),
-                       json_get(torch_json, secs[k], "images_per_s"), 0};
-        if (isfinite(s.median)) row(names[k], &s);
-      }
-    }
+    for (int v = 0; torch_hello && v < tw.nvar; v++) row(torch_row_name(tw.var[v]), &st_torch[v]);
     printf("\n");
     if (o.vs_dense) printf("speedup over dense (ratio of medians): %.2fx\n", sd.median / sc.median);
     if (isfinite(torch_best))
-      printf("speedup over PyTorch (its faster variant): %.2fx   (PyTorch logits vs ours: max rel diff %.2g)\n",
-             torch_best / sc.median, torch_check);
+      printf("speedup over PyTorch (its faster variant, %s): %.2fx   (PyTorch logits vs ours: max rel diff %.2g)\n",
+             torch_row_name(tw.var[torch_fast]), torch_best / sc.median, torch_check);
+    if (torch_hello && !torch_passed && isfinite(torch_check))
+      printf("WARNING: PyTorch's logits differ from ours by more than its tolerance %.2g: not the same network?\n",
+             torch_tol);
+    else if (torch_hello && !torch_passed)
+      printf("WARNING: PyTorch did not check its logits against ours\n");
+    if (torch_hello && spinning)
+      printf("note: OMP_WAIT_POLICY %s: our idle OpenMP threads were still spinning when PyTorch's turn began in %d of "
+             "%d iterations and took cores from it; run under OMP_WAIT_POLICY=PASSIVE for a fair comparison\n",
+             wait_policy, spinning, o.warmup + o.iters);
+    else if (torch_hello && active)
+      printf("note: OMP_WAIT_POLICY ACTIVE, but no idle OpenMP thread of ours was spinning when PyTorch's turns began\n");
     if (o.layers) {
       printf("\nper layer (ms per call, %d calls; a ReLU fused into the layer before it shows 0):\n", kprof);
       printf("  %3s %-24s %-13s %-15s %10s %10s %8s", "#", "name", "op", "variant", "fwd", o.vs_dense ? "dense" : "",
@@ -807,7 +1172,8 @@ fail:
   tk_model_free(base);
   free(x);
   free(y);
-  free(torch_json);
+  worker_stop(&tw, 1);
+  free(torch_hello);
   free(pc);
   free(pd);
   return st == TK_OK ? 0 : cli_error("bench", st);

@@ -45,6 +45,8 @@ static const char *const usage_text =
     "  --samples N         snip: images of the prune set (default 10 x classes)\n"
     "  --engine E          synflow, snip: the engine that computes the gradients: dense\n"
     "                      (default when built), reference or compiled\n"
+    "  --progress          a progress line on stderr over the rounds even when it is not a\n"
+    "                      terminal (on a terminal it is shown anyway)\n"
     "  -o, --output OUT    the pruned model (written atomically)\n"
     "  --json              print the result as JSON\n";
 
@@ -121,6 +123,8 @@ int cmd_prune(int argc, char **argv) {
       out = v;
     } else if (strcmp(argv[i], "--json") == 0) {
       json = 1;
+    } else if (strcmp(argv[i], "--progress") == 0) {
+      o.progress = 1;
     } else if (argv[i][0] == '-' && argv[i][1]) {
       return cli_usage_error(cmd, "unknown option '%s'", argv[i]);
     } else if (!model_path) {

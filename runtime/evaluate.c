@@ -103,6 +103,7 @@ void tk_eval_stats_write_json(FILE *f, const tk_eval_stats *s, int with_confusio
 void tk_progress_start(tk_progress *p, const char *what, long total, int mode) {
   memset(p, 0, sizeof *p);
   p->what = what;
+  p->unit = "images";
   p->total = total;
   p->tty = isatty(STDERR_FILENO);
   p->on = mode > 0 || (mode == 0 && p->tty);
@@ -115,8 +116,8 @@ void tk_progress_update(tk_progress *p, long done, const char *extra) {
   if (el < 1.0 || now - p->last < (p->tty ? 0.5 : 10.0)) return;
   p->last = now;
   const double rate = done / el, eta = rate > 0 ? (p->total - done) / rate : 0;
-  fprintf(stderr, "%s%s %ld/%ld (%.0f%%) %.1f images/s, %.0f s left%s%s%s", p->tty ? "\r\033[K" : "", p->what, done,
-          p->total, p->total ? 100.0 * done / p->total : 0.0, rate, eta, extra ? ", " : "", extra ? extra : "",
+  fprintf(stderr, "%s%s %ld/%ld (%.0f%%) %.1f %s/s, %.0f s left%s%s%s", p->tty ? "\r\033[K" : "", p->what, done,
+          p->total, p->total ? 100.0 * done / p->total : 0.0, rate, p->unit, eta, extra ? ", " : "", extra ? extra : "",
           p->tty ? "" : "\n");
   fflush(stderr);
   p->printed = 1;

@@ -38,6 +38,7 @@ void tk_eval_stats_write_json(FILE *f, const tk_eval_stats *s, int with_confusio
  * a line every 10 s otherwise). */
 typedef struct {
   const char *what;
+  const char *unit; /* what is counted: "images" (set by start; change it after) */
   long total;
   int on, tty, printed;
   double t0, last;

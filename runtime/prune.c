@@ -4,6 +4,7 @@
 #include "prune.h"
 
 #include "../include/ticket.h"
+#include "evaluate.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -429,6 +430,8 @@ tk_status tk_prune(tk_model *m, const tk_prune_opts *o, tk_prune_report *rep) {
   if (!np) return tk_fail(TK_ERR_ARG, "prune: the model has no prunable tensors");
 
   tk_status st = TK_ERR_NOMEM;
+  tk_progress prog;
+  memset(&prog, 0, sizeof prog);
   int nt = m->n_tensors;
   float **scores = tk_calloc((size_t)nt, sizeof(float *));
   int64_t *final = tk_calloc((size_t)np, sizeof(int64_t)), *now = tk_calloc((size_t)np, sizeof(int64_t));
@@ -452,7 +455,14 @@ tk_status tk_prune(tk_model *m, const tk_prune_opts *o, tk_prune_report *rep) {
       final[0] = o->sparsity >= 0 ? count_for(o->sparsity, total)
                                   : pruned_all + tk_round_half_even(o->rate * (double)kept0);
   }
+  tk_progress_start(&prog, meth->name, iters, iters > 1 ? o->progress : -1);
+  prog.unit = "rounds";
   for (int round = 0; round < iters; round++) {
+    if (round) {
+      char extra[48];
+      snprintf(extra, sizeof extra, "sparsity %.4f", tk_model_sparsity(m));
+      tk_progress_update(&prog, round, extra);
+    }
     /* round r of n keeps density d^((r+1)/n) of the group, d its final density */
     int ng = o->scope == TK_SCOPE_GLOBAL ? 1 : np, k = 0;
     for (int t = 0; t < nt && k < ng; t++) {
@@ -541,6 +551,7 @@ tk_status tk_prune(tk_model *m, const tk_prune_opts *o, tk_prune_report *rep) {
   }
   st = TK_OK;
 done:
+  tk_progress_end(&prog);
   for (int t = 0; scores && t < nt; t++) free(scores[t]);
   free(scores);
   free(final);

@@ -39,6 +39,7 @@ typedef struct {
   const tk_dataset *data;   /* snip: the prune set */
   int engine_kind;          /* tk_engine_kind of the scoring engine, -1: dense if built, else reference */
   int batch;                /* snip: images per forward/backward (256) */
+  int progress;             /* a progress line over the rounds: 1 always, 0 on a terminal, -1 never */
 } tk_prune_opts;
 
 void tk_prune_opts_default(tk_prune_opts *o);

@@ -1,6 +1,7 @@
 /* cmd_train.c -- `ticket train`: standard and adversarial training on any engine, with the
  * mask kept exact, validation, best models, checkpoints, exact resumption and a clean stop on
- * SIGINT/SIGTERM.  The loop itself is runtime/train.c. */
+ * SIGINT/SIGTERM; with --prune-scores, HYDRA's pruning step (the scores trained instead of the
+ * weights).  The loop itself is runtime/train.c. */
 #include "cli.h"
 
 #include "runtime/evaluate.h"
@@ -34,6 +35,18 @@ static const char *const usage_text =
     "  trades    CE(f(x)) + beta KL(f(x) || f(x_adv)) (HYDRA's trades_loss; beta 6)\n"
     "  mart      MART (Wang et al. 2020; beta 6)\n"
     "\n"
+    "HYDRA pruning (score optimisation, the step between pretraining and fine-tuning):\n"
+    "  --prune-scores       train the scores of every prunable tensor, not the weights, on the\n"
+    "                       loss of --mode: steps run on W*m, m = the top (1-S) of |scores| per\n"
+    "                       layer; scores get (dL/dW_eff * W) sign(s); weights and biases stay\n"
+    "                       fixed, BatchNorm affine trains unless --freeze-bn.  Runs dense, as\n"
+    "                       HYDRA's (dL/dW_eff is needed where m = 0).  OUT: the masked weights\n"
+    "                       and their scores; fine-tune it with a plain `ticket train OUT ...`\n"
+    "  --sparsity S         fraction pruned in every layer (required)\n"
+    "  --scaled-score-init  start from s = sqrt(6/fan_in) W / max|W| (the layer-wise magnitude\n"
+    "                       mask); tensors without scores always start so\n"
+    "  --freeze-bn          keep the BatchNorm affine parameters fixed too\n"
+    "\n"
     "data:\n"
     "  --data SPEC          fashion-mnist | fashion-mnist:DIR | mnist:DIR | cifar10:DIR | cifar100:DIR\n"
     "  --limit N            use the first N training images\n"
@@ -41,7 +54,8 @@ static const char *const usage_text =
     "  --subset F           train on the first fraction F of the rest (Double-Win's 0.01 / 0.1)\n"
     "  --augment LIST       none (default) or crop[:PAD],flip (random crop, pad 4; horizontal flip)\n"
     "optimisation:\n"
-    "  --epochs E (1)  --batch B (128)  --lr LR (0.1)  --momentum M (0.9)  --nesterov  --wd WD (5e-4)\n"
+    "  --epochs E (1)  --batch B (128)  --lr LR (0.1)  --momentum M (0.9)  --nesterov\n"
+    "  --wd WD (5e-4; --prune-scores: 1e-4, HYDRA's, on the scores too)\n"
     "  --schedule step|cosine|cyclic|constant (cosine)\n"
     "                       step: x0.1 at 50% and 75% of the epochs, or at --milestones A,B,...\n"
     "                       cosine: lr/2 (1 + cos((e-1)/E pi)) per epoch (HYDRA)\n"
@@ -53,7 +67,8 @@ static const char *const usage_text =
     "  --val-steps K        PGD steps of the validation attack (10; 0 skips RA)\n"
     "  --val-alpha A        step of the validation attack (--alpha, or eps/4 for st and fgsm-rs)\n"
     "running:\n"
-    "  --engine auto|reference|compiled|dense   (auto: compiled, else dense, else reference)\n"
+    "  --engine auto|reference|compiled|dense   (auto: compiled, dense, reference in that\n"
+    "                       order; with --prune-scores dense, reference)\n"
     "  --threads T          OpenMP threads\n"
     "  --checkpoint-dir DIR where OUT's checkpoint (NAME.ckpt.tkt) goes (default: beside OUT)\n"
     "  --resume             continue from the checkpoint when there is one\n"
@@ -101,8 +116,9 @@ static char *checkpoint_path(const char *out, const char *dir) {
   return p;
 }
 
-/* The checkpoint must be of MODEL: same tensors, same masks. */
-static tk_status same_structure(const tk_model *a, const char *pa, const tk_model *b, const char *pb) {
+/* The checkpoint must be of MODEL: same tensors, same masks (score training: masks come from
+ * the scores, and its checkpoints have none). */
+static tk_status same_structure(const tk_model *a, const char *pa, const tk_model *b, const char *pb, int masks) {
   if (a->n_tensors != b->n_tensors || a->n_layers != b->n_layers)
     return tk_fail(TK_ERR_ARG, "%s: not a checkpoint of %s (%d tensors / %d layers vs %d / %d)", pb, pa, b->n_tensors,
                    b->n_layers, a->n_tensors, a->n_layers);
@@ -110,7 +126,8 @@ static tk_status same_structure(const tk_model *a, const char *pa, const tk_mode
     const tk_tensor *x = &a->tensors[t], *y = &b->tensors[t];
     if (strcmp(x->name, y->name) != 0 || x->numel != y->numel)
       return tk_fail(TK_ERR_ARG, "%s: not a checkpoint of %s (tensor %s vs %s)", pb, pa, y->name, x->name);
-    if ((x->mask == NULL) != (y->mask == NULL) || (x->mask && memcmp(x->mask, y->mask, (size_t)x->numel) != 0))
+    if (masks &&
+        ((x->mask == NULL) != (y->mask == NULL) || (x->mask && memcmp(x->mask, y->mask, (size_t)x->numel) != 0)))
       return tk_fail(TK_ERR_ARG, "%s: the mask of %s differs from %s's; not a checkpoint of this model", pb, x->name, pa);
   }
   return TK_OK;
@@ -126,7 +143,7 @@ int cmd_train(int argc, char **argv) {
   tk_train_opts_default(&o);
   const char *model_path = NULL, *data = NULL, *out = NULL, *ckdir = NULL, *log_csv = NULL, *engine_kind = "auto";
   const char *init_delta_path = NULL, *augment = "none", *dump_adv = NULL;
-  int json = 0, resume = 0, mode_set = 0, alpha_set = 0, val_alpha_set = 0, val_steps_set = 0;
+  int json = 0, resume = 0, mode_set = 0, alpha_set = 0, val_alpha_set = 0, val_steps_set = 0, wd_set = 0;
   long limit = 0, val_n = 0, threads = 0, max_steps = 0;
   double subset = 1.0;
   for (int i = 1; i < argc; i++) {
@@ -161,6 +178,7 @@ int cmd_train(int argc, char **argv) {
       o.sgd.nesterov = 1;
     } else if ((v = opt_value(argc, argv, &i, "--wd"))) {
       if (!tk_parse_fraction(v, &o.sgd.wd) || o.sgd.wd < 0) return cli_usage_error(cmd, "--wd: '%s' is not a number >= 0", v);
+      wd_set = 1;
     } else if ((v = opt_value(argc, argv, &i, "--schedule"))) {
       if (!tk_schedule_parse(v, &o.sched.kind))
         return cli_usage_error(cmd, "--schedule: '%s' is not step, cosine, cyclic or constant", v);
@@ -231,6 +249,15 @@ int cmd_train(int argc, char **argv) {
       dump_adv = v;
     } else if ((v = opt_value(argc, argv, &i, "--max-steps"))) {
       if (!cli_parse_long(v, 1, 1000000000, &max_steps)) return cli_usage_error(cmd, "--max-steps: '%s' is not a count >= 1", v);
+    } else if (strcmp(argv[i], "--prune-scores") == 0) {
+      o.prune_scores = 1;
+    } else if ((v = opt_value(argc, argv, &i, "--sparsity"))) {
+      if (!tk_parse_fraction(v, &o.sparsity) || !(o.sparsity >= 0 && o.sparsity <= 1))
+        return cli_usage_error(cmd, "--sparsity: '%s' is not in [0, 1]", v);
+    } else if (strcmp(argv[i], "--scaled-score-init") == 0) {
+      o.scaled_score_init = 1;
+    } else if (strcmp(argv[i], "--freeze-bn") == 0) {
+      o.freeze_bn = 1;
     } else if (strcmp(argv[i], "--resume") == 0) {
       resume = 1;
     } else if (strcmp(argv[i], "--json") == 0) {
@@ -272,8 +299,9 @@ int cmd_train(int argc, char **argv) {
     o.val_alpha = (o.mode == TK_TRAIN_PGD || o.mode == TK_TRAIN_TRADES || o.mode == TK_TRAIN_MART) ? o.alpha : o.eps / 4;
   if (!val_steps_set && (o.mode == TK_TRAIN_PGD || o.mode == TK_TRAIN_TRADES || o.mode == TK_TRAIN_MART))
     o.val_steps = o.steps;
+  if (o.prune_scores && !wd_set) o.sgd.wd = 1e-4; /* HYDRA's weight decay */
   tk_status st = tk_train_opts_check(&o);
-  if (st != TK_OK) return cli_error(cmd, st);
+  if (st != TK_OK) return cli_usage_error(cmd, "%s", tk_last_error());
 
   /* paths */
   char *ckpt = checkpoint_path(out, ckdir), *best_sa = with_suffix(out, ".best_sa.tkt"),
@@ -305,7 +333,7 @@ int cmd_train(int argc, char **argv) {
   if (resume) {
     if (access(ckpt, F_OK) == 0) {
       if ((st = tk_model_load(ckpt, &ck)) != TK_OK || (st = tk_model_infer(ck)) != TK_OK ||
-          (st = same_structure(m, model_path, ck, ckpt)) != TK_OK) {
+          (st = same_structure(m, model_path, ck, ckpt, !o.prune_scores)) != TK_OK) {
         rc = cli_error(cmd, st);
         goto done;
       }
@@ -379,8 +407,19 @@ int cmd_train(int argc, char **argv) {
   {
     /* engines made through tk_engine_create carry the gradient kernels and the thread count
      * set above; auto takes the fastest this build has */
-    char note[512];
-    if ((st = tk_engine_create_best(m, engine_kind_id, o.batch, &e, note, sizeof note)) != TK_OK) {
+    char note[512] = "";
+    if (o.prune_scores && engine_kind_id < 0) {
+      /* score training runs dense: the dense engine, else the reference one */
+      st = tk_engine_create(m, TK_ENGINE_DENSE, o.batch, &e);
+      if (st != TK_OK) {
+        if (st != TK_ERR_UNSUPPORTED)
+          snprintf(note, sizeof note, "the dense engine failed (%s); using the reference engine", tk_last_error());
+        st = tk_engine_create(m, TK_ENGINE_REFERENCE, o.batch, &e);
+      }
+    } else {
+      st = tk_engine_create_best(m, engine_kind_id, o.batch, &e, note, sizeof note);
+    }
+    if (st != TK_OK) {
       rc = cli_error(cmd, st);
       goto done;
     }
@@ -412,12 +451,19 @@ int cmd_train(int argc, char **argv) {
                        "\"mode\":\"%s\",\"epochs\":%d,\"batch\":%d,\"lr\":%.17g,\"momentum\":%.17g,"
                        "\"nesterov\":%d,\"wd\":%.17g,\"schedule\":\"%s\",\"milestones\":\"%s\",\"eps\":%.17g,"
                        "\"alpha\":%.17g,\"steps\":%d,\"beta\":%.17g,\"attack_bn\":\"%s\",\"augment\":\"%s\","
-                       "\"val_steps\":%d,\"val_alpha\":%.17g,\"seed\":%llu,\"init_delta\":%s%s%s}",
+                       "\"val_steps\":%d,\"val_alpha\":%.17g,\"seed\":%llu,\"init_delta\":%s%s%s",
                        data, limit, val_n, subset, n_train, tk_train_mode_name(o.mode), o.epochs, o.batch, o.sgd.lr,
                        o.sgd.momentum, o.sgd.nesterov, o.sgd.wd, tk_schedule_name(o.sched.kind), ms, o.eps, o.alpha,
                        o.steps, o.beta, o.attack_bn == TK_BN_TRAIN ? "train" : "eval", aug, o.val_steps, o.val_alpha,
                        (unsigned long long)o.seed, init_delta_path ? "\"" : "",
                        init_delta_path ? init_delta_path : "null", init_delta_path ? "\"" : "");
+    /* score training adds its settings (plain runs keep the keys they always had, so their
+     * older checkpoints still resume) */
+    if (len >= 0 && (size_t)len < cap && o.prune_scores)
+      len += snprintf(config + len, cap - (size_t)len,
+                      ",\"prune_scores\":1,\"sparsity\":%.17g,\"scaled_score_init\":%d,\"freeze_bn\":%d", o.sparsity,
+                      o.scaled_score_init, o.freeze_bn);
+    if (len >= 0 && (size_t)len < cap) len += snprintf(config + len, cap - (size_t)len, "}");
     if (len < 0 || (size_t)len >= cap || strpbrk(data, "\"\\") || (init_delta_path && strpbrk(init_delta_path, "\"\\"))) {
       rc = cli_usage_error(cmd, "--data / --init-delta: quotes and backslashes are not supported in paths");
       goto done;
@@ -446,9 +492,9 @@ int cmd_train(int argc, char **argv) {
   r.stop = &g_stop;
   r.max_steps = (int)max_steps;
   r.resume = resume;
-  fprintf(stderr, "ticket train: %s on %d images (%d validation), engine %s, %s, %d epochs of batch %d\n",
-          tk_train_mode_name(o.mode), train->n, val ? val->n : 0, engine_used, tk_schedule_name(o.sched.kind),
-          o.epochs, o.batch);
+  fprintf(stderr, "ticket train: %s%s on %d images (%d validation), engine %s, %s, %d epochs of batch %d\n",
+          tk_train_mode_name(o.mode), o.prune_scores ? " score training (HYDRA)" : "", train->n, val ? val->n : 0,
+          engine_used, tk_schedule_name(o.sched.kind), o.epochs, o.batch);
   st = tk_train_run(e, train, val, &o, &r, &res);
   signal(SIGINT, SIG_DFL);
   signal(SIGTERM, SIG_DFL);
@@ -490,11 +536,13 @@ int cmd_train(int argc, char **argv) {
            "\"interrupted\":%s,\"resumed_epoch\":%d,\"train_images\":%d,\"val_images\":%d,"
            "\"train_loss\":%.9g,\"train_acc\":%.9g,\"val_sa\":%.9g,\"val_ra\":%.9g,\"best_sa\":%.9g,"
            "\"best_sa_epoch\":%d,\"best_ra\":%.9g,\"best_ra_epoch\":%d,\"eps\":%.9g,\"sparsity\":%.9g,"
-           "\"mask_ok\":true,\"images_per_s\":%.6g,\"seconds\":%.6g,\"config\":%s,\"log\":[",
+           "\"mask_ok\":true,\"prune_scores\":%s,\"scores_init\":%d,\"images_per_s\":%.6g,\"seconds\":%.6g,"
+           "\"config\":%s,\"log\":[",
            engine_used, threads, tk_train_mode_name(o.mode), o.epochs, res.epochs_done, (long long)res.steps,
            res.interrupted ? "true" : "false", res.resumed_epoch, train->n, val ? val->n : 0, res.train_loss,
            res.train_acc, res.val_sa, res.val_ra, res.best_sa, res.best_sa_epoch, res.best_ra, res.best_ra_epoch,
-           o.eps, res.sparsity, res.images_per_s, res.seconds, config);
+           o.eps, res.sparsity, o.prune_scores ? "true" : "false", res.scores_init, res.images_per_s, res.seconds,
+           config);
     int first = 1;
     for (const char *p = res.log ? res.log : ""; *p;) {
       const char *nl = strchr(p, '\n');

@@ -1,4 +1,5 @@
-/* optim.c -- SGD (momentum, Nesterov, weight decay) that keeps pruned weights exactly zero.
+/* optim.c -- SGD (momentum, Nesterov, weight decay) that keeps pruned weights exactly zero
+ * and can train HYDRA scores instead of weights.
  * See optim.h for the update rule.  Arithmetic is float32 like torch.optim.SGD on CPU. */
 #include "optim.h"
 
@@ -35,20 +36,31 @@ void tk_sgd_update(float *w, float *g, float *buf, const uint8_t *mask, int64_t 
   }
 }
 
-tk_status tk_sgd_create(tk_model *m, const tk_sgd_opts *o, tk_sgd **out) {
+tk_status tk_sgd_create_targets(tk_model *m, const tk_sgd_opts *o, const uint8_t *target, tk_sgd **out) {
   *out = NULL;
   if (!(o->lr >= 0) || !(o->momentum >= 0 && o->momentum < 1) || !(o->wd >= 0))
     return tk_fail(TK_ERR_ARG, "sgd: lr %g, momentum %g, weight decay %g out of range", o->lr, o->momentum, o->wd);
   if (o->nesterov && o->momentum <= 0) return tk_fail(TK_ERR_ARG, "sgd: Nesterov needs a momentum above 0");
+  for (int t = 0; t < m->n_tensors; t++) {
+    const tk_tensor *tt = &m->tensors[t];
+    if (target[t] == TK_SGD_SCORES && !tt->scores)
+      return tk_fail(TK_ERR_ARG, "sgd: tensor %s has no scores to train", tt->name);
+    if (target[t] == TK_SGD_DATA && !tt->trainable)
+      return tk_fail(TK_ERR_ARG, "sgd: tensor %s is not trainable", tt->name);
+    if (target[t] > TK_SGD_SCORES) return tk_fail(TK_ERR_ARG, "sgd: tensor %s: unknown target %d", tt->name, target[t]);
+  }
+  size_t nt = (size_t)(m->n_tensors ? m->n_tensors : 1);
   tk_sgd *s = tk_calloc(1, sizeof *s);
   if (!s) return TK_ERR_NOMEM;
   s->o = *o;
   s->m = m;
-  s->buf = tk_calloc((size_t)(m->n_tensors ? m->n_tensors : 1), sizeof(float *));
-  if (!s->buf) goto nomem;
+  s->buf = tk_calloc(nt, sizeof(float *));
+  s->target = tk_calloc(nt, 1);
+  if (!s->buf || !s->target) goto nomem;
+  if (m->n_tensors) memcpy(s->target, target, (size_t)m->n_tensors);
   if (o->momentum > 0)
     for (int t = 0; t < m->n_tensors; t++) {
-      if (!m->tensors[t].trainable) continue;
+      if (target[t] == TK_SGD_SKIP) continue;
       s->buf[t] = tk_alloc_aligned((size_t)m->tensors[t].numel * sizeof(float));
       if (!s->buf[t]) goto nomem;
     }
@@ -59,11 +71,22 @@ nomem:
   return TK_ERR_NOMEM;
 }
 
+tk_status tk_sgd_create(tk_model *m, const tk_sgd_opts *o, tk_sgd **out) {
+  *out = NULL;
+  uint8_t *target = tk_calloc((size_t)(m->n_tensors ? m->n_tensors : 1), 1);
+  if (!target) return TK_ERR_NOMEM;
+  for (int t = 0; t < m->n_tensors; t++) target[t] = m->tensors[t].trainable ? TK_SGD_DATA : TK_SGD_SKIP;
+  tk_status st = tk_sgd_create_targets(m, o, target, out);
+  free(target);
+  return st;
+}
+
 void tk_sgd_free(tk_sgd *s) {
   if (!s) return;
   if (s->buf)
     for (int t = 0; t < s->m->n_tensors; t++) free(s->buf[t]);
   free(s->buf);
+  free(s->target);
   free(s);
 }
 
@@ -71,10 +94,11 @@ void tk_sgd_step(tk_sgd *s, float *const *grads, double lr) {
   tk_model *m = s->m;
   for (int t = 0; t < m->n_tensors; t++) {
     tk_tensor *tt = &m->tensors[t];
-    if (!tt->trainable) continue;
+    if (s->target[t] == TK_SGD_SKIP) continue;
     TK_ASSERT(grads[t] != NULL);
-    tk_sgd_update(tt->data, grads[t], s->buf[t], tt->mask, tt->numel, (float)lr, (float)s->o.momentum,
-                  (float)s->o.wd, s->o.nesterov);
+    int scores = s->target[t] == TK_SGD_SCORES;
+    tk_sgd_update(scores ? tt->scores : tt->data, grads[t], s->buf[t], scores ? NULL : tt->mask, tt->numel, (float)lr,
+                  (float)s->o.momentum, (float)s->o.wd, s->o.nesterov);
   }
 }
 
@@ -88,7 +112,7 @@ tk_status tk_sgd_check_mask(const tk_sgd *s) {
       if (tt->data[i] != 0.0f)
         return tk_fail(TK_ERR_INTERNAL, "mask violated: tensor %s element %lld is pruned but holds %.9g", tt->name,
                        (long long)i, tt->data[i]);
-      if (s->buf[t] && s->buf[t][i] != 0.0f)
+      if (s->target[t] == TK_SGD_DATA && s->buf[t] && s->buf[t][i] != 0.0f)
         return tk_fail(TK_ERR_INTERNAL, "mask violated: tensor %s element %lld is pruned but its momentum is %.9g",
                        tt->name, (long long)i, s->buf[t][i]);
     }

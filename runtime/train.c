@@ -11,6 +11,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- names ---------------------------------------------------------------------------------- */
 
@@ -96,6 +97,7 @@ void tk_train_opts_default(tk_train_opts *o) {
   o->val_alpha = 2.0 / 255;
   o->val_steps = 10;
   o->seed = 1;
+  o->sparsity = -1;
 }
 
 tk_status tk_train_opts_check(tk_train_opts *o) {
@@ -119,6 +121,16 @@ tk_status tk_train_opts_check(tk_train_opts *o) {
   if (o->crop_pad < 0 || o->crop_pad > 64) return tk_fail(TK_ERR_ARG, "--augment: crop padding %d out of range 0..64", o->crop_pad);
   if (o->attack_bn != TK_BN_EVAL && o->attack_bn != TK_BN_TRAIN) return tk_fail(TK_ERR_ARG, "--attack-bn: unknown mode");
   if ((unsigned)o->sched.kind >= TK_SCHED_COUNT) return tk_fail(TK_ERR_ARG, "--schedule: unknown schedule");
+  if (o->prune_scores) {
+    if (!(o->sparsity >= 0 || o->sparsity <= 1)) return tk_fail(TK_ERR_ARG, "--sparsity: not a number");
+    if (o->sparsity < 0) return tk_fail(TK_ERR_ARG, "--sparsity: required with --prune-scores");
+    if (!(o->sparsity <= 1)) return tk_fail(TK_ERR_ARG, "--sparsity: %g out of range [0, 1]", o->sparsity);
+  } else {
+    if (o->sparsity >= 0)
+      return tk_fail(TK_ERR_ARG, "--sparsity: only with --prune-scores (pruning itself: ticket prune)");
+    if (o->scaled_score_init) return tk_fail(TK_ERR_ARG, "--scaled-score-init: only with --prune-scores");
+    if (o->freeze_bn) return tk_fail(TK_ERR_ARG, "--freeze-bn: only with --prune-scores");
+  }
   o->sched.lr = o->sgd.lr;
   o->sched.epochs = o->epochs;
   if (!(o->sched.gamma > 0)) o->sched.gamma = 0.1;
@@ -147,6 +159,9 @@ struct tk_trainer {
   float **acc;        /* per trainable tensor: gradient accumulated over two backward passes */
   float **snap;       /* per BatchNorm running-statistics tensor: a copy (mart) */
   int have_adv;
+  tk_hydra *hydra;    /* prune_scores: frozen weights, masks */
+  float **sgrad;      /* prune_scores, per prunable tensor: the scores' gradient */
+  float **pgrad;      /* prune_scores: n_tensors gradient pointers handed to the optimizer */
 };
 
 static int mode_two_branch(tk_train_mode m) { return m == TK_TRAIN_TRADES || m == TK_TRAIN_MART; }
@@ -168,7 +183,50 @@ void tk_trainer_free(tk_trainer *t) {
   if (t->snap)
     for (int i = 0; i < t->m->n_tensors; i++) free(t->snap[i]);
   free(t->snap);
+  if (t->sgrad)
+    for (int i = 0; i < t->m->n_tensors; i++) free(t->sgrad[i]);
+  free(t->sgrad);
+  free(t->pgrad);
+  tk_hydra_free(t->hydra);
   free(t);
+}
+
+/* prune_scores: the model into the running form, an optimizer of the scores (and of the
+ * BatchNorm affine parameters unless frozen), the score-gradient buffers. */
+static tk_status hydra_setup(tk_trainer *t) {
+  tk_model *m = t->m;
+  size_t nt = (size_t)(m->n_tensors ? m->n_tensors : 1);
+  int cleared = 0;
+  for (int i = 0; i < m->n_tensors; i++)
+    if (m->tensors[i].prunable && !t->e->grads[i])
+      return tk_fail(TK_ERR_ARG, "tensor %s: prunable but not trainable: its scores get no gradient",
+                     m->tensors[i].name);
+  tk_status st = tk_hydra_create(m, t->o.sparsity, &t->hydra, &cleared);
+  if (st != TK_OK) return st;
+  if ((st = tk_engine_sync(t->e, cleared)) != TK_OK) return st;
+  uint8_t *target = tk_calloc(nt, 1);
+  if (!target || !(t->sgrad = tk_calloc(nt, sizeof(float *))) || !(t->pgrad = tk_calloc(nt, sizeof(float *)))) {
+    free(target);
+    return TK_ERR_NOMEM;
+  }
+  for (int i = 0; i < m->n_tensors; i++)
+    if (m->tensors[i].prunable) {
+      target[i] = TK_SGD_SCORES;
+      if (!(t->sgrad[i] = tk_alloc_aligned((size_t)m->tensors[i].numel * sizeof(float)))) {
+        free(target);
+        return TK_ERR_NOMEM;
+      }
+    }
+  if (!t->o.freeze_bn)
+    for (int l = 0; l < m->n_layers; l++) {
+      const tk_layer *ly = &m->layers[l];
+      if (ly->op != TK_OP_BATCHNORM) continue;
+      if (ly->weight >= 0 && m->tensors[ly->weight].trainable) target[ly->weight] = TK_SGD_DATA;
+      if (ly->bias >= 0 && m->tensors[ly->bias].trainable) target[ly->bias] = TK_SGD_DATA;
+    }
+  st = tk_sgd_create_targets(m, &t->o.sgd, target, &t->sgd);
+  free(target);
+  return st;
 }
 
 tk_status tk_trainer_create(tk_engine *e, const tk_train_opts *o, tk_trainer **out) {
@@ -187,7 +245,7 @@ tk_status tk_trainer_create(tk_engine *e, const tk_train_opts *o, tk_trainer **o
   t->K = m->classes;
   t->max_n = e->max_batch;
   size_t nd = (size_t)t->max_n * t->D * sizeof(float), nk = (size_t)t->max_n * t->K * sizeof(float);
-  tk_status st = tk_sgd_create(m, &o->sgd, &t->sgd);
+  tk_status st = o->prune_scores ? hydra_setup(t) : tk_sgd_create(m, &o->sgd, &t->sgd);
   if (st != TK_OK) goto fail;
   st = TK_ERR_NOMEM;
   if (!(t->z = tk_alloc_aligned(nk)) || !(t->za = tk_alloc_aligned(nk)) || !(t->zr = tk_alloc_aligned(nk)) ||
@@ -234,6 +292,7 @@ fail:
 }
 
 tk_sgd *tk_trainer_sgd(tk_trainer *t) { return t->sgd; }
+tk_hydra *tk_trainer_hydra(tk_trainer *t) { return t->hydra; }
 const float *tk_trainer_last_adv(const tk_trainer *t) { return t->have_adv ? t->xadv : NULL; }
 
 /* ---- losses: value and gradients with respect to the logits (double inside) ---------------- */
@@ -425,7 +484,14 @@ tk_status tk_trainer_step(tk_trainer *t, const float *x, const int *y, int n, co
   }
   if (!isfinite(loss))
     return tk_fail(TK_ERR_ARG, "train: the loss is %g (diverged; try a lower --lr)", loss);
+  if (t->hydra) {
+    /* the scores' straight-through gradient in place of the weights' */
+    tk_hydra_score_grads(t->hydra, grads, t->sgrad);
+    for (int i = 0; i < t->m->n_tensors; i++) t->pgrad[i] = t->sgrad[i] ? t->sgrad[i] : grads[i];
+    grads = t->pgrad;
+  }
   tk_sgd_step(t->sgd, grads, lr);
+  if (t->hydra && (st = tk_hydra_refresh(t->hydra)) != TK_OK) return st;
   if ((st = tk_engine_sync(e, 0)) != TK_OK) return st;
   if (out) {
     out->loss = loss;
@@ -603,8 +669,18 @@ static tk_status prov_set_metric(tk_model *m, const char *name, double v) {
 }
 
 /* Saves the model with a TrainState that keeps the run's record (epoch, step, config, log,
- * metrics) but not the momenta or the generator: a finished model, not a checkpoint. */
-static tk_status save_finished(tk_model *m, const char *path) {
+ * metrics) but not the momenta or the generator: a finished model, not a checkpoint.  With
+ * score training (h), the pruned network: masks set, W_eff, the scores. */
+static tk_status save_finished(tk_model *m, tk_hydra *h, const char *path) {
+  if (h) {
+    tk_status st = tk_hydra_to_pruned(h);
+    if (st == TK_OK) {
+      m->prov.sparsity = tk_model_sparsity(m);
+      st = save_finished(m, NULL, path);
+    }
+    tk_hydra_to_running(h);
+    return st;
+  }
   tk_train_state *full = m->train, lite;
   memset(&lite, 0, sizeof lite);
   if (full) {
@@ -618,6 +694,32 @@ static tk_status save_finished(tk_model *m, const char *path) {
   tk_status st = tk_model_save(m, path);
   m->train = full;
   return st;
+}
+
+/* A checkpoint; with score training the dense weights W (not W_eff), no masks, the scores. */
+static tk_status save_checkpoint(tk_model *m, tk_hydra *h, const char *path) {
+  if (h) tk_hydra_to_checkpoint(h);
+  tk_status st = tk_model_save(m, path);
+  if (h) tk_hydra_to_running(h);
+  return st;
+}
+
+/* Provenance of a score-training run's models (method "hydra"). */
+static tk_status hydra_provenance(tk_model *m, const tk_train_opts *o) {
+  char notes[256], created[32];
+  time_t now_t = time(NULL);
+  struct tm tmv;
+  gmtime_r(&now_t, &tmv);
+  strftime(created, sizeof created, "%Y-%m-%dT%H:%M:%SZ", &tmv);
+  snprintf(notes, sizeof notes, "scope=layer score training: mode=%s epochs=%d lr=%g wd=%g%s%s",
+           tk_train_mode_name(o->mode), o->epochs, o->sgd.lr, o->sgd.wd, o->scaled_score_init ? " scaled-score-init" : "",
+           o->freeze_bn ? " freeze-bn" : "");
+  tk_status st;
+  if ((st = set_string(&m->prov.method, "hydra")) != TK_OK || (st = set_string(&m->prov.created, created)) != TK_OK ||
+      (st = set_string(&m->prov.notes, notes)) != TK_OK)
+    return st;
+  m->prov.sparsity = o->sparsity;
+  return TK_OK;
 }
 
 typedef struct {
@@ -721,6 +823,23 @@ tk_status tk_train_run(tk_engine *e, const tk_dataset *train, const tk_dataset *
     st = TK_ERR_NOMEM;
     goto done;
   }
+  /* a checkpoint to continue from, or a fresh start */
+  const int resuming = r->resume && tk_train_state_resumable(m);
+  if (resuming) {
+    char *diff = tk_config_diff(m->train->config, r->config);
+    if (diff) {
+      st = tk_fail(TK_ERR_ARG, "%s: train_state.config: made with different settings (%s); use the same options or "
+                   "start afresh", r->checkpoint ? r->checkpoint : "checkpoint", diff);
+      free(diff);
+      goto done;
+    }
+  }
+  if (o.prune_scores && !resuming &&
+      (st = tk_hydra_scaled_score_init(m, !o.scaled_score_init, &res->scores_init)) != TK_OK)
+    goto done;
+  if (o.prune_scores && !resuming && r->progress)
+    fprintf(stderr, "score training: layer-wise sparsity %g, scaled score init on %d tensor%s\n", o.sparsity,
+            res->scores_init, res->scores_init == 1 ? "" : "s");
   if ((st = tk_trainer_create(e, &o, &t)) != TK_OK) goto done;
   if (val && val->n && o.val_steps > 0) {
     tk_attack_opts ao;
@@ -743,15 +862,8 @@ tk_status tk_train_run(tk_engine *e, const tk_dataset *train, const tk_dataset *
   for (int i = 0; i < RM_COUNT; i++) rm.v[i] = (i == RM_BEST_SA || i == RM_BEST_RA) ? -1 : 0;
   int epoch0 = 0;
   int64_t step = 0;
-  if (r->resume && tk_train_state_resumable(m)) {
+  if (resuming) {
     tk_train_state *ts = m->train;
-    char *diff = tk_config_diff(ts->config, r->config);
-    if (diff) {
-      st = tk_fail(TK_ERR_ARG, "%s: train_state.config: made with different settings (%s); use the same options or "
-                   "start afresh", r->checkpoint ? r->checkpoint : "checkpoint", diff);
-      free(diff);
-      goto done;
-    }
     epoch0 = ts->epoch;
     step = ts->step;
     if (epoch0 < 0 || epoch0 > o.epochs || step < (int64_t)epoch0 * nb || step > (int64_t)(epoch0 + 1) * nb ||
@@ -781,6 +893,7 @@ tk_status tk_train_run(tk_engine *e, const tk_dataset *train, const tk_dataset *
     free(m->prov.metrics);
     m->prov.metrics = NULL;
     m->prov.n_metrics = 0;
+    if (o.prune_scores && (st = hydra_provenance(m, &o)) != TK_OK) goto done;
   }
   tk_train_state *ts = m->train;
   if ((st = set_string(&ts->config, r->config ? r->config : "{}")) != TK_OK) goto done;
@@ -803,7 +916,7 @@ tk_status tk_train_run(tk_engine *e, const tk_dataset *train, const tk_dataset *
     if ((st = tk_sgd_save(t->sgd, m)) != TK_OK) goto done;                                  \
     if ((st = state_set_metrics(ts, &rm)) != TK_OK) goto done;                              \
     if ((st = set_string(&ts->log, log.s)) != TK_OK) goto done;                             \
-    if (r->checkpoint && (st = tk_model_save(m, r->checkpoint)) != TK_OK) goto done;        \
+    if (r->checkpoint && (st = save_checkpoint(m, t->hydra, r->checkpoint)) != TK_OK) goto done; \
   } while (0)
 
   double t_start = tk_now(), t_last = t_start;
@@ -897,8 +1010,8 @@ tk_status tk_train_run(tk_engine *e, const tk_dataset *train, const tk_dataset *
       ts->step = step;
       rm.v[RM_EPOCH_LOSS] = rm.v[RM_EPOCH_CORRECT] = rm.v[RM_EPOCH_SEEN] = 0;
       if ((st = set_string(&ts->log, log.s)) != TK_OK || (st = state_set_metrics(ts, &rm)) != TK_OK) goto done;
-      if (new_sa && r->best_sa_out && (st = save_finished(m, r->best_sa_out)) != TK_OK) goto done;
-      if (new_ra && r->best_ra_out && (st = save_finished(m, r->best_ra_out)) != TK_OK) goto done;
+      if (new_sa && r->best_sa_out && (st = save_finished(m, t->hydra, r->best_sa_out)) != TK_OK) goto done;
+      if (new_ra && r->best_ra_out && (st = save_finished(m, t->hydra, r->best_ra_out)) != TK_OK) goto done;
     }
     rm.v[RM_EPOCH_LOSS] = rm.v[RM_EPOCH_CORRECT] = rm.v[RM_EPOCH_SEEN] = 0;
     res->epochs_done = ep;
@@ -920,10 +1033,17 @@ tk_status tk_train_run(tk_engine *e, const tk_dataset *train, const tk_dataset *
   if (r->out) {
     ts->epoch = o.epochs;
     ts->step = step;
-    if ((st = set_string(&ts->log, log.s)) != TK_OK || (st = save_finished(m, r->out)) != TK_OK) goto done;
+    if ((st = set_string(&ts->log, log.s)) != TK_OK || (st = save_finished(m, t->hydra, r->out)) != TK_OK)
+      goto done;
   }
 finished:
 #undef SAVE_CHECKPOINT
+  if (t->hydra) {
+    /* the pruned network after a finished run, the checkpoint's form after a stop */
+    if (res->interrupted) tk_hydra_to_checkpoint(t->hydra);
+    else if ((st = tk_hydra_to_pruned(t->hydra)) != TK_OK) goto done;
+    if ((st = tk_engine_sync(e, 1)) != TK_OK) goto done;
+  }
   res->steps = step;
   res->seconds = tk_now() - t_start;
   res->images_per_s = res->seconds > 0 ? images / res->seconds : 0;
@@ -931,7 +1051,7 @@ finished:
   res->best_ra = rm.v[RM_BEST_RA];
   res->best_sa_epoch = (int)rm.v[RM_BEST_SA_EPOCH];
   res->best_ra_epoch = (int)rm.v[RM_BEST_RA_EPOCH];
-  res->sparsity = tk_model_sparsity(m);
+  res->sparsity = t->hydra ? tk_hydra_achieved(t->hydra) : tk_model_sparsity(m);
   res->log = log.s;
   log.s = NULL;
   st = TK_OK;

@@ -30,6 +30,18 @@
  * start unclamped), and HYDRA's trainer/adv.py extra train-mode forward of x (for its accuracy
  * print, a fourth running-statistics update per TRADES step) is not repeated.
  *
+ * HYDRA's pruning step (prune_scores; SEEDS.md 3.2, runtime/hydra.h): the same recipes and
+ * loop train, instead of the weights, the popup scores of every prunable tensor (and the
+ * BatchNorm affine parameters unless freeze_bn).  Each step runs on W_eff = W * m, m the
+ * layer-wise top-k of |scores| at `sparsity`, with no mask on the tensors, so the engine
+ * computes dL/dW_eff at every position (score training runs dense, as HYDRA's does); the
+ * scores take dL/ds = (dL/dW_eff * W) sign(s) with the same SGD (momentum, weight decay on the
+ * scores too); weights and biases never change; after the update the masks are recomputed.
+ * At a fresh start, tensors without scores (all of them with scaled_score_init) get
+ * s = sqrt(6/fan_in) W / max|W|.  Checkpoints hold the dense W, the scores and their
+ * momenta (under the weight tensors' names); best and final models are the pruned network:
+ * W with the mask applied, the mask set, the scores kept, provenance method "hydra".
+ *
  * Determinism: given the seed (and the thread count), a run is bit-for-bit reproducible, and a
  * run resumed from any checkpoint ends with the same weights as an uninterrupted one.  The
  * epoch's shuffle comes from (seed, epoch); augmentation and attack starts draw from one
@@ -41,6 +53,7 @@
 #include "attack.h"
 #include "data.h"
 #include "engine.h"
+#include "hydra.h"
 #include "optim.h"
 
 #include <signal.h>
@@ -120,11 +133,16 @@ typedef struct {
   double val_alpha;      /* validation attack: PGD-val_steps, eps, val_alpha, uniform start, eval BN */
   int val_steps;
   uint64_t seed;
+  /* HYDRA score optimisation (see the top of this file) */
+  int prune_scores;      /* train the scores of the prunable tensors, not the weights */
+  double sparsity;       /* layer-wise fraction pruned, [0, 1]; < 0 = not given */
+  int scaled_score_init; /* at a fresh start, overwrite every tensor's scores with the scaled init */
+  int freeze_bn;         /* keep the BatchNorm affine parameters fixed too */
 } tk_train_opts;
 
 /* Defaults: st, 1 epoch, batch 128, lr 0.1, momentum 0.9, wd 5e-4, cosine, eps 8/255,
  * alpha 2/255, 10 steps, beta 6, attack BN eval, no augmentation, validation PGD-10
- * with alpha 2/255, seed 1. */
+ * with alpha 2/255, seed 1, weights trained (no score training). */
 void tk_train_opts_default(tk_train_opts *o);
 /* Checks ranges; fills derived defaults.  Errors name the option. */
 tk_status tk_train_opts_check(tk_train_opts *o);
@@ -136,7 +154,9 @@ typedef struct {
 } tk_step_stats;
 
 typedef struct tk_trainer tk_trainer;
-/* Allocates everything for batches up to e->max_batch: attack, buffers, optimizer. */
+/* Allocates everything for batches up to e->max_batch: attack, buffers, optimizer.  With
+ * prune_scores, every prunable tensor needs scores; the model is put into the running form
+ * (hydra.h: data = W_eff, masks cleared) and the engine synced. */
 tk_status tk_trainer_create(tk_engine *e, const tk_train_opts *o, tk_trainer **out);
 void tk_trainer_free(tk_trainer *t);
 /* One step on (x, y) of n images (already augmented).  `start`: NULL (the attack draws its
@@ -148,6 +168,8 @@ tk_status tk_trainer_step(tk_trainer *t, const float *x, const int *y, int n, co
 tk_sgd *tk_trainer_sgd(tk_trainer *t);
 /* The adversarial batch of the last step ((n, C, H, W)), NULL for st. */
 const float *tk_trainer_last_adv(const tk_trainer *t);
+/* The score-training state (NULL without prune_scores). */
+tk_hydra *tk_trainer_hydra(tk_trainer *t);
 
 /* ---- epochs ------------------------------------------------------------------------------- */
 typedef struct {
@@ -178,6 +200,7 @@ typedef struct {
   int best_sa_epoch, best_ra_epoch;
   double images_per_s, seconds; /* this call */
   double sparsity;
+  int scores_init;          /* prune_scores: tensors whose scores got the scaled init */
   char *log;                /* JSON lines, one per finished epoch (owned; free()) */
 } tk_run_result;
 
@@ -185,7 +208,10 @@ typedef struct {
  * TrainState in e->m that is a checkpoint (generator state present), the run continues from it
  * after checking that its config equals r->config; otherwise any TrainState is replaced.
  * The checkpoint state is kept in e->m->train as the run goes (and written to r->checkpoint).
- * The engine's max_batch must be at least o->batch. */
+ * The engine's max_batch must be at least o->batch.
+ * With prune_scores, e->m ends as the pruned network after a finished run and as the
+ * checkpoint (dense weights, scores, no masks) after an interrupted one, the engine synced
+ * either way; after a failure it may be in any of hydra.h's forms. */
 tk_status tk_train_run(tk_engine *e, const tk_dataset *train, const tk_dataset *val, const tk_train_opts *o,
                        const tk_run_opts *r, tk_run_result *res);
 /* 1 when the model's TrainState is a resumable checkpoint (generator state and config present). */

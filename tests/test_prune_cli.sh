@@ -15,7 +15,8 @@ cd "$tmp"
 fail() { echo "FAIL: $*"; exit 1; }
 
 for c in train prune masks; do
-  "$T" $c --help | grep -q "usage: ticket $c" || fail "ticket $c --help"
+  "$T" $c --help > help.txt || fail "ticket $c --help: exit status"
+  grep -q "usage: ticket $c" help.txt || fail "ticket $c --help"
 done
 
 "$T" init lenet -o dense.tkt --seed 1 > /dev/null

@@ -67,9 +67,27 @@ typedef struct {
   tk_status (*bwd_input)(tk_kernel *k, const float *dy, float *dx, int n);
   /* dw (weight numel) and db (O, or NULL) overwritten; entries of dw off the mask are 0 */
   tk_status (*bwd_weight)(tk_kernel *k, const float *x, const float *dy, float *dw, float *db, int n);
-  /* the layer's weight/bias values changed (same mask): repack */
+  /* the layer's weight/bias values changed (same mask): repack (this also drops a fold) */
   tk_status (*update)(tk_kernel *k);
   void (*destroy)(tk_kernel *k);
+
+  /* ---- optional: an eval-mode per-channel affine folded into the layer (NULL: not supported;
+   * the caller then runs the layer and the affine separately).  Used by the executor to fold an
+   * eval-mode batchnorm y = scale[o]*z + shift[o] (z = conv(x, W*M) + b) into its conv/linear:
+   *   fold(k, scale, shift)   installs W'[o,...] = W[o,...]*scale[o] (the mask is unchanged) and
+   *                           b'[o] = b[o]*scale[o] + shift[o] (b = 0 without a bias), computed from
+   *                           the model's current weights; scale, shift: O floats each, copied.
+   *                           scale NULL drops the fold.  Not per call: once per weight or
+   *                           statistics change (update() drops the fold).  Allocates nothing.
+   *   fwd_folded              y = relu?(conv(x, W') + b'): relu 1 applies max(., 0) at the store
+   *                           (NaN passes, as PyTorch's ReLU)
+   *   bwd_input_folded        dx = conv_transpose(dy masked, W'), where masked means dy taken as 0
+   *                           where relu_y <= 0 (relu_y: the layer's folded, ReLU'd output, same
+   *                           layout as dy; NULL: no masking)
+   * The folded calls fail with TK_ERR_ARG when no fold is installed. */
+  tk_status (*fold)(tk_kernel *k, const float *scale, const float *shift);
+  tk_status (*fwd_folded)(tk_kernel *k, const float *x, float *y, int n, int relu);
+  tk_status (*bwd_input_folded)(tk_kernel *k, const float *dy, const float *relu_y, float *dx, int n);
 } tk_kernel_vtbl;
 
 struct tk_kernel {

@@ -8,8 +8,9 @@
  * A layer's kernel source (one C translation unit, compiled by clang without OpenMP) defines,
  * for a symbol prefix P (a hash of everything that affects the code, see tk_emit_layer):
  *   P_prep_x(a, c0, c1)      raw input image -> padded, stride-phase-split scratch  (channels)
- *   P_prep_dy(a, o0, o1)     output gradient -> zero-margined scratch              (channels)
- *   P_fwd(a, o0, o1)         y = conv(x, W*M) + b                                 (out channels)
+ *   P_prep_dy(a, o0, o1)     output gradient -> zero-margined scratch, masked by
+ *                            a->mask > 0 when a->mask is set (a folded ReLU)     (channels)
+ *   P_fwd(a, o0, o1)         y = conv(x, W*M) + b, relu'd when a->relu            (out channels)
  *   P_bwd_input(a, i0, i1)   dx = conv_transpose(dy, W*M)                          (in channels)
  *   P_bwd_weight(a, o0, o1)  dwv[j] += sum dy * x over the packed non-zeros j       (out channels)
  *   P_fwd_u, P_bwd_input_u   the unrolled / value-baked forms (those variants only)
@@ -36,7 +37,9 @@
   X(const int32_t *, off, "CSR element offsets into the source scratch")                     \
   X(const float *, bias, "bias (O) or NULL")                                                 \
   X(float *, z, "per-thread scratch row(s)")                                                 \
-  X(int, nb, "linear: images in this block (1..16)")
+  X(int, nb, "linear: images in this block (1..16)")                                         \
+  X(const float *, mask, "prep_dy: NULL, or dy is taken as 0 where mask <= 0 (dy's layout)") \
+  X(int, relu, "fwd: 1 = max(., 0) at the final store (NaN passes)")
 
 typedef struct {
 #define X(t, n, c) t n;

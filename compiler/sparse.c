@@ -6,7 +6,15 @@
  * Threads: the generated functions are single-threaded over a row range; this file owns the
  * OpenMP regions.  With at least as many images as threads each thread takes whole images
  * with its own scratch (no barriers); otherwise the threads split the rows of every image,
- * balanced by non-zero count.  A kernel must not be called concurrently with itself. */
+ * balanced by non-zero count.  A kernel must not be called concurrently with itself.
+ *
+ * Folding (compile.h, fold): an eval-mode batchnorm y = scale*z + shift folded into the layer
+ * is a second packed value array (wvf, and wvtf in the transposed order) and a folded bias
+ * (bf), made by fold() from the model's weights; the folded calls pass them instead of wv /
+ * wvt / the bias, with the kargs' relu flag (every forward form stores max(., 0)) and mask
+ * pointer (prep_dy / prep_dyb zero dy where the folded output is <= 0): runtime arguments,
+ * so no extra code is compiled.  Value-baked kernels have their values compiled in and do
+ * not fold (their vtable has no fold entries). */
 #include "cache.h"
 #include "compile.h"
 #include "emit.h"
@@ -38,6 +46,8 @@ typedef struct {
   int vb; /* conv vectorised over the batch: lanes are 16 images (conv_batch.c.in) */
   tk_kfn prep_xb, prep_dyb, fwd_b, bwd_input_b, bwd_weight_b;
   float *wv, *wvt, *baked; /* packed values; transposed order; values baked into the code */
+  float *wvf, *wvtf, *bf;  /* folded values (forward and transposed order), folded bias (O) */
+  int folded;              /* wvf/wvtf/bf hold a fold of the current values */
   int nsets;
   scratch_set *sets;
   float *arena;
@@ -101,17 +111,23 @@ static void fwd_prep(const sparse_kernel *k, const scratch_set *s, const float *
   (col ? k->prep_col : k->prep_x)(&a, c0, c1);
 }
 
+/* The values, bias and epilogue of one forward call: the layer's own, or a fold's. */
+typedef struct {
+  const float *w, *bias;
+  int relu;
+} fwd_vals;
+
 static tk_kargs fwd_args(const sparse_kernel *k, const scratch_set *in, const scratch_set *mine, float *y,
-                         const float *bias) {
-  tk_kargs f = {.src = k->g.IM2COL || k->g.XS ? in->col : in->xq, .dst = y, .w = k->baked ? k->baked : k->wv, .rp = k->t.rpc,
-                .off = k->t.offc, .bias = bias, .z = mine->z};
+                         const fwd_vals *fv) {
+  tk_kargs f = {.src = k->g.IM2COL || k->g.XS ? in->col : in->xq, .dst = y, .w = fv->w, .rp = k->t.rpc,
+                .off = k->t.offc, .bias = fv->bias, .z = mine->z, .relu = fv->relu};
   return f;
 }
 
 /* One image, one thread: prep and all rows. */
-static void conv_fwd_image(sparse_kernel *k, const scratch_set *s, const float *x, float *y, const float *bias) {
+static void conv_fwd_image(sparse_kernel *k, const scratch_set *s, const float *x, float *y, const fwd_vals *fv) {
   fwd_prep(k, s, x, 0, k->g.I);
-  tk_kargs f = fwd_args(k, s, s, y, bias);
+  tk_kargs f = fwd_args(k, s, s, y, fv);
   k->fwd(&f, 0, k->g.O);
 }
 
@@ -124,10 +140,11 @@ static int batch_threads(const sparse_kernel *k, int nblk) {
 
 /* One pass of a batch-vectorised kernel over n images, blocks of 16 whole per thread: `prep`
  * moves rows [0, prep_rows) of a block of src (image stride ss) into the thread's grid (xb, or
- * dzb when from_dy), then `run` computes rows [0, rows) into dst (image stride ds). */
-static void batch_pass(sparse_kernel *k, int n, int from_dy, const float *src, int64_t ss, int prep_rows,
-                       tk_kfn prep, float *dst, int64_t ds, int rows, tk_kfn run, const float *w, const int32_t *rp,
-                       const int32_t *off, const float *bias) {
+ * dzb when from_dy; masked by `mask`, src's layout, when not NULL), then `run` computes rows
+ * [0, rows) into dst (image stride ds), relu'd when `relu`. */
+static void batch_pass(sparse_kernel *k, int n, int from_dy, const float *src, const float *mask, int64_t ss,
+                       int prep_rows, tk_kfn prep, float *dst, int64_t ds, int rows, tk_kfn run, const float *w,
+                       const int32_t *rp, const int32_t *off, const float *bias, int relu) {
   int nblk = (n + 15) / 16, T = batch_threads(k, nblk);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(T) if (T > 1)
@@ -137,25 +154,27 @@ static void batch_pass(sparse_kernel *k, int n, int from_dy, const float *src, i
     float *grid = from_dy ? k->sets[t].dzb : k->sets[t].xb;
     for (int b = nblk * t / T; b < nblk * (t + 1) / T; b++) {
       int nb = n - b * 16 < 16 ? n - b * 16 : 16;
-      tk_kargs a = {.src = src + b * 16 * ss, .dst = grid, .nb = nb};
+      tk_kargs a = {.src = src + b * 16 * ss, .dst = grid, .nb = nb, .mask = mask ? mask + b * 16 * ss : NULL};
       prep(&a, 0, prep_rows);
       tk_kargs f = {.src = grid, .dst = dst + b * 16 * ds, .w = w, .rp = rp, .off = off, .bias = bias,
-                    .z = k->sets[t].zb, .nb = nb};
+                    .z = k->sets[t].zb, .nb = nb, .relu = relu};
       run(&f, 0, rows);
     }
   }
 }
 
-static void conv_fwd_b(sparse_kernel *k, const float *x, float *y, int n) {
+static void conv_fwd_b(sparse_kernel *k, const float *x, float *y, int n, const fwd_vals *fv) {
   const tk_geom *g = &k->g;
   int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
-  batch_pass(k, n, 0, x, xs, g->I, k->prep_xb, y, ys, g->O, k->fwd_b, k->wv, k->t.rp, k->t.off, kbias(&k->base));
+  batch_pass(k, n, 0, x, NULL, xs, g->I, k->prep_xb, y, ys, g->O, k->fwd_b, fv->w, k->t.rp, k->t.off, fv->bias,
+             fv->relu);
 }
 
-static void conv_bwd_input_b(sparse_kernel *k, const float *dy, float *dx, int n) {
+static void conv_bwd_input_b(sparse_kernel *k, const float *dy, const float *mask, float *dx, int n, const float *wt) {
   const tk_geom *g = &k->g;
   int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
-  batch_pass(k, n, 1, dy, ys, g->O, k->prep_dyb, dx, xs, g->I, k->bwd_input_b, k->wvt, k->t.rpt, k->t.offt, NULL);
+  batch_pass(k, n, 1, dy, mask, ys, g->O, k->prep_dyb, dx, xs, g->I, k->bwd_input_b, wt, k->t.rpt, k->t.offt, NULL,
+             0);
 }
 
 /* the packed weight gradient summed over the images into sets[0].dwv */
@@ -184,30 +203,26 @@ static void conv_bwd_weight_b(sparse_kernel *k, const float *x, const float *dy,
     for (int64_t j = 0; j < nnz; j++) k->sets[0].dwv[j] += k->sets[t].dwv[j];
 }
 
-static tk_status conv_fwd(tk_kernel *kb, const float *x, float *y, int n) {
-  sparse_kernel *k = (sparse_kernel *)kb;
-  tk_status st = check_n(kb, n);
-  if (st) return st;
+static void conv_run_fwd(sparse_kernel *k, const float *x, float *y, int n, const fwd_vals *fv) {
   if (k->vb) {
-    conv_fwd_b(k, x, y, n);
-    return TK_OK;
+    conv_fwd_b(k, x, y, n, fv);
+    return;
   }
   const tk_geom *g = &k->g;
-  const float *bias = kbias(kb);
   int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
   int T = want_threads(k);
   if (T == 1) {
-    for (int i = 0; i < n; i++) conv_fwd_image(k, &k->sets[0], x + i * xs, y + i * ys, bias);
-    return TK_OK;
+    for (int i = 0; i < n; i++) conv_fwd_image(k, &k->sets[0], x + i * xs, y + i * ys, fv);
+    return;
   }
 #ifdef _OPENMP
   if (n >= T) {
 #pragma omp parallel num_threads(T)
     {
       int t = thread_id(), nt = omp_get_num_threads();
-      for (int i = n * t / nt; i < n * (t + 1) / nt; i++) conv_fwd_image(k, &k->sets[t], x + i * xs, y + i * ys, bias);
+      for (int i = n * t / nt; i < n * (t + 1) / nt; i++) conv_fwd_image(k, &k->sets[t], x + i * xs, y + i * ys, fv);
     }
-    return TK_OK;
+    return;
   }
 #pragma omp parallel num_threads(T)
   {
@@ -216,65 +231,112 @@ static tk_status conv_fwd(tk_kernel *kb, const float *x, float *y, int n) {
     for (int i = 0; i < n; i++) {
       fwd_prep(k, &k->sets[0], x + i * xs, g->I * t / nt, g->I * (t + 1) / nt);
 #pragma omp barrier
-      tk_kargs f = fwd_args(k, &k->sets[0], &k->sets[t], y + i * ys, bias);
+      tk_kargs f = fwd_args(k, &k->sets[0], &k->sets[t], y + i * ys, fv);
       k->fwd(&f, r0, r1);
 #pragma omp barrier
     }
   }
 #endif
-  return TK_OK;
 }
 
-static void conv_bwdi_image(sparse_kernel *k, const scratch_set *s, const float *dy, float *dx) {
-  const tk_geom *g = &k->g;
-  tk_kargs a = {.src = dy, .dst = s->dz};
-  k->prep_dy(&a, 0, g->O);
-  tk_kargs b = {.src = s->dz, .dst = dx, .w = k->wvt, .rp = k->t.rpt, .off = k->t.offt, .z = s->z};
-  k->bwd_input(&b, 0, g->I);
-}
-
-static tk_status conv_bwd_input(tk_kernel *kb, const float *dy, float *dx, int n) {
+static tk_status conv_fwd(tk_kernel *kb, const float *x, float *y, int n) {
   sparse_kernel *k = (sparse_kernel *)kb;
   tk_status st = check_n(kb, n);
   if (st) return st;
-  if (!k->training)
-    return tk_fail(TK_ERR_ARG, "layer %d (%s): kernel built without gradients (plan with training)", kb->layer,
-                   klayer(kb)->name);
+  fwd_vals fv = {k->baked ? k->baked : k->wv, kbias(kb), 0};
+  conv_run_fwd(k, x, y, n, &fv);
+  return TK_OK;
+}
+
+/* the folded calls: a fold must be installed */
+static tk_status check_folded(const sparse_kernel *k) {
+  if (!k->folded)
+    return tk_fail(TK_ERR_ARG, "layer %d (%s): folded call without a fold (call fold() after update())", k->base.layer,
+                   klayer(&k->base)->name);
+  return TK_OK;
+}
+
+static tk_status conv_fwd_folded(tk_kernel *kb, const float *x, float *y, int n, int relu) {
+  sparse_kernel *k = (sparse_kernel *)kb;
+  tk_status st = check_n(kb, n);
+  if (st || (st = check_folded(k))) return st;
+  fwd_vals fv = {k->wvf, k->bf, relu != 0};
+  conv_run_fwd(k, x, y, n, &fv);
+  return TK_OK;
+}
+
+/* mask: NULL, or dy is taken as 0 where mask <= 0 (dy's layout) */
+static void conv_bwdi_image(sparse_kernel *k, const scratch_set *s, const float *dy, const float *mask, float *dx,
+                            const float *wt) {
+  const tk_geom *g = &k->g;
+  tk_kargs a = {.src = dy, .dst = s->dz, .mask = mask};
+  k->prep_dy(&a, 0, g->O);
+  tk_kargs b = {.src = s->dz, .dst = dx, .w = wt, .rp = k->t.rpt, .off = k->t.offt, .z = s->z};
+  k->bwd_input(&b, 0, g->I);
+}
+
+static void conv_run_bwd_input(sparse_kernel *k, const float *dy, const float *mask, float *dx, int n,
+                               const float *wt) {
   if (k->vb) {
-    conv_bwd_input_b(k, dy, dx, n);
-    return TK_OK;
+    conv_bwd_input_b(k, dy, mask, dx, n, wt);
+    return;
   }
   const tk_geom *g = &k->g;
   int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
   int T = want_threads(k);
+#define MASK_AT(i) (mask ? mask + (i) * ys : NULL)
   if (T == 1) {
-    for (int i = 0; i < n; i++) conv_bwdi_image(k, &k->sets[0], dy + i * ys, dx + i * xs);
-    return TK_OK;
+    for (int i = 0; i < n; i++) conv_bwdi_image(k, &k->sets[0], dy + i * ys, MASK_AT(i), dx + i * xs, wt);
+    return;
   }
 #ifdef _OPENMP
   if (n >= T) {
 #pragma omp parallel num_threads(T)
     {
       int t = thread_id(), nt = omp_get_num_threads();
-      for (int i = n * t / nt; i < n * (t + 1) / nt; i++) conv_bwdi_image(k, &k->sets[t], dy + i * ys, dx + i * xs);
+      for (int i = n * t / nt; i < n * (t + 1) / nt; i++)
+        conv_bwdi_image(k, &k->sets[t], dy + i * ys, MASK_AT(i), dx + i * xs, wt);
     }
-    return TK_OK;
+    return;
   }
 #pragma omp parallel num_threads(T)
   {
     int t = thread_id(), nt = omp_get_num_threads(), r0, r1;
     row_range(k->t.rpt, g->I, g->NPH, (double)g->PZB, (double)g->H * g->W, t, nt, &r0, &r1);
     for (int i = 0; i < n; i++) {
-      tk_kargs a = {.src = dy + i * ys, .dst = k->sets[0].dz};
+      tk_kargs a = {.src = dy + i * ys, .dst = k->sets[0].dz, .mask = MASK_AT(i)};
       k->prep_dy(&a, g->O * t / nt, g->O * (t + 1) / nt);
 #pragma omp barrier
-      tk_kargs b = {.src = k->sets[0].dz, .dst = dx + i * xs, .w = k->wvt, .rp = k->t.rpt, .off = k->t.offt,
+      tk_kargs b = {.src = k->sets[0].dz, .dst = dx + i * xs, .w = wt, .rp = k->t.rpt, .off = k->t.offt,
                     .z = k->sets[t].z};
       k->bwd_input(&b, r0, r1);
 #pragma omp barrier
     }
   }
 #endif
+#undef MASK_AT
+}
+
+static tk_status check_training(const tk_kernel *kb) {
+  if (!((const sparse_kernel *)kb)->training)
+    return tk_fail(TK_ERR_ARG, "layer %d (%s): kernel built without gradients (plan with training)", kb->layer,
+                   klayer(kb)->name);
+  return TK_OK;
+}
+
+static tk_status conv_bwd_input(tk_kernel *kb, const float *dy, float *dx, int n) {
+  sparse_kernel *k = (sparse_kernel *)kb;
+  tk_status st = check_n(kb, n);
+  if (st || (st = check_training(kb))) return st;
+  conv_run_bwd_input(k, dy, NULL, dx, n, k->wvt);
+  return TK_OK;
+}
+
+static tk_status conv_bwd_input_folded(tk_kernel *kb, const float *dy, const float *relu_y, float *dx, int n) {
+  sparse_kernel *k = (sparse_kernel *)kb;
+  tk_status st = check_n(kb, n);
+  if (st || (st = check_training(kb)) || (st = check_folded(k))) return st;
+  conv_run_bwd_input(k, dy, relu_y, dx, n, k->wvtf);
   return TK_OK;
 }
 
@@ -361,18 +423,15 @@ static tk_status conv_bwd_weight(tk_kernel *kb, const float *x, const float *dy,
 
 /* ---- linear: blocks of 16 images -------------------------------------------------------------- */
 
-static tk_status lin_fwd(tk_kernel *kb, const float *x, float *y, int n) {
-  sparse_kernel *k = (sparse_kernel *)kb;
-  tk_status st = check_n(kb, n);
-  if (st) return st;
+static void lin_run_fwd(sparse_kernel *k, const float *x, float *y, int n, const fwd_vals *fv) {
   const tk_geom *g = &k->g;
-  const float *bias = kbias(kb);
   int nblk = (n + 15) / 16, T = want_threads(k);
   if (T > nblk) T = nblk;
   if (n < 4) { /* a few images: sparse dot products straight from x, no transpose */
-    tk_kargs d = {.src = x, .dst = y, .w = k->wv, .rp = k->t.rp, .off = k->t.off, .bias = bias, .nb = n};
+    tk_kargs d = {.src = x, .dst = y, .w = fv->w, .rp = k->t.rp, .off = k->t.off, .bias = fv->bias, .nb = n,
+                  .relu = fv->relu};
     k->fwd_direct(&d, 0, g->O);
-    return TK_OK;
+    return;
   }
 #ifdef _OPENMP
 #pragma omp parallel num_threads(T) if (T > 1)
@@ -383,21 +442,33 @@ static tk_status lin_fwd(tk_kernel *kb, const float *x, float *y, int n) {
       int nb = n - b * 16 < 16 ? n - b * 16 : 16;
       tk_kargs a = {.src = x + (int64_t)b * 16 * g->I, .dst = k->sets[t].xq, .nb = nb};
       k->prep_x(&a, 0, g->I);
-      tk_kargs f = {.src = k->sets[t].xq, .dst = y + (int64_t)b * 16 * g->O, .w = k->wv, .rp = k->t.rp,
-                    .off = k->t.off, .bias = bias, .z = k->sets[t].z, .nb = nb};
+      tk_kargs f = {.src = k->sets[t].xq, .dst = y + (int64_t)b * 16 * g->O, .w = fv->w, .rp = k->t.rp,
+                    .off = k->t.off, .bias = fv->bias, .z = k->sets[t].z, .nb = nb, .relu = fv->relu};
       k->fwd(&f, 0, g->O);
     }
   }
-  return TK_OK;
 }
 
-static tk_status lin_bwd_input(tk_kernel *kb, const float *dy, float *dx, int n) {
+static tk_status lin_fwd(tk_kernel *kb, const float *x, float *y, int n) {
   sparse_kernel *k = (sparse_kernel *)kb;
   tk_status st = check_n(kb, n);
   if (st) return st;
-  if (!k->training)
-    return tk_fail(TK_ERR_ARG, "layer %d (%s): kernel built without gradients (plan with training)", kb->layer,
-                   klayer(kb)->name);
+  fwd_vals fv = {k->wv, kbias(kb), 0};
+  lin_run_fwd(k, x, y, n, &fv);
+  return TK_OK;
+}
+
+static tk_status lin_fwd_folded(tk_kernel *kb, const float *x, float *y, int n, int relu) {
+  sparse_kernel *k = (sparse_kernel *)kb;
+  tk_status st = check_n(kb, n);
+  if (st || (st = check_folded(k))) return st;
+  fwd_vals fv = {k->wvf, k->bf, relu != 0};
+  lin_run_fwd(k, x, y, n, &fv);
+  return TK_OK;
+}
+
+static void lin_run_bwd_input(sparse_kernel *k, const float *dy, const float *mask, float *dx, int n,
+                              const float *wt) {
   const tk_geom *g = &k->g;
   int nblk = (n + 15) / 16, T = want_threads(k);
   if (T > nblk) T = nblk;
@@ -408,13 +479,29 @@ static tk_status lin_bwd_input(tk_kernel *kb, const float *dy, float *dx, int n)
     int t = thread_id(), nt = T > 1 ? T : 1;
     for (int b = nblk * t / nt; b < nblk * (t + 1) / nt; b++) {
       int nb = n - b * 16 < 16 ? n - b * 16 : 16;
-      tk_kargs a = {.src = dy + (int64_t)b * 16 * g->O, .dst = k->sets[t].dz, .nb = nb};
+      tk_kargs a = {.src = dy + (int64_t)b * 16 * g->O, .dst = k->sets[t].dz, .nb = nb,
+                    .mask = mask ? mask + (int64_t)b * 16 * g->O : NULL};
       k->prep_dy(&a, 0, g->O);
-      tk_kargs f = {.src = k->sets[t].dz, .dst = dx + (int64_t)b * 16 * g->I, .w = k->wvt, .rp = k->t.rpt,
+      tk_kargs f = {.src = k->sets[t].dz, .dst = dx + (int64_t)b * 16 * g->I, .w = wt, .rp = k->t.rpt,
                     .off = k->t.offt, .z = k->sets[t].z, .nb = nb};
       k->bwd_input(&f, 0, g->I);
     }
   }
+}
+
+static tk_status lin_bwd_input(tk_kernel *kb, const float *dy, float *dx, int n) {
+  sparse_kernel *k = (sparse_kernel *)kb;
+  tk_status st = check_n(kb, n);
+  if (st || (st = check_training(kb))) return st;
+  lin_run_bwd_input(k, dy, NULL, dx, n, k->wvt);
+  return TK_OK;
+}
+
+static tk_status lin_bwd_input_folded(tk_kernel *kb, const float *dy, const float *relu_y, float *dx, int n) {
+  sparse_kernel *k = (sparse_kernel *)kb;
+  tk_status st = check_n(kb, n);
+  if (st || (st = check_training(kb)) || (st = check_folded(k))) return st;
+  lin_run_bwd_input(k, dy, relu_y, dx, n, k->wvtf);
   return TK_OK;
 }
 
@@ -468,6 +555,23 @@ static tk_status sk_update(tk_kernel *kb) {
   for (int64_t j = 0; j < k->t.nnz; j++) k->wv[j] = wt->data[k->t.pos[j]];
   if (k->wvt)
     for (int64_t q = 0; q < k->t.nnz; q++) k->wvt[q] = k->wv[k->t.perm[q]];
+  k->folded = 0;
+  return TK_OK;
+}
+
+/* W' = W*scale[o] in the packed orders, b' = b*scale + shift (compile.h) */
+static tk_status sk_fold(tk_kernel *kb, const float *scale, const float *shift) {
+  sparse_kernel *k = (sparse_kernel *)kb;
+  k->folded = 0;
+  if (!scale) return TK_OK;
+  const tk_tensor *wt = &kb->m->tensors[klayer(kb)->weight];
+  const float *bias = kbias(kb);
+  const int64_t per_o = wt->numel / k->g.O; /* packed index j -> output channel pos[j] / per_o */
+  for (int64_t j = 0; j < k->t.nnz; j++) k->wvf[j] = wt->data[k->t.pos[j]] * scale[k->t.pos[j] / per_o];
+  if (k->wvtf)
+    for (int64_t q = 0; q < k->t.nnz; q++) k->wvtf[q] = k->wvf[k->t.perm[q]];
+  for (int o = 0; o < k->g.O; o++) k->bf[o] = (bias ? bias[o] : 0.0f) * scale[o] + shift[o];
+  k->folded = 1;
   return TK_OK;
 }
 
@@ -478,29 +582,69 @@ static void sk_destroy(tk_kernel *kb) {
   free(k->wv);
   free(k->wvt);
   free(k->baked);
+  free(k->wvf);
+  free(k->wvtf);
+  free(k->bf);
   free(k->sets);
   free(k->arena);
   tk_jit_release(k->jit);
   free(k);
 }
 
-static const tk_kernel_vtbl conv_vtbl = {conv_fwd, conv_bwd_input, conv_bwd_weight, sk_update, sk_destroy};
-static const tk_kernel_vtbl lin_vtbl = {lin_fwd, lin_bwd_input, lin_bwd_weight, sk_update, sk_destroy};
+static const tk_kernel_vtbl conv_vtbl = {conv_fwd,   conv_bwd_input,  conv_bwd_weight,      sk_update, sk_destroy,
+                                         sk_fold,    conv_fwd_folded, conv_bwd_input_folded};
+static const tk_kernel_vtbl baked_vtbl = {conv_fwd, conv_bwd_input, conv_bwd_weight, sk_update, sk_destroy,
+                                          NULL,     NULL,           NULL}; /* values compiled in: no fold */
+static const tk_kernel_vtbl lin_vtbl = {lin_fwd, lin_bwd_input, lin_bwd_weight,       sk_update, sk_destroy,
+                                        sk_fold, lin_fwd_folded, lin_bwd_input_folded};
 
 /* ---- the EMPTY kernel: every weight pruned ---------------------------------------------------- */
+
+typedef struct {
+  tk_kernel base;
+  float *bf;  /* folded bias (O): the folded output is relu?(bf) */
+  int folded;
+} empty_kernel;
+
+/* y = relu?(b) per output channel (b NULL: 0) */
+static void empty_fill(const tk_kernel *k, const float *b, int relu, float *y, int n) {
+  const tk_layer *l = klayer(k);
+  int64_t per = (int64_t)l->out.h * l->out.w;
+  for (int i = 0; i < n; i++)
+    for (int o = 0; o < l->out.c; o++) {
+      float *yo = y + ((int64_t)i * l->out.c + o) * per, v = b ? b[o] : 0.0f;
+      if (relu) v = v <= 0.0f ? 0.0f : v;
+      for (int64_t p = 0; p < per; p++) yo[p] = v;
+    }
+}
 
 static tk_status empty_fwd(tk_kernel *k, const float *x, float *y, int n) {
   (void)x;
   tk_status st = check_n(k, n);
   if (st) return st;
-  const tk_layer *l = klayer(k);
-  const float *b = kbias(k);
-  int64_t per = (int64_t)l->out.h * l->out.w;
-  for (int i = 0; i < n; i++)
-    for (int o = 0; o < l->out.c; o++) {
-      float *yo = y + ((int64_t)i * l->out.c + o) * per;
-      for (int64_t p = 0; p < per; p++) yo[p] = b ? b[o] : 0.0f;
-    }
+  empty_fill(k, kbias(k), 0, y, n);
+  return TK_OK;
+}
+
+static tk_status empty_fold(tk_kernel *kb, const float *scale, const float *shift) {
+  empty_kernel *k = (empty_kernel *)kb;
+  k->folded = 0;
+  if (!scale) return TK_OK;
+  const float *b = kbias(kb);
+  for (int o = 0; o < klayer(kb)->out.c; o++) k->bf[o] = (b ? b[o] : 0.0f) * scale[o] + shift[o];
+  k->folded = 1;
+  return TK_OK;
+}
+
+static tk_status empty_fwd_folded(tk_kernel *kb, const float *x, float *y, int n, int relu) {
+  (void)x;
+  empty_kernel *k = (empty_kernel *)kb;
+  tk_status st = check_n(kb, n);
+  if (st) return st;
+  if (!k->folded)
+    return tk_fail(TK_ERR_ARG, "layer %d (%s): folded call without a fold (call fold() after update())", kb->layer,
+                   klayer(kb)->name);
+  empty_fill(kb, k->bf, relu, y, n);
   return TK_OK;
 }
 
@@ -530,21 +674,39 @@ static tk_status empty_bwd_weight(tk_kernel *k, const float *x, const float *dy,
   return TK_OK;
 }
 
+/* the input gradient is 0 whatever the mask */
+static tk_status empty_bwd_input_folded(tk_kernel *k, const float *dy, const float *relu_y, float *dx, int n) {
+  (void)relu_y;
+  if (!((empty_kernel *)k)->folded)
+    return tk_fail(TK_ERR_ARG, "layer %d (%s): folded call without a fold (call fold() after update())", k->layer,
+                   klayer(k)->name);
+  return empty_bwd_input(k, dy, dx, n);
+}
+
 static tk_status empty_update(tk_kernel *k) {
-  (void)k;
+  ((empty_kernel *)k)->folded = 0;
   return TK_OK;
 }
-static void empty_destroy(tk_kernel *k) { free(k); }
-static const tk_kernel_vtbl empty_vtbl = {empty_fwd, empty_bwd_input, empty_bwd_weight, empty_update, empty_destroy};
+static void empty_destroy(tk_kernel *k) {
+  if (!k) return;
+  free(((empty_kernel *)k)->bf);
+  free(k);
+}
+static const tk_kernel_vtbl empty_vtbl = {empty_fwd,  empty_bwd_input,  empty_bwd_weight,      empty_update, empty_destroy,
+                                          empty_fold, empty_fwd_folded, empty_bwd_input_folded};
 
 static tk_status empty_create(const tk_model *m, int layer, int max_batch, tk_kernel **out) {
   const tk_layer *l = &m->layers[layer];
   if (tk_weight_nnz(&m->tensors[l->weight]) != 0)
     return tk_fail(TK_ERR_ARG, "layer %d (%s): planned as empty but has kept weights", layer, l->name);
-  tk_kernel *k = tk_calloc(1, sizeof *k);
+  empty_kernel *k = tk_calloc(1, sizeof *k);
   if (!k) return TK_ERR_NOMEM;
-  *k = (tk_kernel){&empty_vtbl, TK_VARIANT_EMPTY, m, layer, max_batch};
-  *out = k;
+  k->base = (tk_kernel){&empty_vtbl, TK_VARIANT_EMPTY, m, layer, max_batch};
+  if (!(k->bf = tk_calloc((size_t)l->out.c, sizeof(float)))) {
+    free(k);
+    return TK_ERR_NOMEM;
+  }
+  *out = &k->base;
   return TK_OK;
 }
 
@@ -588,7 +750,8 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
   const tk_layer *l = &m->layers[it->layer];
   sparse_kernel *k = tk_calloc(1, sizeof *k);
   if (!k) return TK_ERR_NOMEM;
-  k->base = (tk_kernel){it->g.linear ? &lin_vtbl : &conv_vtbl, it->variant, m, it->layer, max_batch};
+  const tk_kernel_vtbl *vt = it->g.linear ? &lin_vtbl : it->variant == TK_VARIANT_VALUE_BAKED ? &baked_vtbl : &conv_vtbl;
+  k->base = (tk_kernel){vt, it->variant, m, it->layer, max_batch};
   k->g = it->g;
   k->t = it->t;
   memset(&it->t, 0, sizeof it->t); /* owned by the kernel now */
@@ -640,6 +803,12 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
   k->wv = tk_alloc_aligned((size_t)nz1 * sizeof(float));
   if (training) k->wvt = tk_alloc_aligned((size_t)nz1 * sizeof(float));
   if (it->variant == TK_VARIANT_VALUE_BAKED) k->baked = tk_alloc_aligned((size_t)nz1 * sizeof(float));
+  const int foldable = it->variant != TK_VARIANT_VALUE_BAKED;
+  if (foldable) { /* the fold's arrays, made here so that fold() allocates nothing */
+    k->wvf = tk_alloc_aligned((size_t)nz1 * sizeof(float));
+    if (training) k->wvtf = tk_alloc_aligned((size_t)nz1 * sizeof(float));
+    k->bf = tk_alloc_aligned((size_t)it->g.O * sizeof(float));
+  }
   k->nsets = threads;
   k->sets = tk_calloc((size_t)threads, sizeof *k->sets);
   /* one arena: per thread xq, z, and (training) dz, dwv; 64-byte aligned pieces */
@@ -654,7 +823,8 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
   }
   int64_t per = xq + z + dz + dwv + col + xb + dzb + zb;
   k->arena = tk_alloc_aligned((size_t)(per * threads) * sizeof(float));
-  if (!k->wv || (training && !k->wvt) || (it->variant == TK_VARIANT_VALUE_BAKED && !k->baked) || !k->sets || !k->arena) {
+  if (!k->wv || (training && !k->wvt) || (it->variant == TK_VARIANT_VALUE_BAKED && !k->baked) || !k->sets || !k->arena ||
+      (foldable && (!k->wvf || (training && !k->wvtf) || !k->bf))) {
     sk_destroy(&k->base);
     return tk_fail(TK_ERR_NOMEM, "layer %d (%s): out of memory for kernel scratch (%lld floats per thread)", it->layer,
                    l->name, (long long)per);

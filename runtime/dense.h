@@ -17,6 +17,13 @@
 
 tk_status tk_kernel_dense_create_ext(const tk_model *m, int layer, int max_batch, int shared_scratch,
                                      tk_kernel **out);
+/* The same, able to fold an eval-mode batchnorm (compile.h, fold): fold_mode 0 = no fold (the
+ * vtable's fold entries are NULL, as with _ext), 1 = fold, 2 = fold with a ReLU after it.  A
+ * fold needs primitives of its own (bias, ReLU post-op) and a second copy of the weights in
+ * every layout, made here, so ask for it only where the caller folds.  fwd_folded must be
+ * called with relu == (fold_mode == 2), bwd_input_folded with relu_y only in mode 2. */
+tk_status tk_kernel_dense_create_fold(const tk_model *m, int layer, int max_batch, int shared_scratch, int fold_mode,
+                                      tk_kernel **out);
 /* Bytes of scratch a call needs (0 for kernels that own theirs). */
 size_t tk_kernel_dense_scratch_size(const tk_kernel *k);
 /* Shared scratch: 64-byte aligned, at least tk_kernel_dense_scratch_size() bytes.  The

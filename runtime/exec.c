@@ -23,9 +23,26 @@
  *              buffer to their first unborn input and work in place; later readers add in.
  *   gtmp       input gradient of a conv/linear whose input gradient already holds a sum
  *              (kernels overwrite), added in afterwards
- *   bn stats   per batchnorm: mean and 1/std of the last forward (C each)
+ *   bn stats   per batchnorm: mean and 1/std of the last forward, the fold's a and b (C each)
  *   argmax     per maxpool: int32 (N, C, OH, OW) index of each maximum in its input plane
  *   kscratch   the dense kernels' shared scratch (blocked copies, oneDNN scratchpad)
+ *
+ * Eval-mode batchnorm folding: a batchnorm whose input is a conv/linear output read by nothing
+ * else is, in eval mode, the per-channel affine y = a*z + b (a = gamma/sqrt(running_var + eps),
+ * b = beta - running_mean*a), folded into the layer (compile.h, fold): W' = W*a[o] (the mask
+ * is unchanged), b' = bias*a + b.  A TK_BN_EVAL forward runs that layer on the folded values
+ * straight into the batchnorm's output buffer, with the batchnorm's fused ReLU as the kernel's
+ * store epilogue, and skips the batchnorm step; backward runs the layer's input gradient on the
+ * folded values with dy masked by (y > 0) inside the kernel's output-gradient preparation, and
+ * skips the batchnorm step.  The folds are recomputed on the first eval forward after they went
+ * stale: at create, on sync() (weights changed) and on every TK_BN_TRAIN forward (the running
+ * statistics changed), never per call otherwise.  A backward with parameter gradients after a
+ * folded forward first runs the folded layers again unfolded (their outputs z are the
+ * batchnorms' inputs, needed for dgamma and the layers' own weight gradients) and then goes the
+ * unfolded way.  A layer whose kernel has no fold entries (the reference kernel, value-baked
+ * code) keeps the unfolded path.  Both engines fold the same layers, so the dense baseline runs
+ * the same folded graph.  Environment: TICKET_FOLD_BN=0 turns folding off (A/B measurements);
+ * read when the engine is created.
  *
  * Numerics follow PyTorch (runtime/ops.h); the reference engine (runtime/ref/ref.c) is the
  * oracle in tests/unit/test_exec.c.  Results are deterministic for a given thread count.
@@ -41,6 +58,7 @@
 #include "dense.h"
 #include "ops.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -55,6 +73,9 @@ typedef struct {
   const tk_layer *l;
   int relu_fused;   /* batchnorm/add: also applies the ReLU that reads its output */
   int folded;       /* ReLU done by its producer: no forward work, backward passes through */
+  int fold_with;    /* conv/linear: the batchnorm that can fold into it; batchnorm: that layer; -1 */
+  int fold_on;      /* the pair folds in eval mode (structure, kernel support, TICKET_FOLD_BN) */
+  float *fscale, *fshift; /* batchnorm: the fold's a and b */
   float *in[2], *out;
   int64_t in_elems, out_elems; /* per image */
   int gout;                    /* grad slot of the output, -1: no gradient reaches this layer */
@@ -90,6 +111,11 @@ typedef struct {
   int last_n;
   tk_bn_mode last_bn;
   int profile;
+  int *readers, *alias; /* n_values: readers of each value; value whose buffer it uses, or -1 */
+  int fold_env;         /* TICKET_FOLD_BN is not 0 */
+  int n_folds;          /* pairs with fold_on */
+  int fold_stale;       /* the kernels' folds do not match the weights and running statistics */
+  int last_folded;      /* the last forward ran the folded pairs folded */
 } exec_engine;
 
 static const tk_engine_vtbl g_compiled_vtbl, g_dense_vtbl;
@@ -158,9 +184,12 @@ static tk_status kernels_make(exec_engine *x) {
     const tk_layer *l = &m->layers[i];
     tk_variant v = x->steps[i].variant;
     if (!is_kernel_op(l->op) || ks[i]) continue;
+    /* a dense kernel makes its fold primitives only where a batchnorm will fold into it */
+    const int fw = x->steps[i].fold_with;
+    const int fold_mode = x->fold_env && fw >= 0 ? (x->steps[fw].relu_fused ? 2 : 1) : 0;
     switch (v) {
     case TK_VARIANT_REFERENCE: st = tk_kernel_reference_create(m, i, x->base.max_batch, &ks[i]); break;
-    case TK_VARIANT_DENSE: st = tk_kernel_dense_create_ext(m, i, x->base.max_batch, 1, &ks[i]); break;
+    case TK_VARIANT_DENSE: st = tk_kernel_dense_create_fold(m, i, x->base.max_batch, 1, fold_mode, &ks[i]); break;
     default:
       st = LAYER_FAIL(TK_ERR_INTERNAL, i, l, "kernel: the plan's variant %d produced no kernel", (int)v);
       break;
@@ -198,6 +227,105 @@ static tk_status kernels_bind_and_update(exec_engine *x) {
     if (k->variant == TK_VARIANT_DENSE) tk_kernel_dense_set_scratch(k, x->kscratch);
     tk_status st = k->v->update(k);
     if (st != TK_OK) return st;
+  }
+  return TK_OK;
+}
+
+/* ---- batchnorm folding -------------------------------------------------------------------------- */
+
+/* Which pairs fold, from the structure (plan_graph, plan_memory) and the kernels' support;
+ * the folds become stale.  Called whenever kernels are made. */
+static void folds_bind(exec_engine *x) {
+  const int L = x->base.m->n_layers;
+  x->n_folds = 0;
+  for (int i = 0; i < L; i++) x->steps[i].fold_on = 0;
+  for (int i = 0; i < L && x->fold_env; i++) {
+    step *s = &x->steps[i];
+    if (!is_kernel_op(s->l->op) || s->fold_with < 0 || !s->k) continue;
+    const tk_kernel_vtbl *v = s->k->v;
+    if (!v->fold || !v->fwd_folded || !v->bwd_input_folded) continue;
+    s->fold_on = x->steps[s->fold_with].fold_on = 1;
+    x->n_folds++;
+  }
+  x->fold_stale = 1;
+  size_t len = strlen(x->how);
+  if (!x->fold_env)
+    snprintf(x->how + len, sizeof x->how - len, "; batchnorm folding off (TICKET_FOLD_BN=0)");
+  else if (x->n_folds)
+    snprintf(x->how + len, sizeof x->how - len, "; %d batchnorm(s) folded in eval mode", x->n_folds);
+}
+
+/* Batchnorm i in eval mode: its statistics for backward (mean, 1/std) and the fold's a and b,
+ * computed as tk_ops_bn_eval_fwd computes them. */
+static void bn_eval_affine(exec_engine *x, int i) {
+  const tk_model *m = x->base.m;
+  step *s = &x->steps[i];
+  const tk_layer *l = s->l;
+  const float *g = m->tensors[l->weight].data, *b = m->tensors[l->bias].data;
+  const float *rm = m->tensors[l->mean].data, *rv = m->tensors[l->var].data;
+  for (int c = 0; c < l->in.c; c++) {
+    s->mean[c] = rm[c];
+    s->invstd[c] = (float)(1.0 / sqrt((double)rv[c] + (double)l->eps));
+    s->fscale[c] = g[c] * s->invstd[c];
+    s->fshift[c] = b[c] - s->mean[c] * s->fscale[c];
+  }
+}
+
+/* Recomputes every fold from the current weights and running statistics. */
+static tk_status folds_refresh(exec_engine *x) {
+  for (int i = 0; i < x->base.m->n_layers; i++) {
+    step *s = &x->steps[i];
+    if (!s->fold_on || s->l->op != TK_OP_BATCHNORM) continue;
+    bn_eval_affine(x, i);
+    tk_kernel *k = x->steps[s->fold_with].k;
+    tk_status st = k->v->fold(k, s->fscale, s->fshift);
+    if (st != TK_OK) return LAYER_FAIL(st, s->fold_with, x->steps[s->fold_with].l, "folding %s", s->l->name);
+  }
+  x->fold_stale = 0;
+  return TK_OK;
+}
+
+/* ---- planning the graph: readers, aliases, fusions, folds ---------------------------------------- */
+
+static tk_status plan_graph(exec_engine *x) {
+  tk_model *m = x->base.m;
+  const int L = m->n_layers, V = L + 1;
+  x->readers = tk_calloc((size_t)V, sizeof(int));
+  x->alias = tk_malloc((size_t)V * sizeof(int));
+  if (!x->readers || !x->alias) return TK_ERR_NOMEM;
+  int *readers = x->readers, *alias = x->alias;
+  for (int i = 0; i < L; i++)
+    for (int k = 0; k < m->layers[i].n_inputs; k++) readers[m->layers[i].inputs[k]]++;
+  for (int v = 0; v < V; v++) alias[v] = -1;
+  for (int i = 0; i < L; i++) {
+    const tk_layer *l = &m->layers[i];
+    step *s = &x->steps[i];
+    const int in = l->inputs[0], out = i + 1;
+    s->fold_with = -1;
+    if (l->op == TK_OP_FLATTEN) alias[out] = in;
+    if (l->op != TK_OP_RELU) continue;
+    int ok = 1; /* in place: nobody else reads the buffer, and it is not the input image */
+    for (int u = in; ok; u = alias[u]) {
+      if (u == 0 || readers[u] != 1) ok = 0;
+      if (alias[u] < 0) break;
+    }
+    if (!ok) continue;
+    alias[out] = in;
+    const tk_layer *p = in > 0 ? &m->layers[in - 1] : NULL;
+    if (p && alias[in] < 0 && (p->op == TK_OP_BATCHNORM || p->op == TK_OP_ADD) && !x->steps[in - 1].relu_fused) {
+      x->steps[in - 1].relu_fused = 1;
+      s->folded = 1;
+    }
+  }
+  /* batchnorm after a conv/linear whose output nothing else reads: foldable in eval mode (the
+   * layer then writes the batchnorm's output; its own output buffer serves train mode) */
+  for (int i = 0; i < L; i++) {
+    const tk_layer *l = &m->layers[i];
+    const int in = l->inputs[0];
+    if (l->op != TK_OP_BATCHNORM || in < 1 || readers[in] != 1 || alias[in] >= 0) continue;
+    if (!is_kernel_op(m->layers[in - 1].op) || m->layers[in - 1].out.c != l->in.c) continue;
+    x->steps[i].fold_with = in - 1;
+    x->steps[in - 1].fold_with = i;
   }
   return TK_OK;
 }
@@ -242,8 +370,7 @@ static tk_status plan_memory(exec_engine *x) {
   const int L = m->n_layers, V = L + 1;
   const size_t B = (size_t)x->base.max_batch;
   tk_status st = TK_ERR_NOMEM;
-  int *readers = tk_calloc((size_t)V, sizeof(int));
-  int *alias = tk_malloc((size_t)V * sizeof(int));
+  const int *alias = x->alias;
   int *vslot = tk_malloc((size_t)V * sizeof(int));
   slot_info *slots = tk_calloc((size_t)V + 1, sizeof(slot_info));
   arena_table t = {0};
@@ -253,36 +380,12 @@ static tk_status plan_memory(exec_engine *x) {
   x->zero_grad = tk_calloc((size_t)(m->n_tensors ? m->n_tensors : 1), 1);
   x->act = tk_calloc((size_t)V, sizeof(float *));
   x->slot = tk_calloc((size_t)V + 1, sizeof(float *));
-  if (!readers || !alias || !vslot || !slots || !t.act_off || !t.slot_off || !t.stat_off || !x->zero_grad ||
+  if (!vslot || !slots || !t.act_off || !t.slot_off || !t.stat_off || !x->zero_grad ||
       !x->act || !x->slot)
     goto done;
 #define VBYTES(v) (B * (size_t)tk_shape_numel(m->values[v]) * sizeof(float))
 
-  /* forward: who reads what, aliases, fusions */
-  for (int i = 0; i < L; i++)
-    for (int k = 0; k < m->layers[i].n_inputs; k++) readers[m->layers[i].inputs[k]]++;
-  for (int v = 0; v < V; v++) alias[v] = -1;
-  for (int i = 0; i < L; i++) {
-    const tk_layer *l = &m->layers[i];
-    step *s = &x->steps[i];
-    const int in = l->inputs[0], out = i + 1;
-    if (l->op == TK_OP_FLATTEN) alias[out] = in;
-    if (l->op != TK_OP_RELU) continue;
-    int ok = 1; /* in place: nobody else reads the buffer, and it is not the input image */
-    for (int u = in; ok; u = alias[u]) {
-      if (u == 0 || readers[u] != 1) ok = 0;
-      if (alias[u] < 0) break;
-    }
-    if (!ok) continue;
-    alias[out] = in;
-    const tk_layer *p = in > 0 ? &m->layers[in - 1] : NULL;
-    if (p && alias[in] < 0 && (p->op == TK_OP_BATCHNORM || p->op == TK_OP_ADD) && !x->steps[in - 1].relu_fused) {
-      x->steps[in - 1].relu_fused = 1;
-      s->folded = 1;
-    }
-  }
-
-  /* backward: gradient slots by liveness */
+  /* backward: gradient slots by liveness (readers, aliases and fusions: plan_graph) */
   for (int v = 0; v < V; v++) vslot[v] = -1;
   int ns = 0;
   size_t gtmp = 0;
@@ -317,6 +420,15 @@ static tk_status plan_memory(exec_engine *x) {
     if (!handed) slots[s->gout].busy = 0;
   }
   x->grad0 = vslot[0];
+  /* a folded pair runs the layer's input gradient on the batchnorm's output gradient: the
+   * batchnorm's backward must be in place (it always is: the layer's output has one reader) */
+  for (int i = 0; i < L; i++) {
+    step *s = &x->steps[i];
+    if (m->layers[i].op == TK_OP_BATCHNORM && s->fold_with >= 0 && x->steps[s->fold_with].gout != s->gout) {
+      x->steps[s->fold_with].fold_with = -1;
+      s->fold_with = -1;
+    }
+  }
 
   /* parameter gradients no live layer writes are zeroed by backward */
   for (int ti = 0; ti < m->n_tensors; ti++) x->zero_grad[ti] = 1;
@@ -340,7 +452,7 @@ static tk_status plan_memory(exec_engine *x) {
   for (int i = 0; i < L; i++) {
     const tk_layer *l = &m->layers[i];
     t.stat_off[i] = off;
-    if (l->op == TK_OP_BATCHNORM) off += 2 * align64((size_t)l->in.c * sizeof(float));
+    if (l->op == TK_OP_BATCHNORM) off += 4 * align64((size_t)l->in.c * sizeof(float));
     if (l->op == TK_OP_MAXPOOL) off += align64(B * (size_t)tk_shape_numel(l->out) * sizeof(int32_t));
   }
   t.gtmp_off = off;
@@ -377,8 +489,11 @@ static tk_status plan_memory(exec_engine *x) {
     s->in_elems = tk_shape_numel(l->in);
     s->out_elems = tk_shape_numel(l->out);
     if (l->op == TK_OP_BATCHNORM) {
+      const size_t cb = align64((size_t)l->in.c * sizeof(float));
       s->mean = (float *)(x->arena + t.stat_off[i]);
-      s->invstd = (float *)(x->arena + t.stat_off[i] + align64((size_t)l->in.c * sizeof(float)));
+      s->invstd = (float *)(x->arena + t.stat_off[i] + cb);
+      s->fscale = (float *)(x->arena + t.stat_off[i] + 2 * cb);
+      s->fshift = (float *)(x->arena + t.stat_off[i] + 3 * cb);
     }
     if (l->op == TK_OP_MAXPOOL) s->argmax = (int32_t *)(x->arena + t.stat_off[i]);
     if (l->op == TK_OP_MAXPOOL || l->op == TK_OP_AVGPOOL)
@@ -387,8 +502,6 @@ static tk_status plan_memory(exec_engine *x) {
   st = TK_OK;
 #undef VBYTES
 done:
-  free(readers);
-  free(alias);
   free(vslot);
   free(slots);
   free(t.act_off);
@@ -420,7 +533,8 @@ static void threads_leave(const exec_engine *x, int old) {
 
 /* ---- forward ---------------------------------------------------------------------------------------- */
 
-static tk_status step_fwd(exec_engine *x, int i, int n, tk_bn_mode bn) {
+/* folded: the folded pairs run folded (eval mode) */
+static tk_status step_fwd(exec_engine *x, int i, int n, tk_bn_mode bn, int folded) {
   tk_model *m = x->base.m;
   step *s = &x->steps[i];
   const tk_layer *l = s->l;
@@ -429,11 +543,18 @@ static tk_status step_fwd(exec_engine *x, int i, int n, tk_bn_mode bn) {
   switch (l->op) {
   case TK_OP_CONV2D:
   case TK_OP_LINEAR: {
-    tk_status st = s->k->v->fwd(s->k, s->in[0], s->out, n);
+    tk_status st;
+    if (folded && s->fold_on) { /* straight into the batchnorm's output, with its ReLU */
+      const step *b = &x->steps[s->fold_with];
+      st = s->k->v->fwd_folded(s->k, s->in[0], b->out, n, b->relu_fused);
+    } else {
+      st = s->k->v->fwd(s->k, s->in[0], s->out, n);
+    }
     if (st != TK_OK) return tk_fail_prefix(st, "layer %d (%s)", i, l->name);
     break;
   }
   case TK_OP_BATCHNORM: {
+    if (folded && s->fold_on) break; /* done by the layer before */
     const float *g = m->tensors[l->weight].data, *b = m->tensors[l->bias].data;
     float *rm = m->tensors[l->mean].data, *rv = m->tensors[l->var].data;
     if (bn == TK_BN_TRAIN)
@@ -472,15 +593,18 @@ static tk_status exec_forward(tk_engine *e, const float *xin, int n, tk_bn_mode 
   x->last_n = 0;
   int old = threads_enter(x);
   tk_status st = TK_OK;
-  tk_ops_normalize_fwd(xin, m->mean, m->std, x->act[0], n, m->in_c, m->in_h * m->in_w);
+  const int folded = bn == TK_BN_EVAL && x->n_folds > 0;
+  if (folded && x->fold_stale) st = folds_refresh(x);
+  if (bn == TK_BN_TRAIN && x->n_folds) x->fold_stale = 1; /* the running statistics change */
+  if (st == TK_OK) tk_ops_normalize_fwd(xin, m->mean, m->std, x->act[0], n, m->in_c, m->in_h * m->in_w);
   for (int i = 0; i < m->n_layers && st == TK_OK; i++) {
     step *s = &x->steps[i];
     if (!x->profile) {
-      st = step_fwd(x, i, n, bn);
+      st = step_fwd(x, i, n, bn, folded);
       continue;
     }
     double t0 = tk_now();
-    st = step_fwd(x, i, n, bn);
+    st = step_fwd(x, i, n, bn, folded);
     s->t_fwd += tk_now() - t0;
     s->n_fwd++;
   }
@@ -489,12 +613,14 @@ static tk_status exec_forward(tk_engine *e, const float *xin, int n, tk_bn_mode 
   memcpy(logits, x->act[m->n_layers], (size_t)n * m->classes * sizeof(float));
   x->last_n = n;
   x->last_bn = bn;
+  x->last_folded = folded;
   return TK_OK;
 }
 
 /* ---- backward --------------------------------------------------------------------------------------- */
 
-static tk_status step_bwd(exec_engine *x, int i, int n, int want_dx, int param_grads) {
+/* folded: the last forward ran the folded pairs folded (and no parameter gradients are wanted) */
+static tk_status step_bwd(exec_engine *x, int i, int n, int want_dx, int param_grads, int folded) {
   tk_model *m = x->base.m;
   step *s = &x->steps[i];
   const tk_layer *l = s->l;
@@ -515,6 +641,15 @@ static tk_status step_bwd(exec_engine *x, int i, int n, int want_dx, int param_g
     if (!k->v->bwd_input || !k->v->bwd_weight)
       return tk_fail(TK_ERR_UNSUPPORTED, "layer %d (%s): the engine was built for inference only (no gradient "
                                          "kernels; compile with training = 1)", i, l->name);
+    if (folded && s->fold_on) { /* dy is the batchnorm's output gradient, masked by its ReLU in the kernel */
+      const step *b = &x->steps[s->fold_with];
+      if (din[0]) {
+        st = k->v->bwd_input_folded(k, dy, b->relu_fused ? b->out : NULL, acc0 ? x->gtmp : din[0], n);
+        if (st == TK_OK && acc0) tk_ops_accumulate(din[0], x->gtmp, (size_t)n * s->in_elems);
+      }
+      if (st != TK_OK) return tk_fail_prefix(st, "layer %d (%s)", i, l->name);
+      break;
+    }
     float *dw = param_grads && l->weight >= 0 ? grads[l->weight] : NULL;
     float *db = param_grads && l->bias >= 0 ? grads[l->bias] : NULL;
     if (dw) st = k->v->bwd_weight(k, s->in[0], dy, dw, db, n);
@@ -527,6 +662,7 @@ static tk_status step_bwd(exec_engine *x, int i, int n, int want_dx, int param_g
     break;
   }
   case TK_OP_BATCHNORM: {
+    if (folded && s->fold_on) break; /* the layer before took dy as it is */
     float *dg = param_grads ? grads[l->weight] : NULL, *dbeta = param_grads ? grads[l->bias] : NULL;
     tk_ops_bn_bwd(s->in[0], s->relu_fused ? s->out : NULL, dy, m->tensors[l->weight].data, s->mean, s->invstd,
                   x->last_bn == TK_BN_TRAIN, din[0], dg, dbeta, n, c, hw, acc0);
@@ -571,19 +707,36 @@ static tk_status exec_backward(tk_engine *e, const float *dlogits, float *dx, in
   if (param_grads && !e->grads) return tk_fail(TK_ERR_INTERNAL, "%s engine: no gradient buffers", e->v->name);
   int old = threads_enter(x);
   tk_status st = TK_OK;
-  if (param_grads)
+  int folded = x->last_folded;
+  if (folded && x->fold_stale) st = folds_refresh(x); /* a sync(0) between forward and backward */
+  if (folded && param_grads && st == TK_OK) {
+    /* parameter gradients need the folded layers' own outputs (the batchnorms' inputs): run
+     * those layers again unfolded, then go the unfolded way (the batchnorms' eval statistics
+     * are the fold's, rewritten here in case anything touched them) */
+    for (int i = 0; i < L && st == TK_OK; i++) {
+      step *s = &x->steps[i];
+      if (!s->fold_on) continue;
+      if (s->l->op == TK_OP_BATCHNORM) {
+        bn_eval_affine(x, i);
+      } else if ((st = s->k->v->fwd(s->k, s->in[0], s->out, n)) != TK_OK) {
+        st = tk_fail_prefix(st, "layer %d (%s)", i, s->l->name);
+      }
+    }
+    x->last_folded = folded = 0;
+  }
+  if (param_grads && st == TK_OK)
     for (int t = 0; t < m->n_tensors; t++)
       if (e->grads[t] && x->zero_grad[t]) memset(e->grads[t], 0, (size_t)m->tensors[t].numel * sizeof(float));
-  memcpy(x->slot[x->steps[L - 1].gout], dlogits, (size_t)n * m->classes * sizeof(float));
+  if (st == TK_OK) memcpy(x->slot[x->steps[L - 1].gout], dlogits, (size_t)n * m->classes * sizeof(float));
   for (int i = L - 1; i >= 0 && st == TK_OK; i--) {
     step *s = &x->steps[i];
     if (s->gout < 0) continue;
     if (!x->profile) {
-      st = step_bwd(x, i, n, dx != NULL, param_grads);
+      st = step_bwd(x, i, n, dx != NULL, param_grads, folded);
       continue;
     }
     double t0 = tk_now();
-    st = step_bwd(x, i, n, dx != NULL, param_grads);
+    st = step_bwd(x, i, n, dx != NULL, param_grads, folded);
     s->t_bwd += tk_now() - t0;
     s->n_bwd++;
   }
@@ -617,6 +770,8 @@ static tk_status exec_sync(tk_engine *e, int masks_changed) {
     }
   }
   st = kernels_bind_and_update(x);
+  if (masks_changed) folds_bind(x); /* new kernels */
+  x->fold_stale = 1;                 /* new values */
 done:
   threads_leave(x, old);
   return st;
@@ -630,6 +785,8 @@ static void exec_destroy(tk_engine *e) {
   free(x->act);
   free(x->slot);
   free(x->zero_grad);
+  free(x->readers);
+  free(x->alias);
   free(x->arena);
   free(x->kscratch_extra);
   tk_engine_free_grads(e);
@@ -667,10 +824,15 @@ static tk_status exec_create(tk_model *m, int max_batch, const tk_compile_opts *
   x->opts.threads = x->base.threads;
   int old = threads_enter(x);
   tk_status st = TK_ERR_NOMEM;
+  const char *fe = getenv("TICKET_FOLD_BN");
+  x->fold_env = !(fe && !strcmp(fe, "0"));
   if (!(x->steps = tk_calloc((size_t)m->n_layers, sizeof(step)))) goto fail;
+  for (int i = 0; i < m->n_layers; i++) x->steps[i].l = &m->layers[i];
+  if ((st = plan_graph(x)) != TK_OK) goto fail;
   if ((st = kernels_make(x)) != TK_OK) goto fail;
   if ((st = plan_memory(x)) != TK_OK) goto fail;
   if ((st = kernels_bind_and_update(x)) != TK_OK) goto fail;
+  folds_bind(x);
   if ((st = tk_engine_alloc_grads(&x->base)) != TK_OK) goto fail;
   threads_leave(x, old);
   *out = &x->base;
@@ -704,6 +866,11 @@ tk_variant tk_exec_layer_variant(const tk_engine *e, int layer) {
 const char *tk_exec_how(const tk_engine *e) {
   const exec_engine *x = as_exec(e);
   return x ? x->how : "not an executor engine";
+}
+
+int tk_exec_bn_folds(const tk_engine *e) {
+  const exec_engine *x = as_exec(e);
+  return x ? x->n_folds : 0;
 }
 
 size_t tk_exec_arena_bytes(const tk_engine *e) {

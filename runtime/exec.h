@@ -18,11 +18,15 @@ int tk_exec_is_exec(const tk_engine *e);
 tk_variant tk_exec_layer_variant(const tk_engine *e, int layer);
 /* One line on how the kernels were chosen ("plan", "dense everywhere: ...").  Never NULL. */
 const char *tk_exec_how(const tk_engine *e);
+/* Batchnorms folded into their conv/linear in eval-mode forwards (see exec.c; 0 with
+ * TICKET_FOLD_BN=0 or when no kernel supports it). */
+int tk_exec_bn_folds(const tk_engine *e);
 /* Bytes of the engine's arena (activations, gradients, statistics, kernel scratch). */
 size_t tk_exec_arena_bytes(const tk_engine *e);
 
 /* Per-layer wall time of forward and backward, summed over calls since the last enable.
- * Timing costs two clock reads per layer and call; off by default. */
+ * Timing costs two clock reads per layer and call; off by default.  An eval-mode batchnorm
+ * folded into its conv/linear is timed with that layer (its own entry counts ~0). */
 typedef struct {
   double fwd_s, bwd_s;
   long fwd_calls, bwd_calls;

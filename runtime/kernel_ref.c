@@ -5,6 +5,7 @@
  *
  * Weights are read from the model's tensors on every call, so update() has nothing to repack.
  * bwd_weight zeroes the entries of dw that are off the mask, as the kernel contract requires.
+ * It declines the optional fold entries (compile.h): the oracle runs every op as written.
  */
 #include "../compiler/compile.h"
 #include "ref/ref_ops.h"
@@ -61,7 +62,9 @@ static tk_status kref_update(tk_kernel *k) {
 
 static void kref_destroy(tk_kernel *k) { free(k); }
 
-static const tk_kernel_vtbl g_kref_vtbl = {kref_fwd, kref_bwd_input, kref_bwd_weight, kref_update, kref_destroy};
+/* no fold entries: the executor runs a batchnorm after a reference kernel unfolded */
+static const tk_kernel_vtbl g_kref_vtbl = {kref_fwd, kref_bwd_input, kref_bwd_weight, kref_update, kref_destroy,
+                                           NULL,     NULL,           NULL};
 
 tk_status tk_kernel_reference_create(const tk_model *m, int layer, int max_batch, tk_kernel **out) {
   *out = NULL;

@@ -12,6 +12,12 @@ tk_status tk_kernel_dense_create_ext(const tk_model *m, int layer, int max_batch
   return tk_fail(TK_ERR_UNSUPPORTED, "layer %d: this build has no oneDNN (configured with -DTICKET_DNNL=OFF)", layer);
 }
 
+tk_status tk_kernel_dense_create_fold(const tk_model *m, int layer, int max_batch, int shared_scratch, int fold_mode,
+                                      tk_kernel **out) {
+  (void)fold_mode;
+  return tk_kernel_dense_create_ext(m, layer, max_batch, shared_scratch, out);
+}
+
 tk_status tk_kernel_dense_create(const tk_model *m, int layer, int max_batch, tk_kernel **out) {
   return tk_kernel_dense_create_ext(m, layer, max_batch, 0, out);
 }

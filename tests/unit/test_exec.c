@@ -20,6 +20,18 @@
  * logits 1e-5 for generated sparse and reference kernels, 1e-4 when oneDNN runs a layer;
  * gradients and statistics 1e-4 (a parameter gradient relative to the largest gradient
  * entry of its layer).
+ *
+ * Eval-mode batchnorm folding (exec.c): the runs above fold wherever a batchnorm follows a
+ * conv/linear (their backward asks for parameter gradients, so it goes the re-run way).
+ * test_fold() runs the folded paths themselves on every engine: eval forward + input gradient
+ * without parameter gradients (the folded backward: conv-bn-relu, conv-bn + add + relu,
+ * linear-bn1d-relu, a fully pruned layer) at batches 4, 3 and 1 (whole images per thread and
+ * rows split between threads) and, on a 9x9 network, at batch 32 where the batch-vectorised
+ * kernels run; eval -> train -> eval (the folds follow the running statistics); weights changed
+ * + sync(0); masks changed + sync(1); parameter gradients after a folded eval forward and after
+ * a folded input gradient; and each engine again with TICKET_FOLD_BN=0, which must give the
+ * same results.  The number of folded batchnorms is checked, so a fold that silently does not
+ * happen fails.
  */
 #include "check.h"
 
@@ -33,6 +45,8 @@
 #include <unistd.h>
 
 #define MAXB 4
+
+static int g_max_batch = MAXB; /* of the engines the makers create */
 
 /* ---- building graphs ---------------------------------------------------------------------------- */
 
@@ -446,7 +460,7 @@ static char g_cache[256];
 
 static tk_status make_dense(tk_model *m, tk_engine **e, const void *arg) {
   (void)arg;
-  return tk_dense_engine_create(m, MAXB, e);
+  return tk_dense_engine_create(m, g_max_batch, e);
 }
 
 static tk_status make_compiled(tk_model *m, tk_engine **e, const void *arg) {
@@ -461,13 +475,233 @@ static tk_status make_compiled(tk_model *m, tk_engine **e, const void *arg) {
   o.force = force ? *force : -1;
   o.training = 1;
   o.cache_dir = g_cache;
-  return tk_compiled_engine_create(m, MAXB, &o, e);
+  return tk_compiled_engine_create(m, g_max_batch, &o, e);
 }
 
 static tk_status make_default(tk_model *m, tk_engine **e, const void *arg) {
   (void)arg;
   unsetenv("TICKET_NO_FALLBACK");
-  return tk_engine_create(m, TK_ENGINE_COMPILED, MAXB, e); /* opts NULL: the engine's defaults */
+  return tk_engine_create(m, TK_ENGINE_COMPILED, g_max_batch, e); /* opts NULL: the engine's defaults */
+}
+
+/* ---- eval-mode batchnorm folding ----------------------------------------------------------------- */
+
+/* conv-bn-relu, conv(bias)-bn + add + relu, stride 2 to 12 channels (not a multiple of 16:
+ * oneDNN's blocked layouts have padding channels) on an odd map, a 1x1 (fully pruned in some
+ * cases), global pool, linear-bn1d-relu, linear.  3x9x9, 5 classes. */
+static tk_model *model_foldnet(uint64_t seed) {
+  builder b = {tk_model_new("foldnet", 5, 3, 9, 9), {{0}}};
+  tk_rng_seed(&b.rng, seed);
+  int v = conv(&b, "c1", 0, 3, 16, 3, 1, 1, 1, 1, 0);       /* 16x9x9 */
+  v = bn(&b, "c1_bn", v, 16);
+  int a = op1(&b, TK_OP_RELU, "c1_relu", v);                 /* fused into c1_bn */
+  v = conv(&b, "c2", a, 16, 16, 3, 1, 1, 1, 1, 1);           /* with a bias */
+  v = bn(&b, "c2_bn", v, 16);                                 /* folded without a ReLU */
+  v = add2(&b, "add", v, a);
+  v = op1(&b, TK_OP_RELU, "add_relu", v);
+  v = conv(&b, "c3", v, 16, 12, 3, 2, 1, 1, 1, 0);           /* 12x5x5 */
+  v = bn(&b, "c3_bn", v, 12);
+  v = op1(&b, TK_OP_RELU, "c3_relu", v);
+  v = conv(&b, "c4", v, 12, 20, 1, 1, 0, 1, 1, 0);           /* 1x1: 20x5x5 */
+  v = bn(&b, "c4_bn", v, 20);
+  v = op1(&b, TK_OP_RELU, "c4_relu", v);
+  v = op1(&b, TK_OP_GLOBALAVGPOOL, "gap", v);
+  v = op1(&b, TK_OP_FLATTEN, "flat", v);
+  v = linear(&b, "fc1", v, 20, 10, 0);
+  v = bn(&b, "fc1_bn", v, 10);                                /* BatchNorm1d, fused ReLU */
+  v = op1(&b, TK_OP_RELU, "fc1_relu", v);
+  v = linear(&b, "fc2", v, 10, 5, 1);
+  finish(&b, "foldnet");
+  return b.m;
+}
+
+/* batchnorms right after a conv/linear whose output nothing else reads: the foldable ones */
+static int foldable_bns(const tk_model *m) {
+  int c = 0;
+  for (int i = 0; i < m->n_layers; i++) {
+    const tk_layer *l = &m->layers[i];
+    int in = l->inputs[0], readers = 0;
+    if (l->op != TK_OP_BATCHNORM || in < 1) continue;
+    for (int j = 0; j < m->n_layers; j++)
+      for (int k = 0; k < m->layers[j].n_inputs; k++) readers += m->layers[j].inputs[k] == in;
+    c += readers == 1 && (m->layers[in - 1].op == TK_OP_CONV2D || m->layers[in - 1].op == TK_OP_LINEAR);
+  }
+  return c;
+}
+
+/* eval forward + input gradient without parameter gradients on e (and e0 when given) and
+ * the reference: logits and dx compared */
+static void run_eval_dx(const char *ctx, tk_engine *e, tk_engine *e0, tk_engine *ref, const float *x, const float *dl,
+                        int n, double tol) {
+  const tk_model *m = ref->m;
+  size_t nl = (size_t)n * m->classes, nx = (size_t)n * m->in_c * m->in_h * m->in_w;
+  float *lg = fvec(nl), *lw = fvec(nl), *l0 = fvec(nl), *dxg = fvec(nx), *dxw = fvec(nx), *dx0 = fvec(nx);
+  char what[256];
+  tk_status s1 = tk_engine_forward(e, x, n, TK_BN_EVAL, lg), s2 = tk_engine_forward(ref, x, n, TK_BN_EVAL, lw);
+  tk_status s3 = e0 ? tk_engine_forward(e0, x, n, TK_BN_EVAL, l0) : TK_OK;
+  CHECK_MSG(s1 == TK_OK && s2 == TK_OK && s3 == TK_OK, "%s: forward failed: %s", ctx, tk_last_error());
+  if (s1 || s2 || s3) goto out;
+  snprintf(what, sizeof what, "%s: logits", ctx);
+  close_rel(what, lg, lw, nl, tol);
+  s1 = tk_engine_backward(e, dl, dxg, 0);
+  s2 = tk_engine_backward(ref, dl, dxw, 0);
+  s3 = e0 ? tk_engine_backward(e0, dl, dx0, 0) : TK_OK;
+  CHECK_MSG(s1 == TK_OK && s2 == TK_OK && s3 == TK_OK, "%s: backward failed: %s", ctx, tk_last_error());
+  if (s1 || s2 || s3) goto out;
+  snprintf(what, sizeof what, "%s: dx", ctx);
+  close_rel(what, dxg, dxw, nx, 1e-4);
+  if (e0) {
+    snprintf(what, sizeof what, "%s: logits, TICKET_FOLD_BN=0 vs folded", ctx);
+    close_rel(what, l0, lg, nl, tol);
+    snprintf(what, sizeof what, "%s: dx, TICKET_FOLD_BN=0 vs folded", ctx);
+    close_rel(what, dx0, dxg, nx, 1e-4);
+  }
+out:
+  free(lg), free(lw), free(l0), free(dxg), free(dxw), free(dx0);
+}
+
+/* One engine maker on one masked model, folding on (and off, TICKET_FOLD_BN=0). */
+static void test_fold(const char *model_name, const tk_model *base, double sparsity, const char *ename,
+                      tk_status (*make)(tk_model *, tk_engine **, const void *), const void *arg, int want_folds,
+                      int nmax) {
+  char ctx[256];
+  g_max_batch = nmax;
+  tk_model *mref = tk_model_clone(base), *meng = tk_model_clone(base), *meng0 = tk_model_clone(base);
+  tk_engine *ref = NULL, *e = NULL, *e0 = NULL;
+  CHECK(mref && meng && meng0);
+  if (tk_ref_engine_create(mref, nmax, &ref) != TK_OK) {
+    CHECK_MSG(0, "reference engine: %s", tk_last_error());
+    goto out;
+  }
+  tk_status st = make(meng, &e, arg);
+  if (st == TK_OK) {
+    setenv("TICKET_FOLD_BN", "0", 1);
+    st = make(meng0, &e0, arg);
+    unsetenv("TICKET_FOLD_BN");
+  }
+  if (st != TK_OK) {
+    CHECK_MSG(0, "fold: %s on %s at s=%.2f: create failed: %s", ename, model_name, sparsity, tk_last_error());
+    goto out;
+  }
+  CHECK_MSG(tk_exec_bn_folds(e) == want_folds, "fold: %s on %s s=%.2f: %d batchnorm(s) folded, expected %d (%s)",
+            ename, model_name, sparsity, tk_exec_bn_folds(e), want_folds, tk_exec_how(e));
+  CHECK_MSG(tk_exec_bn_folds(e0) == 0, "fold: %s: TICKET_FOLD_BN=0 still folds %d", ename, tk_exec_bn_folds(e0));
+  int dense_layers = 0;
+  for (int i = 0; i < meng->n_layers; i++) dense_layers += tk_exec_layer_variant(e, i) == TK_VARIANT_DENSE;
+  const double tol = dense_layers ? 1e-4 : 1e-5;
+  g_cases++;
+  tk_rng rng;
+  tk_rng_seed(&rng, 4321);
+  const int ncls = base->classes;
+  size_t nx = (size_t)nmax * base->in_c * base->in_h * base->in_w, nl = (size_t)nmax * ncls;
+  float *x = fvec(nx), *dl = fvec(nl), *lg = fvec(nl);
+  random_input(base, &rng, x, nmax);
+  for (size_t i = 0; i < nl; i++) dl[i] = (float)tk_rng_normal(&rng) / nmax;
+  engine_case c = {ename, e, meng, tol};
+
+  const int ns[3] = {nmax, nmax - 1, 1};
+  for (int k = 0; k < 3; k++) {
+    snprintf(ctx, sizeof ctx, "fold %s/%s s=%.2f n=%d eval dx", ename, model_name, sparsity, ns[k]);
+    run_eval_dx(ctx, e, e0, ref, x, dl, ns[k], tol);
+  }
+  /* eval -> train -> eval: the train forward moves the running statistics (in each engine's own
+   * model), so the second eval forward must use new folds */
+  for (int k = 0; k < 2; k++) {
+    CHECK(tk_engine_forward(e, x, nmax, TK_BN_TRAIN, lg) == TK_OK);
+    CHECK(tk_engine_forward(e0, x, nmax, TK_BN_TRAIN, lg) == TK_OK);
+    CHECK(tk_engine_forward(ref, x, nmax, TK_BN_TRAIN, lg) == TK_OK);
+    snprintf(ctx, sizeof ctx, "fold %s/%s s=%.2f eval after train forward %d", ename, model_name, sparsity, k + 1);
+    run_eval_dx(ctx, e, e0, ref, x, dl, nmax, tol);
+  }
+  /* parameter gradients after a folded eval forward (the re-run), and after a folded input
+   * gradient of the same forward */
+  snprintf(ctx, sizeof ctx, "fold %s/%s s=%.2f eval param grads", ename, model_name, sparsity);
+  run_pair(ctx, &c, ref, x, dl, nmax, TK_BN_EVAL, 1);
+  {
+    float *d1 = fvec(nx), *d2 = fvec(nx);
+    CHECK(tk_engine_forward(e, x, nmax, TK_BN_EVAL, lg) == TK_OK && tk_engine_forward(ref, x, nmax, TK_BN_EVAL, lg) == TK_OK);
+    CHECK(tk_engine_backward(e, dl, d1, 0) == TK_OK);
+    CHECK(tk_engine_backward(e, dl, d1, 1) == TK_OK && tk_engine_backward(ref, dl, d2, 1) == TK_OK);
+    snprintf(ctx, sizeof ctx, "fold %s/%s s=%.2f param grads after a folded dx: dx", ename, model_name, sparsity);
+    close_rel(ctx, d1, d2, nx, 1e-4);
+    snprintf(ctx, sizeof ctx, "fold %s/%s s=%.2f param grads after a folded dx", ename, model_name, sparsity);
+    compare_param_grads(ctx, e, ref);
+    /* and a folded input gradient again after that */
+    CHECK(tk_engine_forward(e, x, nmax, TK_BN_EVAL, lg) == TK_OK && tk_engine_backward(e, dl, d1, 0) == TK_OK);
+    snprintf(ctx, sizeof ctx, "fold %s/%s s=%.2f folded dx after param grads", ename, model_name, sparsity);
+    close_rel(ctx, d1, d2, nx, 1e-4);
+    free(d1), free(d2);
+  }
+  /* weights (and batchnorm parameters) change, same mask: sync(0), then the folds follow */
+  for (tk_model *mm = meng; mm; mm = mm == meng ? meng0 : mm == meng0 ? mref : NULL)
+    for (int t = 0; t < mm->n_tensors; t++) {
+      tk_tensor *a = &mm->tensors[t];
+      if (!a->trainable) continue;
+      for (int64_t i = 0; i < a->numel; i++) {
+        float v = a->data[i] * 0.75f - 0.02f * (float)((i % 5) - 2);
+        a->data[i] = a->mask && !a->mask[i] ? 0.0f : v;
+      }
+    }
+  CHECK(tk_engine_sync(e, 0) == TK_OK && tk_engine_sync(e0, 0) == TK_OK && tk_engine_sync(ref, 0) == TK_OK);
+  snprintf(ctx, sizeof ctx, "fold %s/%s s=%.2f after sync(0)", ename, model_name, sparsity);
+  run_eval_dx(ctx, e, e0, ref, x, dl, nmax, tol);
+  /* masks change: sync(1) builds new kernels, which fold again */
+  double s2 = sparsity >= 0.9 ? 0.95 : sparsity > 0.5 ? 0.5 : 0.8;
+  for (tk_model *mm = meng; mm; mm = mm == meng ? meng0 : mm == meng0 ? mref : NULL) mask_model(mm, s2, 77, NULL);
+  st = tk_engine_sync(e, 1);
+  CHECK_MSG(st == TK_OK, "fold %s/%s: sync(1): %s", ename, model_name, tk_last_error());
+  CHECK(tk_engine_sync(e0, 1) == TK_OK && tk_engine_sync(ref, 1) == TK_OK);
+  if (st == TK_OK) {
+    int dl2 = 0;
+    for (int i = 0; i < meng->n_layers; i++) dl2 += tk_exec_layer_variant(e, i) == TK_VARIANT_DENSE;
+    snprintf(ctx, sizeof ctx, "fold %s/%s s=%.2f after sync(1)", ename, model_name, sparsity);
+    run_eval_dx(ctx, e, e0, ref, x, dl, nmax, dl2 ? 1e-4 : 1e-5);
+  }
+  free(x), free(dl), free(lg);
+out:
+  tk_engine_free(e);
+  tk_engine_free(e0);
+  tk_engine_free(ref);
+  tk_model_free(meng);
+  tk_model_free(meng0);
+  tk_model_free(mref);
+  g_max_batch = MAXB;
+}
+
+/* Every engine on the folding graphs: mixed (conv-bn-relu, conv-bn + add + relu, linear-bn1d-relu;
+ * a fully pruned conv at s >= 0.9) at batch 4, foldnet at batch 4 and at batch 32 (the
+ * batch-vectorised kernels, forced on and off) with its 1x1 conv fully pruned at s >= 0.9. */
+static void test_folds(tk_model *mixed, int heavy) {
+  const int force_ref = TK_VARIANT_REFERENCE, force_table = TK_VARIANT_SPARSE_TABLE,
+            force_unrolled = TK_VARIANT_SPARSE_UNROLLED;
+  tk_model *foldnet = model_foldnet(11);
+  const double sparsities[] = {0.0, 0.5, 0.9, 0.99};
+  for (int mi = 0; mi < 2; mi++) {
+    const tk_model *base = mi ? foldnet : mixed;
+    const char *mname = mi ? "foldnet" : "mixed", *pruned = mi ? "c4.weight" : "b3.pruned.weight";
+    const int nf = foldable_bns(base);
+    for (size_t si = 0; si < sizeof sparsities / sizeof *sparsities; si++) {
+      const double s = sparsities[si];
+      tk_model *m = tk_model_clone(base);
+      mask_model(m, s, 300 + si, s > 0.8 ? pruned : NULL);
+      if (tk_dense_available()) test_fold(mname, m, s, "dense", make_dense, NULL, nf, MAXB);
+      test_fold(mname, m, s, "compiled", make_default, NULL, nf, MAXB);
+      test_fold(mname, m, s, "compiled-table", make_compiled, &force_table, nf, MAXB);
+      test_fold(mname, m, s, "compiled-reference", make_compiled, &force_ref, 0, MAXB);
+      if (s >= 0.99 || heavy) /* unrolled code is slow to compile: its own sparsity only */
+        test_fold(mname, m, s, "compiled-unrolled", make_compiled, &force_unrolled, nf, MAXB);
+      if (mi == 1 && (s == 0.5 || s == 0.9 || heavy)) { /* batch 32 */
+        if (tk_dense_available()) test_fold(mname, m, s, "dense b32", make_dense, NULL, nf, 32);
+        setenv("TICKET_VEC_BATCH", "1", 1);
+        test_fold(mname, m, s, "compiled-table b32 vec_batch", make_compiled, &force_table, nf, 32);
+        setenv("TICKET_VEC_BATCH", "0", 1);
+        test_fold(mname, m, s, "compiled-table b32", make_compiled, &force_table, nf, 32);
+        unsetenv("TICKET_VEC_BATCH");
+      }
+      tk_model_free(m);
+    }
+  }
+  tk_model_free(foldnet);
 }
 
 /* ---- errors and special cases ------------------------------------------------------------------- */
@@ -549,6 +783,14 @@ int main(void) {
                     zoo);
       tk_model_free(m);
     }
+  }
+  test_folds(models[0], heavy);
+  if (models[2]) { /* the zoo ResNet-20: every batchnorm after a conv folds */
+    tk_model *m = tk_model_clone(models[2]);
+    mask_model(m, 0.9, 500, NULL);
+    test_fold("resnet20", m, 0.9, "compiled", make_default, NULL, foldable_bns(m), MAXB);
+    if (tk_dense_available()) test_fold("resnet20", m, 0.9, "dense", make_dense, NULL, foldable_bns(m), MAXB);
+    tk_model_free(m);
   }
   printf("test_exec: %d engine/model/sparsity cases compared with the reference engine\n", g_cases);
   CHECK(g_cases > 0);

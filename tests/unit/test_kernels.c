@@ -13,13 +13,22 @@
  * 13x11); channel counts 1..17 (every remainder of the 16-wide vector); batch 1, 3, 32;
  * dilation 2 and groups 2; linear layers.  The table variant's forward layouts (by output rows,
  * the flattened grid, im2col) and the batch-vectorised kernel are each forced on the cases that
- * run every variant. */
+ * run every variant.
+ *
+ * Folding (compile.h, fold): every kernel that folds (all but value-baked, which must decline)
+ * gets a random per-channel scale (negative ones too) and shift; its folded forward with and
+ * without the ReLU epilogue and its input gradient with and without the ReLU mask are checked
+ * against the reference ops on the folded weights and bias (the mask taken from the reference's
+ * own relu'd output, passed to the kernel as relu_y); update() must drop the fold.  The dense
+ * oneDNN kernel (runtime/dense.c) is checked the same way, in both fold modes, on the cases
+ * that run every variant and on the linear ones (relative error 1e-4, as for oneDNN elsewhere). */
 #include "check.h"
 
 #include "compiler/compile.h"
 #include "compiler/emit.h"
 #include "compiler/jit.h"
 #include "compiler/toolchain.h"
+#include "runtime/dense.h"
 #include "runtime/ref/ref_ops.h"
 
 #include <math.h>
@@ -112,6 +121,104 @@ static void check_rel(const char *what, const kcase *c, const char *vname, const
             what, r, (long long)worst, got[worst], want[worst]);
     check_failures++;
   }
+}
+
+static void check_rel_tol(const char *what, const kcase *c, const char *vname, const float *got, const float *want,
+                          int64_t n, double tol) {
+  double r = check_rel_err(got, want, (size_t)n);
+  if (!(r <= tol)) {
+    int64_t worst = 0;
+    double wd = -1;
+    for (int64_t k = 0; k < n; k++)
+      if (fabs((double)got[k] - want[k]) > wd || isnan(got[k])) wd = fabs((double)got[k] - want[k]), worst = k;
+    fprintf(stderr, "%s [%s] %s: relative error %.3g > %g; worst [%lld]: got %.9g expected %.9g\n", c->name, vname,
+            what, r, tol, (long long)worst, got[worst], want[worst]);
+    check_failures++;
+  }
+}
+
+/* The fold entries of kernel k against the reference ops on W*scale, b*scale + shift: forward
+ * with and without the ReLU (relu_modes: bit 0 without, bit 1 with), input gradient with and
+ * without the mask of the relu'd output (when training). */
+static void check_fold(const kcase *c, tk_model *m, tk_kernel *k, const char *vname, int training, int relu_modes,
+                       double tol) {
+  const tk_layer *l = &m->layers[0];
+  const tk_tensor *w = &m->tensors[l->weight];
+  const float *b = m->tensors[l->bias].data;
+  const int n = c->n, O = c->O;
+  const int64_t xs = tk_shape_numel(l->in) * n, ys = tk_shape_numel(l->out) * n, per_o = w->numel / O;
+  float *scale = malloc((size_t)O * 4), *shift = malloc((size_t)O * 4), *wf = malloc((size_t)w->numel * 4);
+  float *bf = malloc((size_t)O * 4), *x = malloc((size_t)xs * 4), *y = malloc((size_t)ys * 4);
+  float *yr = malloc((size_t)ys * 4), *yrr = malloc((size_t)ys * 4), *dy = malloc((size_t)ys * 4);
+  float *dym = malloc((size_t)ys * 4), *dx = malloc((size_t)xs * 4), *dxr = malloc((size_t)xs * 4);
+  for (int o = 0; o < O; o++) {
+    float u = (float)tk_rng_uniform(&g_rng);
+    scale[o] = (o % 3 == 2 ? -1.0f : 1.0f) * (0.5f + u);
+    shift[o] = (float)tk_rng_uniform(&g_rng) - 0.5f;
+    bf[o] = b[o] * scale[o] + shift[o];
+  }
+  for (int64_t q = 0; q < w->numel; q++) wf[q] = (w->mask && !w->mask[q] ? 0.0f : w->data[q]) * scale[q / per_o];
+  fill(x, xs);
+  fill(dy, ys);
+  CHECK(k->v->fold(k, scale, shift) == TK_OK);
+  if (c->linear) tk_ref_linear_fwd(l, x, wf, bf, yr, n);
+  else tk_ref_conv2d_fwd(l, x, wf, bf, yr, n);
+  for (int64_t q = 0; q < ys; q++) yrr[q] = yr[q] > 0.0f ? yr[q] : 0.0f;
+  for (int relu = 0; relu < 2; relu++) {
+    if (!(relu_modes >> relu & 1)) continue;
+    for (int64_t q = 0; q < ys; q++) y[q] = NAN;
+    CHECK(k->v->fwd_folded(k, x, y, n, relu) == TK_OK);
+    check_rel_tol(relu ? "folded forward + relu" : "folded forward", c, vname, y, relu ? yrr : yr, ys, tol);
+    if (!training) continue;
+    /* the mask is the relu'd output; without the ReLU, dy is used as it is */
+    const float *ry = relu ? yrr : NULL;
+    for (int64_t q = 0; q < ys; q++) dym[q] = !ry || ry[q] > 0.0f ? dy[q] : 0.0f;
+    if (c->linear) tk_ref_linear_bwd_input(l, dym, wf, dxr, n);
+    else tk_ref_conv2d_bwd_input(l, dym, wf, dxr, n);
+    for (int64_t q = 0; q < xs; q++) dx[q] = NAN;
+    CHECK(k->v->bwd_input_folded(k, dy, ry, dx, n) == TK_OK);
+    check_rel_tol(relu ? "folded input gradient, masked" : "folded input gradient", c, vname, dx, dxr, xs, tol);
+  }
+  /* the unfolded forward is untouched by the fold */
+  CHECK(k->v->fwd(k, x, y, n) == TK_OK);
+  if (c->linear) tk_ref_linear_fwd(l, x, w->data, b, yr, n);
+  else tk_ref_conv2d_fwd(l, x, w->data, b, yr, n);
+  check_rel_tol("forward beside a fold", c, vname, y, yr, ys, tol);
+  /* update() and fold(NULL) drop the fold */
+  CHECK(k->v->update(k) == TK_OK);
+  CHECK_MSG(k->v->fwd_folded(k, x, y, n, relu_modes == 2) == TK_ERR_ARG, "%s [%s]: folded call after update()",
+            c->name, vname);
+  CHECK(k->v->fold(k, scale, shift) == TK_OK && k->v->fold(k, NULL, NULL) == TK_OK);
+  CHECK_MSG(k->v->fwd_folded(k, x, y, n, relu_modes == 2) == TK_ERR_ARG, "%s [%s]: folded call after fold(NULL)",
+            c->name, vname);
+  free(scale), free(shift), free(wf), free(bf), free(x), free(y), free(yr), free(yrr), free(dy), free(dym), free(dx),
+      free(dxr);
+}
+
+/* The dense oneDNN kernel's folds, in both modes. */
+static void run_dense_fold(const kcase *c, tk_model *m) {
+  if (!tk_dense_available()) return;
+  for (int mode = 1; mode <= 2; mode++) {
+    tk_kernel *k = NULL;
+    if (tk_kernel_dense_create_fold(m, 0, c->n, 0, mode, &k) != TK_OK) {
+      fprintf(stderr, "%s [dense]: create: %s\n", c->name, tk_last_error());
+      check_failures++;
+      continue;
+    }
+    CHECK(k->v->fold && k->v->fwd_folded && k->v->bwd_input_folded);
+    check_fold(c, m, k, mode == 2 ? "dense fold+relu" : "dense fold", 1, mode == 2 ? 2 : 1, 1e-4);
+    /* the mode it was made for only */
+    float *x = calloc((size_t)(tk_shape_numel(m->layers[0].in) * c->n), 4);
+    float *y = calloc((size_t)(tk_shape_numel(m->layers[0].out) * c->n), 4);
+    CHECK(k->v->update(k) == TK_OK);
+    CHECK(k->v->fold(k, m->tensors[m->layers[0].bias].data, m->tensors[m->layers[0].bias].data) == TK_OK);
+    CHECK(k->v->fwd_folded(k, x, y, c->n, mode == 1) == TK_ERR_ARG);
+    free(x), free(y);
+    k->v->destroy(k);
+  }
+  tk_kernel *k = NULL; /* fold mode 0: no fold entries */
+  CHECK(tk_kernel_dense_create_ext(m, 0, c->n, 0, &k) == TK_OK && k && !k->v->fold && !k->v->fwd_folded);
+  if (k) k->v->destroy(k);
 }
 
 static void run_variant(const kcase *c, tk_model *m, tk_variant v, int training, const char *cache) {
@@ -214,6 +321,17 @@ static void run_variant(const kcase *c, tk_model *m, tk_variant v, int training,
     CHECK(k->v->bwd_input(k, dy, dx, c->n) != TK_OK); /* no gradients were built */
   }
   CHECK(k->v->fwd(k, x, y, c->n + 1) != TK_OK); /* batch over max_batch */
+  if (k->variant == TK_VARIANT_VALUE_BAKED) {
+    CHECK_MSG(!k->v->fold && !k->v->fwd_folded && !k->v->bwd_input_folded, "%s [%s]: value-baked kernel folds",
+              c->name, vname);
+  } else {
+    CHECK_MSG(k->v->fold && k->v->fwd_folded && k->v->bwd_input_folded, "%s [%s]: no fold entries", c->name, vname);
+    if (k->v->fold) {
+      tk_rng keep_rng = g_rng; /* leave the later cases' data as it was */
+      check_fold(c, m, k, vname, training, 3, 1e-5);
+      g_rng = keep_rng;
+    }
+  }
   k->v->destroy(k);
   tk_plan_free(p);
   free(x), free(y), free(yr), free(dy), free(dx), free(dxr), free(dw), free(dwr), free(db), free(dbr);
@@ -235,6 +353,12 @@ static void run_case(const kcase *c, const char *cache) {
   }
   VARIANTS(X)
 #undef X
+  memcpy(m->tensors[m->layers[0].weight].data, w0, (size_t)m->tensors[m->layers[0].weight].numel * 4);
+  if (c->all_variants || c->linear) { /* oneDNN's primitives are slow to make: the cases that run every form */
+    tk_rng keep_rng = g_rng; /* leave the later cases' data as it was */
+    run_dense_fold(c, m);
+    g_rng = keep_rng;
+  }
   /* the table kernel's layouts, each forced (the geometry and the plan pick one by a cost
    * estimate): the forward by output rows straight to y, the flattened grid through z, the tap
    * copies (im2col), and the batch-vectorised kernel (16 images per vector, every pass; with

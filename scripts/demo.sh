@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # demo.sh -- the main job, end to end on an embedded default (Fashion-MNIST from Debian's
 # dataset-fashion-mnist), a few minutes on 2 cores:
-#   make a LeNet, train it briefly, prune it to 90% by magnitude, compile it, attack it
+#   make a LeNet, train it briefly, prune it to 90% with SynFlow, compile it, attack it
 #   (PGD, eps 0.1), fine-tune it adversarially on the sparse structure, attack again, and
 #   compare the speed of the compiled sparse code with dense oneDNN.
 # Results land in out/demo/ (models, JSON of every step, summary.json).
@@ -30,8 +30,8 @@ step "2. standard training ($ST_EPOCHS epochs on $ST_N images)"
 $T train "$O/lenet.tkt" "${DATA[@]}" --mode st --epochs $ST_EPOCHS --limit $ST_N --batch 128 \
    --lr 0.1 --schedule cosine --seed 1 --val 1000 --val-steps 0 --engine compiled -o "$O/lenet_st.tkt" --json > "$O/train_st.json"
 
-step "3. prune to 90% sparsity (magnitude, layer-wise)"
-$T prune "$O/lenet_st.tkt" --method magnitude --sparsity 0.9 --scope layer -o "$O/lenet_p90.tkt"
+step "3. prune to 90% sparsity (SynFlow: data free, 100 rounds, global)"
+$T prune "$O/lenet_st.tkt" --method synflow --sparsity 0.9 -o "$O/lenet_p90.tkt" --json > "$O/prune.json"
 $T info "$O/lenet_p90.tkt" | tail -n 3
 
 step "4. compile: the plan for batch 1"

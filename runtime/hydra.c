@@ -5,6 +5,7 @@
  * Per prunable tensor of N weights: W (N) frozen weights, m (N) mask bytes, s (N) scores in
  * the tensor, data (N) W_eff or W depending on the form. */
 #include "hydra.h"
+#include "prune.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -35,39 +36,7 @@ tk_status tk_hydra_scaled_score_init(tk_model *m, int only_missing, int *n_init)
 
 /* ---- the top-k mask ----------------------------------------------------------------------- */
 
-int64_t tk_hydra_prune_count(double sparsity, int64_t n) {
-  int64_t k = (int64_t)floor(sparsity * (double)n + 1e-6);
-  return k < 0 ? 0 : (k > n ? n : k);
-}
-
-static void swapf(float *a, float *b) {
-  float t = *a;
-  *a = *b;
-  *b = t;
-}
-
-/* The k-th smallest (0-based) of v[0..n) (v is reordered); three-way partitions keep runs of
- * equal values linear. */
-static float kth_smallest(float *v, int64_t n, int64_t k) {
-  int64_t lo = 0, hi = n - 1;
-  while (lo < hi) {
-    int64_t mid = lo + (hi - lo) / 2;
-    if (v[mid] < v[lo]) swapf(&v[mid], &v[lo]);
-    if (v[hi] < v[lo]) swapf(&v[hi], &v[lo]);
-    if (v[hi] < v[mid]) swapf(&v[hi], &v[mid]);
-    float piv = v[mid];
-    int64_t lt = lo, i = lo, gt = hi;
-    while (i <= gt) {
-      if (v[i] < piv) swapf(&v[lt++], &v[i++]);
-      else if (v[i] > piv) swapf(&v[i], &v[gt--]);
-      else i++;
-    }
-    if (k < lt) hi = lt - 1;
-    else if (k > gt) lo = gt + 1;
-    else return piv;
-  }
-  return v[k];
-}
+int64_t tk_hydra_prune_count(double sparsity, int64_t n) { return tk_prune_count(sparsity, n); }
 
 tk_status tk_hydra_topk_mask(const float *s, int64_t n, int64_t prune, float *work, uint8_t *mask) {
   TK_ASSERT(prune >= 0 && prune <= n);
@@ -84,7 +53,7 @@ tk_status tk_hydra_topk_mask(const float *s, int64_t n, int64_t prune, float *wo
     memset(mask, 1, (size_t)n);
     return TK_OK;
   }
-  float thr = kth_smallest(work, n, prune - 1);
+  float thr = tk_prune_kth_smallest(work, n, prune - 1);
   int64_t below = 0;
   for (int64_t i = 0; i < n; i++) below += fabsf(s[i]) < thr;
   int64_t ties = prune - below; /* of the scores equal to thr, prune the first `ties` */

@@ -181,7 +181,7 @@ int64_t tk_round_half_even(double x) {
   return ((int64_t)f % 2 == 0) ? (int64_t)f : (int64_t)f + 1;
 }
 
-static int64_t count_for(double sparsity, int64_t n) {
+int64_t tk_prune_count(double sparsity, int64_t n) {
   int64_t k = (int64_t)floor(sparsity * (double)n + 1e-6);
   return k < 0 ? 0 : (k > n ? n : k);
 }
@@ -194,9 +194,8 @@ static void swapf(float *a, float *b) {
   *b = t;
 }
 
-/* The k-th smallest (0-based) of v[0..n) (v is reordered).  Three-way partitioning keeps
- * runs of equal scores (common: zeros) linear. */
-static float select_kth(float *v, int64_t n, int64_t k) {
+/* Three-way partitioning keeps runs of equal scores (common: zeros) linear. */
+float tk_prune_kth_smallest(float *v, int64_t n, int64_t k) {
   int64_t lo = 0, hi = n - 1;
   while (lo < hi) {
     int64_t mid = lo + (hi - lo) / 2;
@@ -275,7 +274,7 @@ static tk_status select_group(tk_model *m, float *const *scores, const int *ids,
       if ((score_key(sc[i]) >> 21) == b && nm[i]) v[j++] = sc[i];
   }
   TK_ASSERT(j == nc);
-  float thr = select_kth(v, nc, need - 1 - under);
+  float thr = tk_prune_kth_smallest(v, nc, need - 1 - under);
   free(v);
   int64_t below = 0;
   for (int k = 0; k < nid; k++) {
@@ -366,9 +365,9 @@ tk_status tk_prune_select(tk_model *m, float *const *scores, double sparsity, tk
   for (int t = 0; t < m->n_tensors; t++)
     if (m->tensors[t].prunable) {
       total += m->tensors[t].numel;
-      targets[n++] = count_for(sparsity, m->tensors[t].numel);
+      targets[n++] = tk_prune_count(sparsity, m->tensors[t].numel);
     }
-  if (scope == TK_SCOPE_GLOBAL) targets[0] = count_for(sparsity, total);
+  if (scope == TK_SCOPE_GLOBAL) targets[0] = tk_prune_count(sparsity, total);
   tk_status st = tk_prune_select_counts(m, scores, targets, scope);
   free(targets);
   return st;
@@ -447,12 +446,12 @@ tk_status tk_prune(tk_model *m, const tk_prune_opts *o, tk_prune_report *rep) {
       before[k] = tk_tensor_nnz(tt);
       if (!(scores[t] = tk_malloc((size_t)tt->numel * sizeof(float)))) goto done;
       int64_t pruned = tt->numel - before[k];
-      final[k] = o->sparsity >= 0 ? count_for(o->sparsity, tt->numel)
+      final[k] = o->sparsity >= 0 ? tk_prune_count(o->sparsity, tt->numel)
                                   : pruned + tk_round_half_even(o->rate * (double)before[k]);
       k++;
     }
     if (o->scope == TK_SCOPE_GLOBAL)
-      final[0] = o->sparsity >= 0 ? count_for(o->sparsity, total)
+      final[0] = o->sparsity >= 0 ? tk_prune_count(o->sparsity, total)
                                   : pruned_all + tk_round_half_even(o->rate * (double)kept0);
   }
   tk_progress_start(&prog, meth->name, iters, iters > 1 ? o->progress : -1);
@@ -473,7 +472,7 @@ tk_status tk_prune(tk_model *m, const tk_prune_opts *o, tk_prune_report *rep) {
       } else {
         double d = 1.0 - (double)final[k] / (double)n;
         double dr = pow(d, (double)(round + 1) / iters);
-        now[k] = count_for(1.0 - dr, n);
+        now[k] = tk_prune_count(1.0 - dr, n);
       }
       k++;
     }

@@ -84,6 +84,11 @@ tk_status tk_prune_select_counts(tk_model *m, float *const *scores, const int64_
  * sparsity, notes, created; stale metrics and any TrainState dropped).  rep may be NULL. */
 tk_status tk_prune(tk_model *m, const tk_prune_opts *o, tk_prune_report *rep);
 
+/* Weights pruned of n at sparsity S: floor(S*n + 1e-6), clamped to [0, n]. */
+int64_t tk_prune_count(double sparsity, int64_t n);
+/* The k-th smallest (0-based) of v[0..n); v is reordered.  Linear on average. */
+float tk_prune_kth_smallest(float *v, int64_t n, int64_t k);
+
 /* Rounds half to even (Python's round()), for IMP counts. */
 int64_t tk_round_half_even(double x);
 

@@ -31,7 +31,6 @@ fine-tuning the result with its mask and scores fixed.
 
 import json
 import os
-import struct
 import subprocess
 import sys
 
@@ -62,17 +61,6 @@ def note_worst(what, ratio):
 
 
 # ---- data and model --------------------------------------------------------------------------
-
-def idx_dir(d, n, rng):
-    """A tiny MNIST-format training set (random images, labels 0..9) for `mnist:DIR`."""
-    x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    y = rng.integers(0, 10, n, dtype=np.uint8)
-    with open(os.path.join(d, "train-images-idx3-ubyte"), "wb") as f:
-        f.write(struct.pack(">IIII", 0x803, n, 28, 28) + x.tobytes())
-    with open(os.path.join(d, "train-labels-idx1-ubyte"), "wb") as f:
-        f.write(struct.pack(">II", 0x801, n) + y.tobytes())
-    return x.reshape(n, 1, 28, 28).astype(np.float32) / np.float32(255), y.astype(np.int64)
-
 
 def make_arrays(seed, with_scores):
     rng = np.random.default_rng(seed)
@@ -460,7 +448,7 @@ def main():
     rng = np.random.default_rng(11)
     a, scores = make_arrays(3, True)
     with U.tmpdir() as tmp:
-        x, y = idx_dir(tmp, 3 * B + 8, np.random.default_rng(5))
+        x, y = U.mnist_dir(tmp, 3 * B + 8, np.random.default_rng(5))
         data = "mnist:" + tmp
         x, y = x[:B], y[:B]
         cases = [

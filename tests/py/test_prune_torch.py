@@ -19,7 +19,6 @@ the weights start pruned (they must stay pruned).
 """
 
 import os
-import struct
 import sys
 
 import numpy as np
@@ -43,12 +42,7 @@ def make_model(d, arch, seed, pre_density, rng):
     model = tkt.load(p)
     if pre_density is not None:
         U.random_masks(model, pre_density, rng)
-    for l in model.layers:
-        if l.op == "BatchNorm":
-            for f, lo, hi in (("weight", 0.5, 1.5), ("bias", -0.2, 0.2), ("running_mean", -0.2, 0.2),
-                              ("running_var", 0.5, 2.0)):
-                t = model.tensors[getattr(l, f)]
-                t.data = rng.uniform(lo, hi, t.shape).astype(np.float32)
+    U.random_bn_state(model, rng)
     out = os.path.join(d, "m.tkt")
     tkt.save(model, out)
     return model, out
@@ -175,24 +169,13 @@ def run_case(method, arch, sparsity, iterations, pre_density, seed, data=None):
                 C.check(not np.any(m & ~t0.mask.astype(bool)), "%s: %s revived a pruned weight" % (name, t1.name))
 
 
-def idx_dir(d, n, rng):
-    """A tiny MNIST-format training set (random images, labels 0..9) for `mnist:DIR`."""
-    x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    y = rng.integers(0, 10, n, dtype=np.uint8)
-    with open(os.path.join(d, "train-images-idx3-ubyte"), "wb") as f:
-        f.write(struct.pack(">IIII", 0x803, n, 28, 28) + x.tobytes())
-    with open(os.path.join(d, "train-labels-idx1-ubyte"), "wb") as f:
-        f.write(struct.pack(">II", 0x801, n) + y.tobytes())
-    return x.reshape(n, 1, 28, 28).astype(np.float32) / 255.0, y.astype(np.int64)
-
-
 def main():
     run_case("synflow", "cifar_model", 0.9, 1, 0.7, 1)
     run_case("synflow", "cifar_model", 0.95, 4, None, 2)
     run_case("synflow", "resnet20", 0.8, 2, 0.7, 3)
     run_case("synflow", "vgg16_bn", 0.9, 1, None, 4)
     with U.tmpdir() as d:
-        x, y = idx_dir(d, 300, np.random.default_rng(5))
+        x, y = U.mnist_dir(d, 300, np.random.default_rng(5))
         run_case("snip", "lenet", 0.9, 1, None, 5, data=("mnist:" + d, x, y))
         run_case("snip", "lenet", 0.95, 1, 0.5, 6, data=("mnist:" + d, x[:40], y[:40]))
     # errors: snip without data, synflow with data

@@ -215,13 +215,7 @@ def case(arch, density=None, bn="eval", batch=2, encoding="plain", classes=10, i
         model = tkt.load(p("m0.tkt"))
         if density is not None:
             U.random_masks(model, density, rng)
-        # random BatchNorm state, so eval mode is not the identity
-        for l in model.layers:
-            if l.op == "BatchNorm":
-                for f, lo, hi in (("weight", 0.5, 1.5), ("bias", -0.2, 0.2), ("running_mean", -0.2, 0.2),
-                                  ("running_var", 0.5, 2.0)):
-                    t = model.tensors[getattr(l, f)]
-                    t.data = rng.uniform(lo, hi, t.shape).astype(np.float32)
+        U.random_bn_state(model, rng)  # so eval mode is not the identity
         tkt.save(model, p("m.tkt"))
         c, h, w = model.input.channels, model.input.height, model.input.width
         sd, _ = TB.import_model(model, encoding)

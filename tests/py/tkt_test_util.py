@@ -174,3 +174,28 @@ def random_masks(model, density, rng):
             t.mask = m
             t.data = np.where(m != 0, t.data, np.float32(0)).astype(np.float32)
     return model
+
+
+def mnist_dir(d, n, rng):
+    """A tiny MNIST-format training set in d (random images, labels 0..9) for the data spec
+    `mnist:d`; -> (x (n, 1, 28, 28) float32 in [0, 1], y int64) as ticket reads them."""
+    import struct
+    x = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    y = rng.integers(0, 10, n, dtype=np.uint8)
+    with open(os.path.join(d, "train-images-idx3-ubyte"), "wb") as f:
+        f.write(struct.pack(">IIII", 0x803, n, 28, 28) + x.tobytes())
+    with open(os.path.join(d, "train-labels-idx1-ubyte"), "wb") as f:
+        f.write(struct.pack(">II", 0x801, n) + y.tobytes())
+    return x.reshape(n, 1, 28, 28).astype(np.float32) / np.float32(255), y.astype(np.int64)
+
+
+def random_bn_state(model, rng):
+    """Random BatchNorm affine parameters and running statistics on a tkt.Model, so that eval
+    mode is not the identity."""
+    for l in model.layers:
+        if l.op == "BatchNorm":
+            for f, lo, hi in (("weight", 0.5, 1.5), ("bias", -0.2, 0.2), ("running_mean", -0.2, 0.2),
+                              ("running_var", 0.5, 2.0)):
+                t = model.tensors[getattr(l, f)]
+                t.data = rng.uniform(lo, hi, t.shape).astype(np.float32)
+    return model

@@ -36,8 +36,6 @@ tk_status tk_hydra_scaled_score_init(tk_model *m, int only_missing, int *n_init)
 
 /* ---- the top-k mask ----------------------------------------------------------------------- */
 
-int64_t tk_hydra_prune_count(double sparsity, int64_t n) { return tk_prune_count(sparsity, n); }
-
 tk_status tk_hydra_topk_mask(const float *s, int64_t n, int64_t prune, float *work, uint8_t *mask) {
   TK_ASSERT(prune >= 0 && prune <= n);
   int nan = 0;
@@ -133,7 +131,7 @@ tk_status tk_hydra_create(tk_model *m, double sparsity, tk_hydra **out, int *mas
       goto nomem;
     tk_tensor_apply_mask(tt); /* pruned weights are 0 (the format says so; keep it so) */
     memcpy(h->w[t], tt->data, (size_t)tt->numel * sizeof(float));
-    h->prune[t] = tk_hydra_prune_count(sparsity, tt->numel);
+    h->prune[t] = tk_prune_count(sparsity, tt->numel);
     if (tt->mask) {
       tk_tensor_set_mask(tt, NULL);
       if (masks_cleared) *masks_cleared = 1;

@@ -32,9 +32,6 @@
  * receives the number of tensors initialised. */
 tk_status tk_hydra_scaled_score_init(tk_model *m, int only_missing, int *n_init);
 
-/* The pruned count of a tensor of n weights at sparsity S: floor(S*n + 1e-6), in 0..n. */
-int64_t tk_hydra_prune_count(double sparsity, int64_t n);
-
 /* mask (n bytes) = 0 for the `prune` lowest |s[i]| (ties: lower index first), 1 elsewhere.
  * work holds n floats.  Fails on a NaN score. */
 tk_status tk_hydra_topk_mask(const float *s, int64_t n, int64_t prune, float *work, uint8_t *mask);

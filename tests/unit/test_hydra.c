@@ -129,7 +129,7 @@ static void test_topk_vs_prune(void) {
       for (int t = 0; t < m->n_tensors; t++) {
         tk_tensor *tt = &m->tensors[t];
         if (!tt->prunable) continue;
-        int64_t n = tt->numel, prune = tk_hydra_prune_count(sps[k], n);
+        int64_t n = tt->numel, prune = tk_prune_count(sps[k], n);
         CHECK(prune == (int64_t)floor(sps[k] * (double)n + 1e-6));
         uint8_t *mask = malloc((size_t)n);
         float *work = malloc((size_t)n * sizeof(float));
@@ -209,7 +209,7 @@ static void test_forms(void) {
       float want = mk[i] ? orig->tensors[t].data[i] : 0.0f;
       ok_run &= tt->mask == NULL && memcmp(&tt->data[i], &want, sizeof want) == 0;
     }
-    CHECK(tt->numel - kept == tk_hydra_prune_count(0.6, tt->numel));
+    CHECK(tt->numel - kept == tk_prune_count(0.6, tt->numel));
     wg[t] = malloc((size_t)tt->numel * sizeof(float));
     sg[t] = malloc((size_t)tt->numel * sizeof(float));
     for (int64_t i = 0; i < tt->numel; i++) wg[t][i] = (float)(0.01 * (double)((i * 7) % 13) - 0.05);
@@ -387,7 +387,7 @@ static void test_runs(void) {
           pruned += !b->mask[i];
           ok &= b->mask[i] ? b->data[i] == a->data[i] : (b->data[i] == 0 && !signbit(b->data[i]));
         }
-        CHECK_MSG(ok && pruned == tk_hydra_prune_count(0.8, b->numel), "%s: %s is not W with the mask applied",
+        CHECK_MSG(ok && pruned == tk_prune_count(0.8, b->numel), "%s: %s is not W with the mask applied",
                   tk_train_mode_name(o.mode), b->name);
       } else if (t == T_CB || t == T_FB || (o.freeze_bn && (t == T_G || t == T_B))) {
         CHECK_MSG(memcmp(a->data, b->data, bytes) == 0, "%s: %s changed", tk_train_mode_name(o.mode), b->name);

@@ -34,7 +34,11 @@ static void usage(FILE *f) {
           "                      (to explore plans without a pruned model file)\n"
           "  --cache DIR         object cache for --tune (default $TICKET_CACHE or ~/.cache/ticket)\n"
           "  --json              print the plan as one JSON object\n"
-          "  --help              this text\n");
+          "  --help              this text\n"
+          "\n"
+          "Column vec: what the sparse-table kernel's vectors run over, per pass: \"spatial\" (the\n"
+          "flattened output positions), \"batch\" (16 images per vector, every planned pass), or\n"
+          "\"batch:\" and the passes on the batch: f forward, i input gradient, w weight gradient.\n");
 }
 
 static bool looks_like_json(const char *buf, size_t n) {
@@ -164,7 +168,7 @@ int cmd_plan(int argc, char **argv) {
   } else {
     fprintf(f, "plan for %s: batch %d, %d thread(s)%s%s\n\n", path, p->batch, p->threads, o.tune ? ", tuned" : "",
             o.training ? ", training" : "");
-    fprintf(f, "%4s  %-24s %-16s %-9s %8s %9s  %-15s %-7s %10s %10s  %s\n", "#", "layer", "weight", "out", "sparsity",
+    fprintf(f, "%4s  %-24s %-16s %-9s %8s %9s  %-15s %-8s %10s %10s  %s\n", "#", "layer", "weight", "out", "sparsity",
             "nnz", "variant", "vec", "sparse us", "dense us", "reason");
   }
   int first = 1;
@@ -179,7 +183,11 @@ int cmd_plan(int argc, char **argv) {
     for (int d = 0; d < w->ndim; d++)
       snprintf(ws + strlen(ws), sizeof ws - strlen(ws), "%s%lld", d ? "x" : "", (long long)w->shape[d]);
     snprintf(os, sizeof os, "%dx%dx%d", l->out.c, l->out.h, l->out.w);
-    const char *vec = lp->vec_batch ? "batch" : "spatial";
+    char vec[16];
+    const int all = o.training ? TK_VB_ALL : TK_VB_FWD, vb = lp->vec_batch & all;
+    if (!vb || vb == all) snprintf(vec, sizeof vec, "%s", vb ? "batch" : "spatial");
+    else snprintf(vec, sizeof vec, "batch:%s%s%s", vb & TK_VB_FWD ? "f" : "", vb & TK_VB_BWD_INPUT ? "i" : "",
+                  vb & TK_VB_BWD_WEIGHT ? "w" : "");
     double chosen = lp->variant == TK_VARIANT_DENSE ? lp->est_dense_us : lp->est_sparse_us;
     if (isfinite(chosen)) tot_s += chosen;
     if (isfinite(lp->est_dense_us)) tot_d += lp->est_dense_us;
@@ -197,7 +205,7 @@ int cmd_plan(int argc, char **argv) {
       cli_json_string(f, lp->reason);
       fputc('}', f);
     } else {
-      fprintf(f, "%4d  %-24.24s %-16s %-9s %8.4f %9lld  %-15s %-7s %10.1f %10.1f  %s\n", i, l->name, ws, os, sp,
+      fprintf(f, "%4d  %-24.24s %-16s %-9s %8.4f %9lld  %-15s %-8s %10.1f %10.1f  %s\n", i, l->name, ws, os, sp,
               (long long)nnz, tk_variant_name(lp->variant), vec, lp->est_sparse_us, lp->est_dense_us, lp->reason);
     }
     first = 0;

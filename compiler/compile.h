@@ -44,10 +44,14 @@ void tk_compile_opts_default(tk_compile_opts *o);
 
 typedef struct {
   tk_variant variant;
-  int vec_batch;           /* 1: vectorise over the batch; 0: over the flattened spatial index */
+  int vec_batch;           /* passes vectorised over the batch (TK_VB_* bits); the others over the
+                            * flattened spatial index.  Linear layers: TK_VB_ALL (always the batch) */
   double est_sparse_us, est_dense_us; /* cost-model (or measured, with tune) time per call */
   char reason[192];        /* one line: why */
 } tk_layer_plan;
+
+/* tk_layer_plan.vec_batch: one bit per pass */
+enum { TK_VB_FWD = 1, TK_VB_BWD_INPUT = 2, TK_VB_BWD_WEIGHT = 4, TK_VB_ALL = 7 };
 
 typedef struct {
   int n_layers;            /* == model n_layers; non-conv layers have TK_VARIANT_NONE */

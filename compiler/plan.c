@@ -42,9 +42,9 @@
 #define T_ELEM_LINEAR 0.5e-9 /* linear: per element of the transposes into and out of lanes (s) */
 #define UNROLL_BUDGET 20000 /* most non-zeros per layer for unrolled / value-baked code */
 #define VEC_BATCH_MIN 16    /* conv: images from which the batch-vectorised kernel is used */
-#define VEC_BATCH_MAX_MAP 256 /* ... on stride-1 output maps of at most this many positions */
-#define VEC_BATCH_MAX_MAP_FWD 64 /* ... (inference plans: forward only) */
+#define VEC_BATCH_MAX_MAP 256 /* ... for the gradients on stride-1 output maps of at most this many positions */
 #define VEC_BATCH_MAX_SP 0.96 /* ... and on maps up to 4x larger up to this sparsity */
+#define VEC_BATCH_MAX_MAP_FWD 64 /* ... for the forward on stride-1 maps of at most this many positions */
 
 const char *tk_variant_name(tk_variant v) {
   switch (v) {
@@ -251,6 +251,49 @@ done:
 
 /* ---- the plan --------------------------------------------------------------------------------- */
 
+/* Which passes of a conv on the table kernel run vectorised over the batch (16 images per
+ * vector, conv_batch.c.in) rather than over the flattened spatial index: a per-pass choice, as
+ * every batch-vectorised kernel also carries the spatial functions.  Only for 16+ images and
+ * 16+ input channels (the first conv: the image transposes outweigh the work; 3 -> 64 32x32 at
+ * s=0.9, batch 128: spatial 2.2x / 5.8x over oneDNN (fwd / input gradient), batch 1.6x / 3.7x).
+ * Measured with bench_layers --variants table,batch [--bwd] --stat min, 1 thread, ResNet-18
+ * CIFAR shapes, ms per call, batch 128, spatial vs batch (batch 32 agrees):
+ *   forward, stride 1:   64x32x32  s=0.8 46-50 vs 38-41   0.9 27-29 vs 30-34   0.99 9.0-9.5 vs 12-14
+ *                        128x16x16 s=0.9 25-26 vs 26-36   0.95 16-22 vs 17-24  0.99 7.1-7.3 vs 9.5-9.8
+ *                        256x8x8   s=0.9 29-33 vs 20-22   0.99 6.3-7.3 vs 4.7-6.3;  512x4x4: batch 1.5-2x
+ *   input gradient, stride 1 (fwd spatial figures predate the shifted-copy forward):
+ *                        512x4x4 26 vs 7.5 nzGF/s, 256x8x8 41 vs 17, 128x16x16 28 vs 17, 64x32x32
+ *                        25 vs 19 (s=0.9; 32x32 at s=0.99: 6.6 vs 7.9)
+ *   stride 2, s=0.9:     input gradient 21-28 vs 28-39 (3x3), 2.7 vs 11.9 (1x1): spatial;
+ *                        weight gradient 3x3 46 vs 34 (32x32), 59 vs 23 (16x16), 139 vs 22 (8x8);
+ *                        1x1 15 vs 16 (32x32), 16.5 vs 3.2 (8x8): batch (the spatial one sums
+ *                        each non-zero's few positions per image horizontally)
+ * So: the forward on maps up to 8x8 (the shifted-copy spatial forward wins from 16x16 up, the
+ * batch one below), the stride-1 input gradient on maps up to 16x16 and 32x32 up to
+ * VEC_BATCH_MAX_SP, the weight gradient wherever the input gradient is, and at stride 2.
+ * TICKET_VEC_BATCH overrides (experiments, tests): "0" none, "1" every pass, or letters of
+ * the passes: f (forward), i (input gradient), w (weight gradient). */
+static int vec_batch_passes(const tk_layer *l, double sp, int n, int training) {
+  const char *e = getenv("TICKET_VEC_BATCH");
+  if (e && *e) {
+    if (!strcmp(e, "0")) return 0;
+    if (!strcmp(e, "1")) return TK_VB_ALL;
+    return (strchr(e, 'f') ? TK_VB_FWD : 0) | (strchr(e, 'i') ? TK_VB_BWD_INPUT : 0) |
+           (strchr(e, 'w') ? TK_VB_BWD_WEIGHT : 0);
+  }
+  if (n < VEC_BATCH_MIN || l->in.c < 16) return 0;
+  int64_t map = (int64_t)l->out.h * l->out.w;
+  int vb = 0;
+  if (l->sh == 1 && l->sw == 1) {
+    if (map <= VEC_BATCH_MAX_MAP_FWD) vb |= TK_VB_FWD;
+    if (training && (map <= VEC_BATCH_MAX_MAP || (map <= 4 * VEC_BATCH_MAX_MAP && sp <= VEC_BATCH_MAX_SP)))
+      vb |= TK_VB_BWD_INPUT | TK_VB_BWD_WEIGHT;
+  } else if (training) {
+    vb |= TK_VB_BWD_WEIGHT;
+  }
+  return vb;
+}
+
 tk_status tk_plan_make(const tk_model *m, const tk_compile_opts *o, tk_plan **out) {
   *out = NULL;
   tk_compile_opts defaults;
@@ -300,7 +343,7 @@ tk_status tk_plan_make(const tk_model *m, const tk_compile_opts *o, tk_plan **ou
     } else {
       gen_ok = 1;
     }
-    lp->vec_batch = l->op == TK_OP_LINEAR;
+    lp->vec_batch = l->op == TK_OP_LINEAR ? TK_VB_ALL : 0;
     lp->est_dense_us = est_dense(m, l, n, T) * 1e6;
     lp->est_sparse_us = gen_ok ? est_sparse(&g, nnz, n, T) * 1e6 : NAN;
     tk_variant v;
@@ -359,31 +402,7 @@ tk_status tk_plan_make(const tk_model *m, const tk_compile_opts *o, tk_plan **ou
                lp->est_dense_us, lp->est_sparse_us);
     }
     lp->variant = v;
-    /* conv, table kernel: vectorise over the batch (16 images per vector, conv_batch.c.in) for
-     * at least 16 images on stride-1 layers.  Measured with bench_layers --bwd --variants
-     * table,batch --clock cpu --stat min, 1 thread, ResNet-18 CIFAR shapes, batch 32 and 128,
-     * nzGF/s batch vs spatial (fwd / input gradient / weight gradient):
-     *   512x4x4   s=0.9  48/26/26 vs 19/7.5/3.0   s=0.99 23/16/9.6 vs 9.9/7.2/2.5 (b128)
-     *   256x8x8   s=0.9  41/41/35 vs 30/17/12     s=0.99 15/16/8.0 vs 13/10/5.3   (b128)
-     *   128x16x16 s=0.9  28/28/22 vs 24/17/14     s=0.99 13/13/7.0 vs 15/9.0/6.8  (b128)
-     *   64x32x32  s=0.9  24/25/16 vs 26/19/13     s=0.95 19/20/11 vs 23/16/11     s=0.99 6.4/6.6/3.3 vs 6.9/7.9/3.6
-     * Weighing a PGD batch (11 forwards, 10 input gradients, one weight gradient), the batch
-     * layout wins on every map up to 16x16 (5-60%), on 32x32 by 5-10% at s=0.9-0.95 and loses
-     * there by 11-35% at s=0.99.  Forward alone it loses on 32x32 at every sparsity and on
-     * 16x16 at s=0.99, so inference plans use it on maps up to 8x8 only (and 16x16 up to
-     * VEC_BATCH_MAX_SP).  With stride 2 its input gradient walks every phase grid and is 2-8x
-     * slower than the spatial kernel's (1x1 stride 2: 3-10x), which outweighs its faster forward
-     * on 8x8 and weight gradient everywhere.  TICKET_VEC_BATCH=0/1 overrides (experiments, tests). */
-    if (l->op == TK_OP_CONV2D && v == TK_VARIANT_SPARSE_TABLE) {
-      const char *e = getenv("TICKET_VEC_BATCH");
-      int64_t map = (int64_t)l->out.h * l->out.w, small = o->training ? VEC_BATCH_MAX_MAP : VEC_BATCH_MAX_MAP_FWD;
-      int fits = map <= small || (map <= 4 * small && sp <= VEC_BATCH_MAX_SP);
-      /* few input channels (the first conv): the image transposes outweigh the work; 3 -> 64
-       * 32x32 at s=0.9, batch 128: spatial 2.2x / 5.8x over oneDNN (fwd / input gradient),
-       * batch layout 1.6x / 3.7x */
-      fits = fits && l->in.c >= 16;
-      lp->vec_batch = e && *e ? atoi(e) != 0 : n >= VEC_BATCH_MIN && l->sh == 1 && l->sw == 1 && fits;
-    }
+    if (l->op == TK_OP_CONV2D && v == TK_VARIANT_SPARSE_TABLE) lp->vec_batch = vec_batch_passes(l, sp, n, o->training);
   }
   if (st == TK_OK && o->tune && o->force < 0) st = tune(m, o, p);
   if (st != TK_OK) {

@@ -43,7 +43,7 @@ typedef struct {
   int training, threads;
   tk_jit *jit;
   tk_kfn prep_x, prep_dy, prep_col, fwd, fwd_direct, bwd_input, bwd_weight;
-  int vb; /* conv vectorised over the batch: lanes are 16 images (conv_batch.c.in) */
+  int vb; /* conv passes vectorised over the batch, TK_VB_* bits: lanes are 16 images (conv_batch.c.in) */
   tk_kfn prep_xb, prep_dyb, fwd_b, bwd_input_b, bwd_weight_b;
   float *wv, *wvt, *baked; /* packed values; transposed order; values baked into the code */
   float *wvf, *wvtf, *bf;  /* folded values (forward and transposed order), folded bias (O) */
@@ -204,7 +204,7 @@ static void conv_bwd_weight_b(sparse_kernel *k, const float *x, const float *dy,
 }
 
 static void conv_run_fwd(sparse_kernel *k, const float *x, float *y, int n, const fwd_vals *fv) {
-  if (k->vb) {
+  if (k->vb & TK_VB_FWD) {
     conv_fwd_b(k, x, y, n, fv);
     return;
   }
@@ -277,7 +277,7 @@ static void conv_bwdi_image(sparse_kernel *k, const scratch_set *s, const float 
 
 static void conv_run_bwd_input(sparse_kernel *k, const float *dy, const float *mask, float *dx, int n,
                                const float *wt) {
-  if (k->vb) {
+  if (k->vb & TK_VB_BWD_INPUT) {
     conv_bwd_input_b(k, dy, mask, dx, n, wt);
     return;
   }
@@ -378,7 +378,7 @@ static tk_status conv_bwd_weight(tk_kernel *kb, const float *x, const float *dy,
                    klayer(kb)->name);
   const tk_geom *g = &k->g;
   int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
-  if (k->vb) {
+  if (k->vb & TK_VB_BWD_WEIGHT) {
     conv_bwd_weight_b(k, x, dy, n);
     finish_bwd_weight(k, k->sets[0].dwv, dy, dw, db, n, (int64_t)g->OH * g->OW);
     return TK_OK;
@@ -815,8 +815,10 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
   int64_t xq = (it->g.xq_len + 15) / 16 * 16, z = (it->g.z_len + 15) / 16 * 16, col = (it->g.col_len + 15) / 16 * 16;
   int64_t dz = training ? (it->g.dz_len + 15) / 16 * 16 : 0, dwv = training ? (nz1 + 15) / 16 * 16 : 0;
   /* batch-vectorised: the grids with 16 images per cell */
-  int64_t xb = it->vb ? xq * 16 : 0, dzb = it->vb && training ? dz * 16 : 0, zb = 0;
-  if (it->vb) {
+  const int vb = it->vb;
+  int64_t xb = vb & (TK_VB_FWD | TK_VB_BWD_WEIGHT) ? xq * 16 : 0, zb = 0;
+  int64_t dzb = training && (vb & (TK_VB_BWD_INPUT | TK_VB_BWD_WEIGHT)) ? dz * 16 : 0;
+  if (vb & (TK_VB_FWD | TK_VB_BWD_INPUT)) { /* the partial sums carried between channel chunks */
     tk_batch_geom bg;
     tk_batch_geom_make(&it->g, nnz, &bg);
     zb = (bg.carry + 15) / 16 * 16;
@@ -903,7 +905,7 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
       it->layer = i;
       it->variant = v;
       if ((st = tk_geom_make_variant(m, i, v, &it->g)) != TK_OK) goto done;
-      it->vb = p->layers[i].vec_batch && !it->g.linear && v == TK_VARIANT_SPARSE_TABLE;
+      it->vb = !it->g.linear && v == TK_VARIANT_SPARSE_TABLE ? p->layers[i].vec_batch & TK_VB_ALL : 0;
       if ((st = tk_tables_build(m, i, &it->g, o->training || v == TK_VARIANT_SPARSE_UNROLLED, &it->t)) != TK_OK)
         goto done;
       tk_emit_opts eo = {.variant = v, .training = o->training, .vec_batch = it->vb};

@@ -243,8 +243,12 @@ static void run_variant(const kcase *c, tk_model *m, tk_variant v, int training,
   CHECK_MSG(p->layers[0].variant == want, "%s [%s]: planned %s", c->name, vname, tk_variant_name(p->layers[0].variant));
   const char *vbe = getenv("TICKET_VEC_BATCH");
   if (vbe && *vbe && !c->linear && want == TK_VARIANT_SPARSE_TABLE)
-    CHECK_MSG(p->layers[0].vec_batch == (atoi(vbe) != 0), "%s [%s]: vec_batch %d, forced %s", c->name, vname,
-              p->layers[0].vec_batch, vbe);
+    CHECK_MSG(p->layers[0].vec_batch == (!strcmp(vbe, "1")    ? TK_VB_ALL
+                                         : !strcmp(vbe, "0")  ? 0
+                                         : !strcmp(vbe, "iw") ? TK_VB_BWD_INPUT | TK_VB_BWD_WEIGHT
+                                         : !strcmp(vbe, "fw") ? TK_VB_FWD | TK_VB_BWD_WEIGHT
+                                                              : -1),
+              "%s [%s]: vec_batch %d, forced %s", c->name, vname, p->layers[0].vec_batch, vbe);
   tk_kernel *ks[2] = {NULL, NULL};
   if (tk_sparse_build(m, p, &o, c->n, ks) != TK_OK || !ks[0]) {
     fprintf(stderr, "%s [%s]: build: %s\n", c->name, vname, tk_last_error());
@@ -375,7 +379,9 @@ static void run_case(const kcase *c, const char *cache) {
                  {"shifted", "0", "0", "0", "", "1", ""},
                  {"shifted chunked", "0", "0", "0", "", "1", "3"},
                  {"batch", "", "", "1", "0", "", ""},
-                 {"batch chunked", "", "", "1", "3", "", ""}};
+                 {"batch chunked", "", "", "1", "3", "", ""},
+                 {"batch gradients, spatial forward", "", "", "iw", "", "", ""},
+                 {"batch forward and weight gradient", "", "", "fw", "", "", ""}};
     for (size_t f = 0; f < sizeof forms / sizeof *forms; f++) {
       char name[160];
       snprintf(name, sizeof name, "%s (%s forced)", c->name, forms[f].tag);
@@ -447,25 +453,34 @@ static void check_source(const char *cache) {
   (void)cache;
 }
 
-/* The planner's default layout (compiler/plan.c): batch-vectorised for 16+ images on stride-1
- * layers; with gradients on maps up to 16x16, and 32x32 up to sparsity 0.96; forward only
- * (inference) on maps up to 8x8, and 16x16 up to sparsity 0.96. */
+/* The planner's per-pass layout (compiler/plan.c, vec_batch_passes): with 16+ images and 16+
+ * input channels, the forward on the batch on stride-1 maps up to 8x8; with gradients, the
+ * input and weight gradients on stride-1 maps up to 16x16 and 32x32 up to sparsity 0.96, and
+ * the weight gradient at stride 2; TICKET_VEC_BATCH overrides with "0", "1" or pass letters. */
 static void check_plan_vec_batch(void) {
   unsetenv("TICKET_VEC_BATCH");
+  enum { F = TK_VB_FWD, I = TK_VB_BWD_INPUT, W = TK_VB_BWD_WEIGHT };
   static const struct {
     kcase c;
     int training, want;
+    const char *env;
   } pc[] = {
-      {{"plan 4x4 batch 32", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, 1},
-      {{"plan 4x4 batch 8", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 8, 0, 0}, 1, 0},
-      {{"plan 8x8 batch 16", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.99, 16, 0, 0}, 0, 1},
-      {{"plan 16x16 batch 32", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, 1},
-      {{"plan 16x16 s=0.99 batch 32", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 0.99, 32, 0, 0}, 0, 0},
-      {{"plan 16x16 s=0.99 batch 32 training", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 0.99, 32, 0, 0}, 1, 1},
-      {{"plan 32x32 batch 32 training", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1, 1},
-      {{"plan 32x32 batch 32", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, 0},
-      {{"plan 32x32 s=0.99 batch 128 training", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.99, 128, 0, 0}, 1, 0},
-      {{"plan 8x8 s2 batch 32", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 1, 0},
+      {{"plan 4x4 batch 32", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, F, NULL},
+      {{"plan 4x4 batch 8", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 8, 0, 0}, 1, 0, NULL},
+      {{"plan 8x8 batch 16", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.99, 16, 0, 0}, 0, F, NULL},
+      {{"plan 8x8 batch 32 training", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1, F | I | W, NULL},
+      {{"plan 8x8 batch 32, 8 input channels", 0, 8, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1, 0, NULL},
+      {{"plan 16x16 batch 32", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, 0, NULL},
+      {{"plan 16x16 s=0.99 batch 32", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 0.99, 32, 0, 0}, 0, 0, NULL},
+      {{"plan 16x16 s=0.99 batch 32 training", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 0.99, 32, 0, 0}, 1, I | W, NULL},
+      {{"plan 32x32 batch 32 training", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1, I | W, NULL},
+      {{"plan 32x32 batch 32", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, 0, NULL},
+      {{"plan 32x32 s=0.99 batch 128 training", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.99, 128, 0, 0}, 1, 0, NULL},
+      {{"plan 8x8 s2 batch 32 training", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 1, W, NULL},
+      {{"plan 8x8 s2 batch 32", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 0, 0, NULL},
+      {{"plan 4x4 batch 2, forced iw", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 2, 0, 0}, 1, I | W, "iw"},
+      {{"plan 8x8 s2 batch 32, forced 1", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 1, F | I | W, "1"},
+      {{"plan 8x8 batch 32, forced 0", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1, 0, "0"},
   };
   for (size_t i = 0; i < sizeof pc / sizeof *pc; i++) {
     tk_model *m = make_model(&pc[i].c);
@@ -474,10 +489,12 @@ static void check_plan_vec_batch(void) {
     o.batch = pc[i].c.n;
     o.training = pc[i].training;
     o.force = TK_VARIANT_SPARSE_TABLE;
+    if (pc[i].env) setenv("TICKET_VEC_BATCH", pc[i].env, 1);
     tk_plan *p = NULL;
     CHECK(m && tk_plan_make(m, &o, &p) == TK_OK);
     if (p) CHECK_MSG(p->layers[0].vec_batch == pc[i].want, "%s: vec_batch %d, expected %d", pc[i].c.name,
                      p->layers[0].vec_batch, pc[i].want);
+    unsetenv("TICKET_VEC_BATCH");
     tk_plan_free(p);
     tk_model_free(m);
   }

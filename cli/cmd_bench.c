@@ -110,7 +110,9 @@ static void usage(FILE *f) {
           "(OMP_WAIT_POLICY=PASSIVE ticket bench ...): spinning OpenMP threads lose time slices at\n"
           "every barrier.  Before PyTorch's turns ticket waits (up to 50 ms) for its idle threads to\n"
           "sleep; under OMP_WAIT_POLICY=ACTIVE they never do, and the report says so.  The policy in\n"
-          "effect and the load average are reported.\n");
+          "effect and the load average are reported, and for every engine the share of all CPUs' time\n"
+          "the hypervisor took (steal, from /proc/stat) during its timed turns: on a shared virtual\n"
+          "machine that is noise interleaving cannot remove, and above 5%% the report says so.\n");
 }
 
 /* ---- options -------------------------------------------------------------------------------------- */
@@ -198,6 +200,7 @@ typedef struct {
   double *t;   /* per timed iteration */
   int nt;
   double create_s;
+  double steal_j, total_j; /* the machine's steal and total CPU time over the timed turns (jiffies) */
 } runner;
 
 static tk_status pgd_attack(runner *r, const float *x, const int *y, int n, tk_bn_mode bn, tk_rng *rng) {
@@ -248,7 +251,35 @@ static tk_status iteration(runner *r, bench_mode mode, const float *x, const int
 typedef struct {
   double mean, median, p90, p99, min, max, ips;
   int iters;
+  double steal; /* fraction of all CPUs' time the hypervisor took during the turns; NaN: unknown */
 } lat_stats;
+
+/* Steal and total time of all CPUs so far, in jiffies (/proc/stat's first line: user nice
+ * system idle iowait irq softirq steal ...); both 0 where unreadable.  On a shared virtual
+ * machine the hypervisor's steal is the noise no interleaving removes: a turn that lost a
+ * tenth of the CPUs ran about that much slower. */
+typedef struct {
+  double steal, total;
+} cpu_ticks;
+
+static cpu_ticks read_ticks(void) {
+  cpu_ticks c = {0, 0};
+  FILE *f = fopen("/proc/stat", "r");
+  if (!f) return c;
+  unsigned long long v[8] = {0};
+  if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6],
+             &v[7]) == 8) {
+    for (int i = 0; i < 8; i++) c.total += (double)v[i];
+    c.steal = (double)v[7];
+  }
+  fclose(f);
+  return c;
+}
+
+static void add_ticks(double *steal, double *total, cpu_ticks a, cpu_ticks b) {
+  *steal += b.steal - a.steal;
+  *total += b.total - a.total;
+}
 
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
@@ -280,13 +311,21 @@ static lat_stats summarise(const double *t, int n, int batch) {
 
 static void json_stats(FILE *f, const lat_stats *s) {
   fprintf(f, "{\"mean_ms\": %.6g, \"median_ms\": %.6g, \"p90_ms\": %.6g, \"p99_ms\": %.6g, \"min_ms\": %.6g, "
-             "\"max_ms\": %.6g, \"iters\": %d, \"images_per_s\": %.6g}",
+             "\"max_ms\": %.6g, \"iters\": %d, \"images_per_s\": %.6g, \"steal\": ",
           s->mean, s->median, s->p90, s->p99, s->min, s->max, s->iters, s->ips);
+  if (isfinite(s->steal)) fprintf(f, "%.4f}", s->steal);
+  else fprintf(f, "null}");
 }
 
 static void row(const char *name, const lat_stats *s) {
-  printf("  %-16s %9.3f %9.3f %9.3f %9.3f %9.3f %10.1f\n", name, s->mean, s->median, s->p90, s->p99, s->min, s->ips);
+  printf("  %-16s %9.3f %9.3f %9.3f %9.3f %9.3f %10.1f", name, s->mean, s->median, s->p90, s->p99, s->min, s->ips);
+  if (isfinite(s->steal)) printf(" %6.1f%%\n", 100 * s->steal);
+  else printf(" %7s\n", "-");
 }
+
+/* the steal fraction of accumulated jiffies; NaN under 100 jiffies (about half a second of
+ * two CPUs), where the 10 ms tick makes the fraction meaningless */
+static double steal_of(double steal_j, double total_j) { return total_j >= 100 ? steal_j / total_j : NAN; }
 
 /* ---- the PyTorch baseline ------------------------------------------------------------------------------ */
 
@@ -962,14 +1001,16 @@ int cmd_bench(int argc, char **argv) {
   tk_rng_seed(&arng[0], 99);
   tk_rng_seed(&arng[1], 99);
   double spin_wait = 0.05; /* how long to wait for our threads to fall asleep before PyTorch's turn */
+  double tsteal[TORCH_MAX_VARIANTS] = {0}, ttotal[TORCH_MAX_VARIANTS] = {0}; /* PyTorch's turns' jiffies */
   for (int it = 0; it < o.warmup + o.iters; it++) {
     for (int k = 0; k < 2; k++) {
       runner *r = rs[k];
       if (!r) continue;
+      cpu_ticks c0 = read_ticks();
       double t0 = tk_now();
       if ((st = iteration(r, o.mode, x, y, o.batch, &arng[k])) != TK_OK) goto fail;
       double dt = tk_now() - t0;
-      if (it >= o.warmup) r->t[r->nt++] = dt;
+      if (it >= o.warmup) r->t[r->nt++] = dt, add_ticks(&r->steal_j, &r->total_j, c0, read_ticks());
     }
     if (!tw.nvar) continue;
     if (o.threads > 1 && !quiesce(spin_wait)) {
@@ -978,21 +1019,28 @@ int cmd_bench(int argc, char **argv) {
     }
     for (int v = 0; v < tw.nvar; v++) {
       double dt;
+      cpu_ticks c0 = read_ticks();
       if ((st = worker_turn(&tw, v, &dt)) != TK_OK) goto fail;
-      if (it >= o.warmup) tw.t[v][tw.nt[v]++] = dt;
+      if (it >= o.warmup) tw.t[v][tw.nt[v]++] = dt, add_ticks(&tsteal[v], &ttotal[v], c0, read_ticks());
     }
   }
   lat_stats st_torch[TORCH_MAX_VARIANTS] = {{0}};
   int torch_fast = -1; /* PyTorch's faster variant: the lower median */
   for (int v = 0; v < tw.nvar; v++) {
     st_torch[v] = summarise(tw.t[v], tw.nt[v], o.batch);
+    st_torch[v].steal = steal_of(tsteal[v], ttotal[v]);
     if (torch_fast < 0 || st_torch[v].median < st_torch[torch_fast].median) torch_fast = v;
   }
   torch_hello = tw.hello; /* kept past worker_stop for the report */
   tw.hello = NULL;
   worker_stop(&tw, 0);
   lat_stats sc = summarise(rc.t, rc.nt, o.batch), sd = {0};
-  if (o.vs_dense) sd = summarise(rd.t, rd.nt, o.batch);
+  sc.steal = steal_of(rc.steal_j, rc.total_j);
+  if (o.vs_dense) sd = summarise(rd.t, rd.nt, o.batch), sd.steal = steal_of(rd.steal_j, rd.total_j);
+  double steal_max = isfinite(sc.steal) ? sc.steal : 0;
+  if (o.vs_dense && isfinite(sd.steal) && sd.steal > steal_max) steal_max = sd.steal;
+  for (int v = 0; v < tw.nvar; v++)
+    if (isfinite(st_torch[v].steal) && st_torch[v].steal > steal_max) steal_max = st_torch[v].steal;
 
   /* per-layer profile: a separate pass, so that timing the layers does not touch the numbers above */
   const int L = base->n_layers, kprof = o.iters < 5 ? o.iters : (o.iters + 1) / 2;
@@ -1120,8 +1168,8 @@ int cmd_bench(int argc, char **argv) {
     if (o.compile_stats)
       printf("compile: cold %.2f s, warm (cache hit) %.2f s, %d objects, %lld bytes of generated code\n", cold_s,
              warm_s, code_files, code_bytes);
-    printf("\n  %-16s %9s %9s %9s %9s %9s %10s\n", o.mode == MODE_INFER ? "latency (ms)" : "per batch (ms)", "mean",
-           "median", "p90", "p99", "min", "images/s");
+    printf("\n  %-16s %9s %9s %9s %9s %9s %10s %7s\n", o.mode == MODE_INFER ? "latency (ms)" : "per batch (ms)",
+           "mean", "median", "p90", "p99", "min", "images/s", "steal");
     row("compiled", &sc);
     if (o.vs_dense) row("dense (oneDNN)", &sd);
     for (int v = 0; torch_hello && v < tw.nvar; v++) row(torch_row_name(tw.var[v]), &st_torch[v]);
@@ -1141,6 +1189,10 @@ int cmd_bench(int argc, char **argv) {
              wait_policy, spinning, o.warmup + o.iters);
     else if (torch_hello && active)
       printf("note: OMP_WAIT_POLICY ACTIVE, but no idle OpenMP thread of ours was spinning when PyTorch's turns began\n");
+    if (steal_max >= 0.05)
+      printf("note: the hypervisor took up to %.0f%% of the CPUs during the turns (column steal; machine-wide): those "
+             "turns ran slower by about that much, and unevenly\n",
+             100 * steal_max);
     if (o.layers) {
       printf("\nper layer (ms per call, %d calls; a ReLU fused into the layer before it shows 0):\n", kprof);
       printf("  %3s %-24s %-13s %-15s %10s %10s %8s", "#", "name", "op", "variant", "fwd", o.vs_dense ? "dense" : "",

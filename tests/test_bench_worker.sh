@@ -99,6 +99,11 @@ for k, v in (("iters", 3), ("median_ms", 1.5), ("mean_ms", 1.5), ("min_ms", 1.0)
     want("jit " + k, j[k], float(v) if k != "iters" else v, 1e-5)
 want("speedup_vs_torch", r["speedup_vs_torch"], 1.5 / r["compiled"]["latency"]["median_ms"], 1e-4)
 want("spinning_before_torch", isinstance(r["spinning_before_torch"], int), True)
+# the hypervisor's steal during each engine's turns: a fraction, or null for turns too short
+# for the 10 ms tick (these are milliseconds)
+for name, s in (("compiled", r["compiled"]["latency"]), ("eager", e), ("jit", j)):
+    st = s.get("steal", "missing")
+    want(name + " steal null or a fraction", st is None or (isinstance(st, float) and 0.0 <= st <= 1.0), True)
 # what the worker saw: PASSIVE, its files, then run eager / run jit four times and quit
 want("worker's OMP_WAIT_POLICY", log[1], "wait_policy PASSIVE")
 want("x.bin and logits.bin sizes", log[2].split()[1:], log[3].split()[1:])

@@ -8,8 +8,12 @@
  *
  *   bench_layers [--sparsity 0.9,0.95,0.99] [--batch 1,32] [--threads 1] [--variants table,batch,unchunked,unrolled]
  *                [--bwd] [--shapes resnet18|I,O,H,K,S[;...]] [--min-time 0.2] [--clock wall|cpu]
- *                [--stat median|min] [--json]
- * Medians by default; --stat min and --clock cpu help on a machine shared with other work.
+ *                [--stat median|min] [--alt NAME=VALUE[,...]] [--json]
+ * Every kernel of a layer is built first, then each pass is timed with the kernels' samples
+ * interleaved (one sample of each in turn), so that a slow minute of a shared machine slows
+ * them alike.  Medians by default; --stat min and --clock cpu help further.  --alt builds the
+ * table kernel once more under the given environment (TICKET_BATCH_CHUNK=8, TICKET_XS=1, ...)
+ * as its own column: an A/B of a setting within one run.
  * With `batch` among the variants, the table kernel is built twice, vectorised over the
  * spatial index (column "table", TICKET_VEC_BATCH=0) and over the batch (column "batch",
  * TICKET_VEC_BATCH=1); otherwise the table column uses the planner's own choice.  `unchunked`
@@ -91,38 +95,81 @@ static int cmp_d(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-/* what: 0 forward, 1 input gradient, 2 weight gradient.  Median seconds per call. */
-static double time_calls(tk_kernel *k, int what, const float *x, float *y, const float *dy, float *dx, float *dw,
-                         float *db, int n, double min_time) {
-  double samples[64];
-  int ns = 0, per = 1;
-  /* calls per sample so that one sample takes at least ~1 ms */
-  for (;;) {
-    double t0 = now();
-    for (int r = 0; r < per; r++) {
-      tk_status st = what == 0 ? k->v->fwd(k, x, y, n)
-                               : what == 1 ? k->v->bwd_input(k, dy, dx, n) : k->v->bwd_weight(k, x, dy, dw, db, n);
-      if (st != TK_OK) {
-        fprintf(stderr, "bench: %s\n", tk_last_error());
-        return NAN;
-      }
+/* what: 0 forward, 1 input gradient, 2 weight gradient */
+static tk_status call(tk_kernel *k, int what, const float *x, float *y, const float *dy, float *dx, float *dw, float *db,
+                      int n) {
+  return what == 0 ? k->v->fwd(k, x, y, n) : what == 1 ? k->v->bwd_input(k, dy, dx, n) : k->v->bwd_weight(k, x, dy, dw, db, n);
+}
+
+/* Seconds per call of each of the nk kernels (NULL: skipped, NaN), their samples interleaved:
+ * one sample of each in turn, so a slow minute of a shared machine slows all of them alike.
+ * Each sample is `per` calls (per kernel, so that a sample takes at least ~1 ms); at least 7
+ * rounds and min_time seconds per kernel, at most 64 rounds.  Median (or --stat min). */
+#define MAXK 6
+static void time_interleaved(tk_kernel **ks, int nk, int what, const float *x, float *y, const float *dy, float *dx,
+                             float *dw, float *db, int n, double min_time, double *out) {
+  static double samples[MAXK][64];
+  int per[MAXK], live = 0;
+  for (int i = 0; i < nk; i++) {
+    out[i] = NAN, per[i] = 0;
+    if (!ks[i]) continue;
+    for (per[i] = 1;; per[i] *= 2) {
+      double t0 = now();
+      for (int r = 0; r < per[i]; r++)
+        if (call(ks[i], what, x, y, dy, dx, dw, db, n) != TK_OK) {
+          fprintf(stderr, "bench: %s\n", tk_last_error());
+          per[i] = 0;
+          break;
+        }
+      if (!per[i] || now() - t0 > 1e-3 || per[i] >= 1 << 16) break;
     }
-    double t = now() - t0;
-    if (t > 1e-3 || per >= 1 << 16) break;
-    per *= 2;
+    live += per[i] > 0;
   }
+  if (!live) return;
   double start = now();
-  while (ns < 64 && (ns < 7 || now() - start < min_time)) {
-    double t0 = now();
-    for (int r = 0; r < per; r++) {
-      if (what == 0) k->v->fwd(k, x, y, n);
-      else if (what == 1) k->v->bwd_input(k, dy, dx, n);
-      else k->v->bwd_weight(k, x, dy, dw, db, n);
+  int ns = 0;
+  while (ns < 64 && (ns < 7 || now() - start < min_time * live)) {
+    for (int i = 0; i < nk; i++) {
+      if (!per[i]) continue;
+      double t0 = now();
+      for (int r = 0; r < per[i]; r++) call(ks[i], what, x, y, dy, dx, dw, db, n);
+      samples[i][ns] = (now() - t0) / per[i];
     }
-    samples[ns++] = (now() - t0) / per;
+    ns++;
   }
-  qsort(samples, (size_t)ns, sizeof *samples, cmp_d);
-  return g_use_min ? samples[0] : samples[ns / 2];
+  for (int i = 0; i < nk; i++) {
+    if (!per[i]) continue;
+    qsort(samples[i], (size_t)ns, sizeof samples[i][0], cmp_d);
+    out[i] = g_use_min ? samples[i][0] : (samples[i][(ns - 1) / 2] + samples[i][ns / 2]) / 2;
+  }
+}
+
+/* --alt NAME=VALUE[,NAME=VALUE...]: set (or restore) the environment of the alt column */
+static void alt_env(const char *spec, int set) {
+  static char saved[8][2][256];
+  static int nsaved;
+  if (!spec) return;
+  if (set) {
+    nsaved = 0;
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", spec);
+    for (char *tok = strtok(buf, ","); tok && nsaved < 8; tok = strtok(NULL, ",")) {
+      char *eq = strchr(tok, '=');
+      if (!eq) continue;
+      *eq = 0;
+      const char *old = getenv(tok);
+      snprintf(saved[nsaved][0], 256, "%s", tok);
+      snprintf(saved[nsaved][1], 256, "%s", old ? old : "\x01");
+      nsaved++;
+      setenv(tok, eq + 1, 1);
+    }
+  } else {
+    for (int i = 0; i < nsaved; i++) {
+      if (!strcmp(saved[i][1], "\x01")) unsetenv(saved[i][0]);
+      else setenv(saved[i][0], saved[i][1], 1);
+    }
+    nsaved = 0;
+  }
 }
 
 static int parse_list(const char *s, double *out, int max) {
@@ -140,6 +187,7 @@ int main(int argc, char **argv) {
   double sp[16] = {0.9, 0.95, 0.99}, bt[16] = {1, 32};
   int nsp = 3, nbt = 2, threads = 1, json = 0, bwd = 0, do_unrolled = 0, do_table = 1, do_batch = 0, do_nc = 0;
   double min_time = 0.2;
+  const char *alt = NULL; /* --alt: environment of one more table-kernel column */
   const shape *shapes = resnet18;
   int nshapes = (int)(sizeof resnet18 / sizeof *resnet18);
   shape custom[32];
@@ -148,8 +196,11 @@ int main(int argc, char **argv) {
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       printf("usage: bench_layers [--sparsity 0.9,0.95,0.99] [--batch 1,32] [--threads 1]\n"
              "                    [--variants table,batch,unchunked,unrolled] [--bwd] [--shapes resnet18|I,O,H,K,S[;...]]\n"
-             "                    [--min-time SECONDS] [--clock wall|cpu] [--stat median|min] [--json]\n"
-             "Per-layer medians of the generated kernels and oneDNN, GF/s of non-zero work.\n");
+             "                    [--min-time SECONDS] [--clock wall|cpu] [--stat median|min]\n"
+             "                    [--alt NAME=VALUE[,NAME=VALUE...]] [--json]\n"
+             "Per-layer medians of the generated kernels and oneDNN, GF/s of non-zero work; the kernels'\n"
+             "samples interleaved.  --alt adds the table kernel built under that environment as a column\n"
+             "(an A/B of a TICKET_* setting within one run).\n");
       return 0;
     } else if (!strcmp(a, "--sparsity") && v) {
       nsp = parse_list(v, sp, 16), i++;
@@ -166,6 +217,8 @@ int main(int argc, char **argv) {
       g_cpu_clock = !strcmp(v, "cpu"), i++;
     } else if (!strcmp(a, "--stat") && v) {
       g_use_min = !strcmp(v, "min"), i++;
+    } else if (!strcmp(a, "--alt") && v) {
+      alt = v, i++;
     } else if (!strcmp(a, "--bwd")) {
       bwd = 1;
     } else if (!strcmp(a, "--json")) {
@@ -209,9 +262,10 @@ int main(int argc, char **argv) {
 #endif
   if (json) printf("{\"threads\": %d, \"results\": [\n", threads);
   else
-    printf("%-24s %5s %5s %8s | %10s %8s | %10s %8s %6s%s%s%s\n", "layer", "spars", "batch", "nnz", "dense us", "GF/s",
+    printf("%-24s %5s %5s %8s | %10s %8s | %10s %8s %6s%s%s%s%s\n", "layer", "spars", "batch", "nnz", "dense us", "GF/s",
            "table us", "nzGF/s", "x", do_batch ? " | batch us   nzGF/s      x" : "",
-           do_unrolled ? " | unroll us  nzGF/s      x" : "", do_nc ? " | unchnk us  nzGF/s      x" : "");
+           do_unrolled ? " | unroll us  nzGF/s      x" : "", do_nc ? " | unchnk us  nzGF/s      x" : "",
+           alt ? " |   alt us   nzGF/s      x" : "");
   int first = 1;
   for (int si = 0; si < nshapes; si++)
     for (int pi = 0; pi < nsp; pi++)
@@ -231,43 +285,46 @@ int main(int argc, char **argv) {
         tk_rng_seed(&r, 5);
         for (int64_t q = 0; q < xs; q++) x[q] = (float)tk_rng_uniform(&r);
         for (int64_t q = 0; q < ys; q++) dy[q] = (float)tk_rng_normal(&r);
-        double td[3] = {NAN, NAN, NAN}, tt[3] = {NAN, NAN, NAN}, tu[3] = {NAN, NAN, NAN}, tb[3] = {NAN, NAN, NAN};
-        double tn[3] = {NAN, NAN, NAN};
-        tk_kernel *dk = NULL;
-        if (tk_dense_available() && tk_kernel_dense_create(m, 0, n, &dk) == TK_OK) {
-          for (int w = 0; w < (bwd ? 3 : 1); w++) td[w] = time_calls(dk, w, x, y, dy, dx, dw, db, n, min_time);
-          dk->v->destroy(dk);
-        }
-        /* 0 table, 1 unrolled, 2 table vectorised over the batch, 3 the same without chunks */
-        tk_variant vs[4] = {TK_VARIANT_SPARSE_TABLE, TK_VARIANT_SPARSE_UNROLLED, TK_VARIANT_SPARSE_TABLE,
-                            TK_VARIANT_SPARSE_TABLE};
+        /* every kernel of the layer first, then each pass timed with their samples interleaved:
+         * 0 oneDNN, 1 table, 2 unrolled, 3 table vectorised over the batch, 4 the same without
+         * chunks, 5 the table kernel under the --alt environment */
+        tk_kernel *ks[MAXK] = {NULL};
+        tk_plan *plans[MAXK] = {NULL};
+        if (tk_dense_available() && tk_kernel_dense_create(m, 0, n, &ks[0]) != TK_OK) ks[0] = NULL;
+        const tk_variant vs[MAXK] = {TK_VARIANT_DENSE, TK_VARIANT_SPARSE_TABLE, TK_VARIANT_SPARSE_UNROLLED,
+                                     TK_VARIANT_SPARSE_TABLE, TK_VARIANT_SPARSE_TABLE, TK_VARIANT_SPARSE_TABLE};
         const char *chunk_env = getenv("TICKET_BATCH_CHUNK");
         char chunk_keep[32] = "";
         if (chunk_env) snprintf(chunk_keep, sizeof chunk_keep, "%s", chunk_env);
-        for (int vi = 0; vi < 4; vi++) {
-          if ((vi == 0 && !do_table) || (vi == 1 && (!do_unrolled || s->linear)) || (vi == 2 && (!do_batch || s->linear)) ||
-              (vi == 3 && (!do_nc || s->linear)))
+        for (int vi = 1; vi < MAXK; vi++) {
+          if ((vi == 1 && !do_table) || (vi == 2 && (!do_unrolled || s->linear)) || (vi == 3 && (!do_batch || s->linear)) ||
+              (vi == 4 && (!do_nc || s->linear)) || (vi == 5 && !alt))
             continue;
-          if (do_batch) setenv("TICKET_VEC_BATCH", vi >= 2 ? "1" : "0", 1);
-          if (vi == 3) setenv("TICKET_BATCH_CHUNK", "0", 1);
+          if (do_batch && vi < 5) setenv("TICKET_VEC_BATCH", vi >= 3 ? "1" : "0", 1);
+          if (vi == 4) setenv("TICKET_BATCH_CHUNK", "0", 1);
+          if (vi == 5) alt_env(alt, 1);
           tk_compile_opts o;
           tk_compile_opts_default(&o);
           o.batch = n, o.threads = threads, o.training = bwd, o.force = vs[vi];
-          tk_plan *p = NULL;
-          tk_kernel *ks[2] = {NULL, NULL};
-          if (tk_plan_make(m, &o, &p) != TK_OK || tk_sparse_build(m, p, &o, n, ks) != TK_OK || !ks[0]) {
+          tk_kernel *kk[2] = {NULL, NULL};
+          if (tk_plan_make(m, &o, &plans[vi]) != TK_OK || tk_sparse_build(m, plans[vi], &o, n, kk) != TK_OK || !kk[0])
             fprintf(stderr, "bench: %s: %s\n", s->name, tk_last_error());
-            tk_plan_free(p);
-            continue;
-          }
-          double *t = vi == 3 ? tn : vi == 2 ? tb : vi ? tu : tt;
-          for (int w = 0; w < (bwd ? 3 : 1); w++) t[w] = time_calls(ks[0], w, x, y, dy, dx, dw, db, n, min_time);
-          ks[0]->v->destroy(ks[0]);
-          tk_plan_free(p);
+          ks[vi] = kk[0];
+          if (vi == 5) alt_env(alt, 0);
+          if (chunk_env) setenv("TICKET_BATCH_CHUNK", chunk_keep, 1);
+          else unsetenv("TICKET_BATCH_CHUNK");
+          if (do_batch) unsetenv("TICKET_VEC_BATCH");
         }
-        if (chunk_env) setenv("TICKET_BATCH_CHUNK", chunk_keep, 1);
-        else unsetenv("TICKET_BATCH_CHUNK");
-        if (do_batch) unsetenv("TICKET_VEC_BATCH");
+        double tim[3][MAXK];
+        for (int w = 0; w < (bwd ? 3 : 1); w++) time_interleaved(ks, MAXK, w, x, y, dy, dx, dw, db, n, min_time, tim[w]);
+        for (int vi = 0; vi < MAXK; vi++) {
+          if (ks[vi]) ks[vi]->v->destroy(ks[vi]);
+          tk_plan_free(plans[vi]);
+        }
+        double td[3], tt[3], tu[3], tb[3], tn[3], ta[3];
+        for (int w = 0; w < 3; w++)
+          td[w] = tim[w][0], tt[w] = tim[w][1], tu[w] = tim[w][2], tb[w] = tim[w][3], tn[w] = tim[w][4],
+          ta[w] = tim[w][5];
         double nzf = 2.0 * (double)smacs * n, df = 2.0 * (double)dmacs * n;
         static const char *const what[3] = {"fwd", "bwd_input", "bwd_weight"};
         for (int w = 0; w < (bwd ? 3 : 1); w++) {
@@ -276,10 +333,10 @@ int main(int argc, char **argv) {
                    "\"dense_us\": %.3f, \"table_us\": %.3f, \"unrolled_us\": %.3f, \"batch_us\": %.3f, "
                    "\"table_nz_gflops\": %.2f, \"batch_nz_gflops\": %.2f, \"dense_gflops\": %.2f, "
                    "\"speedup_table\": %.3f, \"speedup_unrolled\": %.3f, \"speedup_batch\": %.3f, "
-                   "\"unchunked_us\": %.3f, \"speedup_unchunked\": %.3f}",
+                   "\"unchunked_us\": %.3f, \"speedup_unchunked\": %.3f, \"alt_us\": %.3f, \"speedup_alt\": %.3f}",
                    first ? "" : ",\n", s->name, what[w], sp[pi], n, (long long)nnz, td[w] * 1e6, tt[w] * 1e6,
                    tu[w] * 1e6, tb[w] * 1e6, nzf / tt[w] / 1e9, nzf / tb[w] / 1e9, df / td[w] / 1e9, td[w] / tt[w],
-                   td[w] / tu[w], td[w] / tb[w], tn[w] * 1e6, td[w] / tn[w]);
+                   td[w] / tu[w], td[w] / tb[w], tn[w] * 1e6, td[w] / tn[w], ta[w] * 1e6, td[w] / ta[w]);
             first = 0;
           } else {
             printf("%-24s %5.3f %5d %8lld | %10.1f %8.1f | %10.1f %8.1f %6.2f", w ? what[w] : s->name, sp[pi], n,
@@ -287,6 +344,7 @@ int main(int argc, char **argv) {
             if (do_batch) printf(" | %10.1f %8.1f %6.2f", tb[w] * 1e6, nzf / tb[w] / 1e9, td[w] / tb[w]);
             if (do_unrolled) printf(" | %10.1f %8.1f %6.2f", tu[w] * 1e6, nzf / tu[w] / 1e9, td[w] / tu[w]);
             if (do_nc) printf(" | %10.1f %8.1f %6.2f", tn[w] * 1e6, nzf / tn[w] / 1e9, td[w] / tn[w]);
+            if (alt) printf(" | %10.1f %8.1f %6.2f", ta[w] * 1e6, nzf / ta[w] / 1e9, td[w] / ta[w]);
             printf("\n");
           }
           fflush(stdout);

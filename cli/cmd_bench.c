@@ -1194,7 +1194,9 @@ int cmd_bench(int argc, char **argv) {
              "turns ran slower by about that much, and unevenly\n",
              100 * steal_max);
     if (o.layers) {
-      printf("\nper layer (ms per call, %d calls; a ReLU fused into the layer before it shows 0):\n", kprof);
+      printf("\nper layer (ms per call, %d calls; a ReLU fused into the layer before it, and in eval mode a "
+             "batchnorm folded into its conv/linear, show 0):\n",
+             kprof);
       printf("  %3s %-24s %-13s %-15s %10s %10s %8s", "#", "name", "op", "variant", "fwd", o.vs_dense ? "dense" : "",
              o.vs_dense ? "speedup" : "");
       if (o.mode != MODE_INFER) printf(" %10s %10s", "bwd", o.vs_dense ? "dense bwd" : "");

@@ -920,6 +920,9 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
       tk_hash_init(&h, 0x0B1EC7);
       tk_hash_update(&h, bk, sizeof bk);
       tk_hash_update(&h, ident, strlen(ident));
+      /* extra clang flags change the object (-D..., -O...): part of the key */
+      const char *extra = getenv("TICKET_CLANG_EXTRA");
+      if (extra && *extra) tk_hash_update(&h, extra, strlen(extra));
       tk_hash_final(&h, it->key);
       it->sym = bk[0];
       /* same code as an earlier layer: share its object */

@@ -1,7 +1,8 @@
 /* test_cache.c -- the on-disk kernel object cache (compiler/cache.c) through tk_sparse_build.
  *
  *  1. cold build: every object compiled and written; the kernels match the reference
- *  2. warm build: every object from the cache, nothing compiled, identical results
+ *  2. warm build: every object from the cache, nothing compiled, identical results; extra
+ *     clang flags (TICKET_CLANG_EXTRA) are part of the key
  *  3. table kernels do not depend on the mask (a new mask of the same shape is a hit);
  *     unrolled kernels do (a miss)
  *  4. corrupt entries (a flipped payload byte, a truncated file, a foreign file under the
@@ -202,6 +203,21 @@ int main(void) {
   CHECK_MSG(s2.hits - s1.hits == 3 && s2.compiled == s1.compiled, "warm: hits %ld, compiled %ld", s2.hits - s1.hits,
             s2.compiled - s1.compiled);
   CHECK_MSG(memcmp(y1, y2, (size_t)ys * 4) == 0, "warm results differ from cold results");
+
+  /* 2b. extra clang flags (TICKET_CLANG_EXTRA) change the objects, so they are part of the key:
+   * a build under new flags compiles afresh, and the plain build after it still hits */
+  setenv("TICKET_CLANG_EXTRA", "-DTK_NO_NT", 1);
+  tk_cache_stats_get(&s1);
+  CHECK(build_and_check(m, TK_VARIANT_SPARSE_TABLE, cache, 0, y2) == 0);
+  tk_cache_stats_get(&s2);
+  CHECK_MSG(s2.compiled - s1.compiled == 3 && s2.hits == s1.hits, "extra clang flags: compiled %ld, hits %ld",
+            s2.compiled - s1.compiled, s2.hits - s1.hits);
+  unsetenv("TICKET_CLANG_EXTRA");
+  tk_cache_stats_get(&s1);
+  CHECK(build_and_check(m, TK_VARIANT_SPARSE_TABLE, cache, 0, y2) == 0);
+  tk_cache_stats_get(&s2);
+  CHECK_MSG(s2.hits - s1.hits == 3 && s2.compiled == s1.compiled, "plain flags again: hits %ld, compiled %ld",
+            s2.hits - s1.hits, s2.compiled - s1.compiled);
 
   /* 3. mask independence of table kernels; unrolled kernels depend on the mask */
   tk_model *m2 = make_model(2, 0.7);

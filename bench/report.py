@@ -7,7 +7,8 @@ Writes into OUTDIR:
   summary.txt   one row per run: model, mode, batch, threads, sparsity, medians (ms) of the
                 compiled engine, oneDNN and PyTorch (its faster variant: jit+optimize_for_inference
                 for inference, eager channels_last otherwise), the speedups (ratios of medians),
-                cold/warm build time and generated code size
+                cold/warm build time, generated code size, and the hypervisor's steal (% of all
+                CPUs' time) during our turns and PyTorch's, where the run measured it
   speedup.dat   the same numbers as whitespace columns for bench/plot.gp:
                 model batch threads mode sparsity speedup_dense speedup_torch
   layers.dat    per conv/linear layer: model batch threads sparsity layer variant dense_ms
@@ -30,6 +31,14 @@ def torch_best(t):
         return None
     meds = [t[k]["median_ms"] for k in ("eager", "jit") if t.get(k)]
     return min(meds) if meds else None
+
+
+def steal_pct(r):
+    """(ours, PyTorch's) steal in percent during the timed turns, None where not measured"""
+    c = r["compiled"]["latency"].get("steal")
+    t = [v.get("steal") for k, v in (r.get("torch") or {}).items() if k in ("eager", "jit") and isinstance(v, dict)]
+    t = [v for v in t if v is not None]
+    return (100.0 * c if c is not None else None, 100.0 * max(t) if t else None)
 
 
 def fmt(v, spec):
@@ -72,7 +81,7 @@ def main():
             st = t / c if t else float("nan")
             comp = r.get("compile") or {}
             rows.append((r["arch"], r["mode"], r["batch"], r["threads"], r["sparsity"], c, d, t, sd, st,
-                         comp.get("cold_s"), comp.get("warm_s"), comp.get("code_bytes"), src))
+                         comp.get("cold_s"), comp.get("warm_s"), comp.get("code_bytes"), src, steal_pct(r)))
             dat.write("%s %d %d %s %.4f %.4f %.4f\n" % (r["arch"], r["batch"], r["threads"], r["mode"], r["sparsity"],
                                                         sd, st))
             for l in r.get("layers") or []:
@@ -82,27 +91,29 @@ def main():
                     r["arch"], r["batch"], r["threads"], r["sparsity"], l["name"], l["variant"], l["dense_fwd_ms"],
                     l["compiled_fwd_ms"], l["dense_fwd_ms"] / l["compiled_fwd_ms"]))
     # the PyTorch columns carry one more character: where the figure comes from (docstring)
-    hdr = ("%-10s %-5s %5s %3s %8s %10s %10s %10s%1s %8s %8s%1s %7s %7s %10s" %
+    hdr = ("%-10s %-5s %5s %3s %8s %10s %10s %10s%1s %8s %8s%1s %7s %7s %10s %11s" %
            ("model", "mode", "batch", "thr", "sparsity", "ours ms", "oneDNN ms", "torch ms", "", "x dense", "x torch",
-            "", "cold s", "warm s", "code B"))
+            "", "cold s", "warm s", "code B", "steal% o/t"))
     lines = [hdr, "-" * len(hdr)]
     for r in sorted(rows, key=lambda r: (r[0], r[1], r[2], r[3], r[4])):
-        lines.append("%-10s %-5s %5d %3d %8.3f %10s %10s %10s%1s %8s %8s%1s %7s %7s %10s" % (
+        lines.append("%-10s %-5s %5d %3d %8.3f %10s %10s %10s%1s %8s %8s%1s %7s %7s %10s %11s" % (
             r[0], r[1], r[2], r[3], r[4], fmt(r[5], ".3f"), fmt(r[6], ".3f"), fmt(r[7], ".3f"), r[13],
-            fmt(r[8], ".2f"), fmt(r[9], ".2f"), r[13], fmt(r[10], ".2f"), fmt(r[11], ".2f"), fmt(r[12], "d")))
+            fmt(r[8], ".2f"), fmt(r[9], ".2f"), r[13], fmt(r[10], ".2f"), fmt(r[11], ".2f"), fmt(r[12], "d"),
+            fmt(r[14][0], ".0f") + "/" + fmt(r[14][1], ".0f")))
     robust = [r for r in rows if r[1] in ("pgd", "train")]
     if robust:
         # the robust-runtime view: PGD-10 evaluation in images/s, training steps in seconds
-        lines += ["", "%-10s %-5s %5s %3s %8s %12s %12s %12s%1s %8s %8s%1s" % (
-            "model", "mode", "batch", "thr", "sparsity", "ours", "oneDNN", "torch", "", "x dense", "x torch", "")]
+        lines += ["", "%-10s %-5s %5s %3s %8s %12s %12s %12s%1s %8s %8s%1s %11s" % (
+            "model", "mode", "batch", "thr", "sparsity", "ours", "oneDNN", "torch", "", "x dense", "x torch", "",
+            "steal% o/t")]
         for r in sorted(robust, key=lambda r: (r[0], r[1], r[2], r[3], r[4])):
             if r[1] == "pgd":
-                cell = lambda ms: fmt(r[2] * 1000.0 / ms if ms else None, ".2f") + " img/s"
+                cell = lambda ms: fmt(r[2] * 1000.0 / ms, ".2f") + " img/s" if ms else "-"
             else:
-                cell = lambda ms: fmt(ms / 1000.0 if ms else None, ".3f") + " s"
-            lines.append("%-10s %-5s %5d %3d %8.3f %12s %12s %12s%1s %8s %8s%1s" % (
+                cell = lambda ms: fmt(ms / 1000.0, ".3f") + " s" if ms else "-"
+            lines.append("%-10s %-5s %5d %3d %8.3f %12s %12s %12s%1s %8s %8s%1s %11s" % (
                 r[0], r[1], r[2], r[3], r[4], cell(r[5]), cell(r[6]), cell(r[7]), r[13], fmt(r[8], ".2f"),
-                fmt(r[9], ".2f"), r[13]))
+                fmt(r[9], ".2f"), r[13], fmt(r[14][0], ".0f") + "/" + fmt(r[14][1], ".0f")))
     marks = {r[13] for r in rows}
     if "*" in marks:
         lines.append("* PyTorch timed in another run of this model/mode/batch/threads, not interleaved with this one")

@@ -2,8 +2,9 @@
  * with the dense oneDNN engine and PyTorch, their iterations interleaved in the same run.
  *
  * Method (DESIGN.md section 8): every engine is created for the same batch and thread count,
- * then iterations take turns: compiled, dense, torch (each of its variants), compiled, dense,
- * torch, ... -- warm-up iterations too -- so that drifting clocks and busy neighbours hit all
+ * then iterations take turns: compiled, dense, torch (each of its variants), then dense, torch,
+ * compiled, ... (each iteration starts one turn later, so no engine always follows the same
+ * one) -- warm-up iterations too -- so that drifting clocks and busy neighbours hit all
  * sides alike (on this shared machine the same configuration moves by 15% between runs minutes
  * apart, which a ratio of two sequential runs would take for a speedup).  Each turn is timed on
  * its own; the first --warmup of each engine are dropped and the report gives mean, median, p90,
@@ -73,8 +74,9 @@ static void usage(FILE *f) {
           "\n"
           "Times the compiled engine on random inputs, its iterations interleaved with those of the\n"
           "dense oneDNN engine and (--vs torch) of PyTorch 1.13 on the same network: compiled, dense,\n"
-          "torch, compiled, dense, torch, ..., one at a time, each timed on its own.  Prints latency\n"
-          "(mean, median, p90, p99, min, max), images/s and the ratio of medians.\n"
+          "torch, then dense, torch, compiled, ... (each iteration starts one turn later), one at a\n"
+          "time, each timed on its own.  Prints latency (mean, median, p90, p99, min, max), images/s\n"
+          "and the ratio of medians.\n"
           "\n"
           "  MODEL              a model file (.tkt) or a zoo architecture name (e.g. resnet18)\n"
           "  --batch N          images per call (default 1)\n"
@@ -994,30 +996,39 @@ int cmd_bench(int argc, char **argv) {
     if ((st = worker_start(&tw, &o, base, x, rc.logits)) != TK_OK) goto fail;
   }
 
-  /* the turns of every iteration, warm-up included: compiled, dense, then each PyTorch variant;
-   * one engine at a time, each turn timed on its own */
+  /* the turns of every iteration, warm-up included: compiled, dense, then each PyTorch variant,
+   * rotated (below); one engine at a time, each turn timed on its own */
   runner *rs[2] = {&rc, o.vs_dense ? &rd : NULL};
   tk_rng arng[2];
   tk_rng_seed(&arng[0], 99);
   tk_rng_seed(&arng[1], 99);
   double spin_wait = 0.05; /* how long to wait for our threads to fall asleep before PyTorch's turn */
   double tsteal[TORCH_MAX_VARIANTS] = {0}, ttotal[TORCH_MAX_VARIANTS] = {0}; /* PyTorch's turns' jiffies */
+  /* the turns of an iteration: our engines, then PyTorch's variants; iteration `it` starts at
+   * turn it % nturns (a rotation), so that every engine follows every other equally often and
+   * none always comes first after PyTorch's memory-hungry turn (in a fixed order, two engines
+   * running the same oneDNN kernels differed by 3-9%) */
+  const int nours = o.vs_dense ? 2 : 1, nturns = nours + tw.nvar;
+  int prev_ours = 0; /* the turn before was one of ours */
   for (int it = 0; it < o.warmup + o.iters; it++) {
-    for (int k = 0; k < 2; k++) {
-      runner *r = rs[k];
-      if (!r) continue;
-      cpu_ticks c0 = read_ticks();
-      double t0 = tk_now();
-      if ((st = iteration(r, o.mode, x, y, o.batch, &arng[k])) != TK_OK) goto fail;
-      double dt = tk_now() - t0;
-      if (it >= o.warmup) r->t[r->nt++] = dt, add_ticks(&r->steal_j, &r->total_j, c0, read_ticks());
-    }
-    if (!tw.nvar) continue;
-    if (o.threads > 1 && !quiesce(spin_wait)) {
-      spinning++;
-      if (active) spin_wait = 0; /* they will spin on: count, do not wait again */
-    }
-    for (int v = 0; v < tw.nvar; v++) {
+    for (int q = 0; q < nturns; q++) {
+      const int item = (q + it) % nturns;
+      if (item < nours) {
+        runner *r = rs[item];
+        cpu_ticks c0 = read_ticks();
+        double t0 = tk_now();
+        if ((st = iteration(r, o.mode, x, y, o.batch, &arng[item])) != TK_OK) goto fail;
+        double dt = tk_now() - t0;
+        if (it >= o.warmup) r->t[r->nt++] = dt, add_ticks(&r->steal_j, &r->total_j, c0, read_ticks());
+        prev_ours = 1;
+        continue;
+      }
+      const int v = item - nours;
+      if (prev_ours && o.threads > 1 && !quiesce(spin_wait)) {
+        spinning++;
+        if (active) spin_wait = 0; /* they will spin on: count, do not wait again */
+      }
+      prev_ours = 0;
       double dt;
       cpu_ticks c0 = read_ticks();
       if ((st = worker_turn(&tw, v, &dt)) != TK_OK) goto fail;
@@ -1085,7 +1096,7 @@ int cmd_bench(int argc, char **argv) {
            "\"omp_wait_policy\": ",
            g_mode_names[o.mode], o.batch, o.threads, o.iters, o.warmup, tk_model_sparsity(base));
     cli_json_string(stdout, wait_policy);
-    printf(", \"load_average\": %.2f, \"interleaved\": true, \"turns\": [%s], \"random_mask\": ", load1, turns);
+    printf(", \"load_average\": %.2f, \"interleaved\": true, \"rotated\": true, \"turns\": [%s], \"random_mask\": ", load1, turns);
     if (o.random_mask >= 0) printf("%.6g", o.random_mask);
     else printf("null");
     printf(", \"compiled\": {\"create_s\": %.6g, \"arena_bytes\": %zu, \"plan\": ", rc.create_s,
@@ -1160,7 +1171,7 @@ int cmd_bench(int argc, char **argv) {
     printf("}\n");
   } else {
     printf("ticket bench: %s (%s), sparsity %.3f, batch %d, %d thread%s, mode %s: %d iterations after %d warm-up, "
-           "turns interleaved\n",
+           "turns interleaved and rotated\n",
            mname, base->arch, tk_model_sparsity(base), o.batch, o.threads, o.threads == 1 ? "" : "s",
            g_mode_names[o.mode], o.iters, o.warmup);
     printf("OMP_WAIT_POLICY %s, load average %.2f at the start\n", wait_policy, load1);

@@ -264,7 +264,7 @@ done:
  *   input gradient, stride 1 (fwd spatial figures predate the shifted-copy forward):
  *                        512x4x4 26 vs 7.5 nzGF/s, 256x8x8 41 vs 17, 128x16x16 28 vs 17, 64x32x32
  *                        25 vs 19 (s=0.9; 32x32 at s=0.99: 6.6 vs 7.9)
- *   stride 2, s=0.9:     input gradient 21-28 vs 28-39 (3x3), 2.7 vs 11.9 (1x1): spatial;
+ *   stride 2, s=0.9:     input gradient 3x3 21-31 vs 28-59, 1x1 2.7-11 vs 12-58: spatial;
  *                        weight gradient 3x3 46 vs 34 (32x32), 59 vs 23 (16x16), 139 vs 22 (8x8);
  *                        1x1 15 vs 16 (32x32), 16.5 vs 3.2 (8x8): batch (the spatial one sums
  *                        each non-zero's few positions per image horizontally)

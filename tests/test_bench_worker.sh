@@ -83,6 +83,7 @@ def want(what, got, exp, tol=1e-9):
     if not ok:
         bad.append("%s: got %r, expected %r" % (what, got, exp))
 want("interleaved", r.get("interleaved"), True)
+want("rotated", r.get("rotated"), True)
 want("turns", r.get("turns"), ["compiled", "torch eager", "torch jit+ofi"])
 want("compiled iters", r["compiled"]["latency"]["iters"], 3)
 t = r["torch"]
@@ -108,7 +109,9 @@ for name, s in (("compiled", r["compiled"]["latency"]), ("eager", e), ("jit", j)
 want("worker's OMP_WAIT_POLICY", log[1], "wait_policy PASSIVE")
 want("x.bin and logits.bin sizes", log[2].split()[1:], log[3].split()[1:])
 want("worker arguments", " ".join(log[0].split()[2:8]), "--batch 1 --threads 2 --mode infer")
-want("commands", log[4:], ["run eager", "run jit"] * 4 + ["quit"])
+# turns rotate: iteration i starts at turn i % 3 of (compiled, eager, jit)
+want("commands", log[4:], ["run eager", "run jit", "run eager", "run jit", "run jit", "run eager",
+                           "run eager", "run jit", "quit"])
 for b in bad:
     print("FAIL: good run: " + b, file=sys.stderr)
 sys.exit(1 if bad else 0)

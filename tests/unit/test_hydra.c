@@ -5,6 +5,7 @@
  * changes and what must not, and resumption from any step ending bit for bit where an
  * uninterrupted run ends.  (PyTorch comparisons: tests/py/test_hydra_torch.py.) */
 #include "check.h"
+#include "tiny_cnn.h"
 
 #include "runtime/prune.h"
 #include "runtime/train.h"
@@ -13,92 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- a small model: input (2, 6, 6) -> conv 3x3 pad 1 (4, bias) -> batchnorm -> relu ->
- * avgpool 2 -> flatten (36) -> linear (5); conv and linear weights prunable. */
-enum { IC = 2, IH = 6, IW = 6, NCLS = 5 };
-enum { T_CW, T_CB, T_G, T_B, T_RM, T_RV, T_FW, T_FB };
-
+/* ---- the small model (tiny_cnn.h) with average pooling (max pooling's near-ties would make
+ * score gradients fragile), masked at pre_mask when > 0 */
 static tk_model *make_model(uint64_t seed, double pre_mask) {
-  tk_model *m = tk_model_new("test_hydra", NCLS, IC, IH, IW);
-  int64_t s_cw[4] = {4, IC, 3, 3}, s4[1] = {4}, s_fw[2] = {NCLS, 36}, s5[1] = {NCLS};
-  tk_model_add_tensor(m, "conv.weight", 4, s_cw);
-  tk_model_add_tensor(m, "conv.bias", 1, s4);
-  tk_model_add_tensor(m, "bn.weight", 1, s4);
-  tk_model_add_tensor(m, "bn.bias", 1, s4);
-  tk_model_add_tensor(m, "bn.running_mean", 1, s4);
-  tk_model_add_tensor(m, "bn.running_var", 1, s4);
-  tk_model_add_tensor(m, "fc.weight", 2, s_fw);
-  tk_model_add_tensor(m, "fc.bias", 1, s5);
-  m->tensors[T_CW].prunable = m->tensors[T_FW].prunable = true;
-  m->tensors[T_RM].trainable = m->tensors[T_RV].trainable = false;
-  tk_layer l = tk_layer_default(TK_OP_CONV2D, "conv", 0);
-  l.kh = l.kw = 3;
-  l.ph = l.pw = 1;
-  l.weight = T_CW;
-  l.bias = T_CB;
-  tk_model_add_layer(m, &l);
-  l = tk_layer_default(TK_OP_BATCHNORM, "bn", 1);
-  l.weight = T_G, l.bias = T_B, l.mean = T_RM, l.var = T_RV;
-  tk_model_add_layer(m, &l);
-  l = tk_layer_default(TK_OP_RELU, "relu", 2);
-  tk_model_add_layer(m, &l);
-  l = tk_layer_default(TK_OP_AVGPOOL, "pool", 3);
-  l.kh = l.kw = l.sh = l.sw = 2;
-  tk_model_add_layer(m, &l);
-  l = tk_layer_default(TK_OP_FLATTEN, "flatten", 4);
-  tk_model_add_layer(m, &l);
-  l = tk_layer_default(TK_OP_LINEAR, "fc", 5);
-  l.weight = T_FW, l.bias = T_FB;
-  tk_model_add_layer(m, &l);
-  tk_rng r;
-  tk_rng_seed(&r, seed);
-  for (int t = 0; t < m->n_tensors; t++) {
-    tk_tensor *tt = &m->tensors[t];
-    for (int64_t i = 0; i < tt->numel; i++) {
-      double u = tk_rng_uniform(&r) - 0.5;
-      if (t == T_RV || t == T_G) tt->data[i] = (float)(1.0 + 0.2 * u);
-      else if (t == T_RM) tt->data[i] = (float)(0.1 * u);
-      else tt->data[i] = (float)(t == T_FW ? 0.4 * u : 0.8 * u);
-    }
-  }
-  if (pre_mask > 0)
-    for (int t = 0; t < m->n_tensors; t++) {
-      tk_tensor *tt = &m->tensors[t];
-      if (!tt->prunable) continue;
-      uint8_t *mask = malloc((size_t)tt->numel);
-      for (int64_t i = 0; i < tt->numel; i++) mask[i] = tk_rng_uniform(&r) >= pre_mask;
-      tk_tensor_set_mask(tt, mask);
-      free(mask);
-    }
-  if (tk_model_infer(m) != TK_OK) {
-    fprintf(stderr, "test model: %s\n", tk_last_error());
-    exit(1);
-  }
-  return m;
-}
-
-static tk_dataset *make_data(int n, uint64_t seed) {
-  tk_dataset *d = calloc(1, sizeof *d);
-  d->name = strdup("synthetic");
-  d->n = n, d->c = IC, d->h = IH, d->w = IW, d->classes = NCLS;
-  d->x = malloc((size_t)n * IC * IH * IW * sizeof(float));
-  d->y = malloc((size_t)n * sizeof(int));
-  tk_rng r;
-  tk_rng_seed(&r, seed);
-  for (int i = 0; i < n; i++) {
-    int y = (int)tk_rng_below(&r, NCLS);
-    d->y[i] = y;
-    for (int k = 0; k < IC * IH * IW; k++)
-      d->x[(size_t)i * IC * IH * IW + k] = (float)(0.3 * tk_rng_uniform(&r) + (k % NCLS == y ? 0.6 : 0.1));
-  }
-  return d;
-}
-
-static void free_data(tk_dataset *d) {
-  free(d->name);
-  free(d->x);
-  free(d->y);
-  free(d);
+  return tiny_cnn("test_hydra", seed, TK_OP_AVGPOOL, 0, pre_mask);
 }
 
 static int mask_at(const tk_tensor *t, int64_t i) { return t->mask ? t->mask[i] != 0 : 1; }
@@ -163,26 +82,26 @@ static void test_topk_vs_prune(void) {
 /* ---- 2. the scaled score init -------------------------------------------------------------------- */
 static void test_scaled_init(void) {
   tk_model *m = make_model(5, 0);
-  memset(m->tensors[T_FW].data, 0, (size_t)m->tensors[T_FW].numel * sizeof(float)); /* all zero: scores 0 */
+  memset(m->tensors[TINY_FW].data, 0, (size_t)m->tensors[TINY_FW].numel * sizeof(float)); /* all zero: scores 0 */
   int n = -1;
   CHECK(tk_hydra_scaled_score_init(m, 0, &n) == TK_OK && n == 2);
-  const tk_tensor *c = &m->tensors[T_CW];
+  const tk_tensor *c = &m->tensors[TINY_CW];
   double mx = 0;
   for (int64_t i = 0; i < c->numel; i++) mx = fmax(mx, fabs(c->data[i]));
   float *want = malloc((size_t)c->numel * sizeof(float));
-  for (int64_t i = 0; i < c->numel; i++) want[i] = (float)(sqrt(6.0 / (IC * 9)) * c->data[i] / mx);
+  for (int64_t i = 0; i < c->numel; i++) want[i] = (float)(sqrt(6.0 / (TINY_IC * 9)) * c->data[i] / mx);
   check_close("scaled init conv.weight", c->scores, want, (size_t)c->numel, 1e-6, 0);
   free(want);
   int zeros = 1;
-  for (int64_t i = 0; i < m->tensors[T_FW].numel; i++) zeros &= m->tensors[T_FW].scores[i] == 0.0f;
+  for (int64_t i = 0; i < m->tensors[TINY_FW].numel; i++) zeros &= m->tensors[TINY_FW].scores[i] == 0.0f;
   CHECK(zeros);
-  CHECK(!m->tensors[T_CB].scores && !m->tensors[T_G].scores);
+  CHECK(!m->tensors[TINY_CB].scores && !m->tensors[TINY_G].scores);
   /* only_missing keeps scores that are there */
-  m->tensors[T_CW].scores[0] = 123.0f;
-  free(m->tensors[T_FW].scores);
-  m->tensors[T_FW].scores = NULL;
+  m->tensors[TINY_CW].scores[0] = 123.0f;
+  free(m->tensors[TINY_FW].scores);
+  m->tensors[TINY_FW].scores = NULL;
   CHECK(tk_hydra_scaled_score_init(m, 1, &n) == TK_OK && n == 1);
-  CHECK(m->tensors[T_CW].scores[0] == 123.0f && m->tensors[T_FW].scores);
+  CHECK(m->tensors[TINY_CW].scores[0] == 123.0f && m->tensors[TINY_FW].scores);
   tk_model_free(m);
 }
 
@@ -191,8 +110,8 @@ static void test_forms(void) {
   tk_model *m = make_model(7, 0.4); /* masked: pruned weights are 0 and stay 0 */
   tk_model *orig = tk_model_clone(m);
   CHECK(tk_hydra_scaled_score_init(m, 0, NULL) == TK_OK);
-  m->tensors[T_FW].scores[3] = 0.0f; /* sign(0) = 0 */
-  m->tensors[T_FW].scores[4] = -m->tensors[T_FW].scores[4];
+  m->tensors[TINY_FW].scores[3] = 0.0f; /* sign(0) = 0 */
+  m->tensors[TINY_FW].scores[4] = -m->tensors[TINY_FW].scores[4];
   tk_hydra *h = NULL;
   int cleared = 0;
   CHECK(tk_hydra_create(m, 0.6, &h, &cleared) == TK_OK && cleared == 1);
@@ -263,8 +182,8 @@ static void test_sgd_scores(void) {
   CHECK(tk_hydra_scaled_score_init(m, 0, NULL) == TK_OK);
   tk_model *orig = tk_model_clone(m);
   uint8_t target[8] = {0};
-  target[T_CW] = TK_SGD_SCORES;
-  target[T_G] = TK_SGD_DATA;
+  target[TINY_CW] = TK_SGD_SCORES;
+  target[TINY_G] = TK_SGD_DATA;
   tk_sgd_opts so = {.lr = 0.1, .momentum = 0.9, .wd = 0.01, .nesterov = 0};
   tk_sgd *s = NULL;
   CHECK(tk_sgd_create_targets(m, &so, target, &s) == TK_OK);
@@ -274,35 +193,35 @@ static void test_sgd_scores(void) {
     g[t] = malloc((size_t)m->tensors[t].numel * sizeof(float));
     for (int64_t i = 0; i < m->tensors[t].numel; i++) g[t][i] = (float)(0.1 * sin((double)(i + 3 * t)));
   }
-  float *g0 = malloc((size_t)m->tensors[T_CW].numel * sizeof(float));
-  memcpy(g0, g[T_CW], (size_t)m->tensors[T_CW].numel * sizeof(float));
+  float *g0 = malloc((size_t)m->tensors[TINY_CW].numel * sizeof(float));
+  memcpy(g0, g[TINY_CW], (size_t)m->tensors[TINY_CW].numel * sizeof(float));
   tk_sgd_step(s, g, 0.1);
   /* first step: buf = g + wd s; s -= lr buf, at every position (pruned ones too) */
-  const tk_tensor *c = &m->tensors[T_CW];
+  const tk_tensor *c = &m->tensors[TINY_CW];
   float *want = malloc((size_t)c->numel * sizeof(float));
   for (int64_t i = 0; i < c->numel; i++) {
-    float sc = orig->tensors[T_CW].scores[i];
+    float sc = orig->tensors[TINY_CW].scores[i];
     want[i] = sc - 0.1f * (g0[i] + 0.01f * sc);
   }
   check_close("scores after one step", c->scores, want, (size_t)c->numel, 0, 0);
-  CHECK(memcmp(c->data, orig->tensors[T_CW].data, (size_t)c->numel * sizeof(float)) == 0);
-  CHECK(memcmp(m->tensors[T_FW].data, orig->tensors[T_FW].data, (size_t)m->tensors[T_FW].numel * sizeof(float)) == 0);
-  CHECK(memcmp(m->tensors[T_FW].scores, orig->tensors[T_FW].scores,
-               (size_t)m->tensors[T_FW].numel * sizeof(float)) == 0);
-  CHECK(m->tensors[T_G].data[0] != orig->tensors[T_G].data[0]);
+  CHECK(memcmp(c->data, orig->tensors[TINY_CW].data, (size_t)c->numel * sizeof(float)) == 0);
+  CHECK(memcmp(m->tensors[TINY_FW].data, orig->tensors[TINY_FW].data, (size_t)m->tensors[TINY_FW].numel * sizeof(float)) == 0);
+  CHECK(memcmp(m->tensors[TINY_FW].scores, orig->tensors[TINY_FW].scores,
+               (size_t)m->tensors[TINY_FW].numel * sizeof(float)) == 0);
+  CHECK(m->tensors[TINY_G].data[0] != orig->tensors[TINY_G].data[0]);
   CHECK(tk_sgd_check_mask(s) == TK_OK); /* the scores' momentum at pruned positions is fine */
   CHECK(tk_sgd_save(s, m) == TK_OK && m->train->n_momenta == 2);
   tk_sgd *s2 = NULL;
   CHECK(tk_sgd_create_targets(m, &so, target, &s2) == TK_OK && tk_sgd_load(s2, m->train) == TK_OK);
   if (s2) {
-    CHECK(memcmp(s2->buf[T_CW], s->buf[T_CW], (size_t)c->numel * sizeof(float)) == 0);
+    CHECK(memcmp(s2->buf[TINY_CW], s->buf[TINY_CW], (size_t)c->numel * sizeof(float)) == 0);
     tk_sgd_free(s2);
   }
   /* scores to train must be there; data to train must be trainable */
-  target[T_FB] = TK_SGD_SCORES;
+  target[TINY_FB] = TK_SGD_SCORES;
   CHECK(tk_sgd_create_targets(m, &so, target, &s2) == TK_ERR_ARG && !s2);
-  target[T_FB] = TK_SGD_SKIP;
-  target[T_RM] = TK_SGD_DATA;
+  target[TINY_FB] = TK_SGD_SKIP;
+  target[TINY_RM] = TK_SGD_DATA;
   CHECK(tk_sgd_create_targets(m, &so, target, &s2) == TK_ERR_ARG && !s2);
   for (int t = 0; t < 8; t++) free(g[t]);
   free(g0);
@@ -363,7 +282,7 @@ static int same_model(const tk_model *a, const tk_model *b, const char *what) {
 }
 
 static void test_runs(void) {
-  tk_dataset *all = make_data(44, 8), *tr = NULL, *va = NULL;
+  tk_dataset *all = tiny_data(44, 8), *tr = NULL, *va = NULL;
   CHECK(tk_dataset_slice(all, 0, 36, &tr) == TK_OK && tk_dataset_slice(all, 36, 8, &va) == TK_OK);
   tk_model *base = make_model(21, 0);
   const tk_train_mode modes[2] = {TK_TRAIN_PGD, TK_TRAIN_TRADES};
@@ -389,7 +308,7 @@ static void test_runs(void) {
         }
         CHECK_MSG(ok && pruned == tk_prune_count(0.8, b->numel), "%s: %s is not W with the mask applied",
                   tk_train_mode_name(o.mode), b->name);
-      } else if (t == T_CB || t == T_FB || (o.freeze_bn && (t == T_G || t == T_B))) {
+      } else if (t == TINY_CB || t == TINY_FB || (o.freeze_bn && (t == TINY_G || t == TINY_B))) {
         CHECK_MSG(memcmp(a->data, b->data, bytes) == 0, "%s: %s changed", tk_train_mode_name(o.mode), b->name);
       } else {
         CHECK_MSG(memcmp(a->data, b->data, bytes) != 0, "%s: %s did not change", tk_train_mode_name(o.mode), b->name);
@@ -405,8 +324,8 @@ static void test_runs(void) {
     po.scope = TK_SCOPE_LAYER;
     CHECK(tk_prune(lwm, &po, NULL) == TK_OK);
     int moved = 0;
-    for (int64_t i = 0; i < lwm->tensors[T_FW].numel; i++)
-      moved += mask_at(&lwm->tensors[T_FW], i) != mask_at(&full->tensors[T_FW], i);
+    for (int64_t i = 0; i < lwm->tensors[TINY_FW].numel; i++)
+      moved += mask_at(&lwm->tensors[TINY_FW], i) != mask_at(&full->tensors[TINY_FW], i);
     CHECK_MSG(moved > 0, "%s: the mask never moved from layer-wise magnitude", tk_train_mode_name(o.mode));
     tk_model_free(lwm);
     /* interrupted at any step, resumed (in memory: the model is left as the checkpoint) */
@@ -465,7 +384,7 @@ static void test_runs(void) {
   tk_model_free(base);
   tk_dataset_free(tr);
   tk_dataset_free(va);
-  free_data(all);
+  tiny_data_free(all);
 }
 
 int main(void) {

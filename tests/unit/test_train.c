@@ -4,6 +4,7 @@
  * against a direct construction, determinism of whole runs, and resumption from any step
  * giving the same weights bit for bit. */
 #include "check.h"
+#include "tiny_cnn.h"
 
 #include "runtime/train.h"
 
@@ -11,94 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- a small model with everything the trainer touches -------------------------------------
- * input (2, 6, 6), normalised -> conv 3x3 pad 1 (4) -> batchnorm -> relu -> maxpool 2 ->
- * flatten (36) -> linear (5); conv and linear weights masked at about 50%. */
-enum { IC = 2, IH = 6, IW = 6, NCLS = 5 };
-
-static tk_model *make_model(uint64_t seed) {
-  tk_model *m = tk_model_new("test_bn", NCLS, IC, IH, IW);
-  m->mean = malloc(IC * sizeof(float));
-  m->std = malloc(IC * sizeof(float));
-  for (int c = 0; c < IC; c++) m->mean[c] = 0.4f + 0.1f * c, m->std[c] = 0.25f + 0.05f * c;
-  int64_t s_cw[4] = {4, IC, 3, 3}, s4[1] = {4}, s_fw[2] = {NCLS, 36}, s5[1] = {NCLS};
-  int cw = tk_model_add_tensor(m, "conv.weight", 4, s_cw), cb = tk_model_add_tensor(m, "conv.bias", 1, s4);
-  int g = tk_model_add_tensor(m, "bn.weight", 1, s4), b = tk_model_add_tensor(m, "bn.bias", 1, s4);
-  int rm = tk_model_add_tensor(m, "bn.running_mean", 1, s4), rv = tk_model_add_tensor(m, "bn.running_var", 1, s4);
-  int fw = tk_model_add_tensor(m, "fc.weight", 2, s_fw), fb = tk_model_add_tensor(m, "fc.bias", 1, s5);
-  m->tensors[cw].prunable = m->tensors[fw].prunable = true;
-  m->tensors[rm].trainable = m->tensors[rv].trainable = false;
-  tk_layer l = tk_layer_default(TK_OP_CONV2D, "conv", 0);
-  l.kh = l.kw = 3;
-  l.ph = l.pw = 1;
-  l.weight = cw;
-  l.bias = cb;
-  tk_model_add_layer(m, &l);
-  l = tk_layer_default(TK_OP_BATCHNORM, "bn", 1);
-  l.weight = g, l.bias = b, l.mean = rm, l.var = rv;
-  tk_model_add_layer(m, &l);
-  l = tk_layer_default(TK_OP_RELU, "relu", 2);
-  tk_model_add_layer(m, &l);
-  l = tk_layer_default(TK_OP_MAXPOOL, "pool", 3);
-  l.kh = l.kw = l.sh = l.sw = 2;
-  tk_model_add_layer(m, &l);
-  l = tk_layer_default(TK_OP_FLATTEN, "flatten", 4);
-  tk_model_add_layer(m, &l);
-  l = tk_layer_default(TK_OP_LINEAR, "fc", 5);
-  l.weight = fw, l.bias = fb;
-  tk_model_add_layer(m, &l);
-  tk_rng r;
-  tk_rng_seed(&r, seed);
-  for (int t = 0; t < m->n_tensors; t++) {
-    tk_tensor *tt = &m->tensors[t];
-    for (int64_t i = 0; i < tt->numel; i++) {
-      double u = tk_rng_uniform(&r) - 0.5;
-      if (t == rv || t == g) tt->data[i] = (float)(1.0 + 0.2 * u);
-      else if (t == rm) tt->data[i] = (float)(0.1 * u);
-      else tt->data[i] = (float)(t == fw ? 0.4 * u : 0.8 * u);
-    }
-  }
-  for (int t = 0; t < m->n_tensors; t++) {
-    tk_tensor *tt = &m->tensors[t];
-    if (!tt->prunable) continue;
-    uint8_t *mask = malloc((size_t)tt->numel);
-    for (int64_t i = 0; i < tt->numel; i++) mask[i] = tk_rng_uniform(&r) < 0.5;
-    tk_tensor_set_mask(tt, mask);
-    free(mask);
-  }
-  if (tk_model_infer(m) != TK_OK) {
-    fprintf(stderr, "test model: %s\n", tk_last_error());
-    exit(1);
-  }
-  return m;
-}
-
-/* images in [0, 1] with labels that depend on them (so training has something to learn) */
-static tk_dataset *make_data(int n, uint64_t seed) {
-  tk_dataset *d = calloc(1, sizeof *d);
-  d->name = strdup("synthetic");
-  d->n = n, d->c = IC, d->h = IH, d->w = IW, d->classes = NCLS;
-  d->x = malloc((size_t)n * IC * IH * IW * sizeof(float));
-  d->y = malloc((size_t)n * sizeof(int));
-  tk_rng r;
-  tk_rng_seed(&r, seed);
-  for (int i = 0; i < n; i++) {
-    int y = (int)tk_rng_below(&r, NCLS);
-    d->y[i] = y;
-    for (int k = 0; k < IC * IH * IW; k++) {
-      double v = 0.3 * tk_rng_uniform(&r) + (k % NCLS == y ? 0.6 : 0.1);
-      d->x[(size_t)i * IC * IH * IW + k] = (float)v;
-    }
-  }
-  return d;
-}
-
-static void free_data(tk_dataset *d) {
-  free(d->name);
-  free(d->x);
-  free(d->y);
-  free(d);
-}
+/* ---- the small model with everything the trainer touches (tiny_cnn.h): normalised input,
+ * max pool, conv and linear weights masked at about 50% */
+static tk_model *make_model(uint64_t seed) { return tiny_cnn("test_bn", seed, TK_OP_MAXPOOL, 1, 0.5); }
 
 static tk_engine *engine_for(tk_model *m, int batch) {
   tk_engine *e = NULL;
@@ -169,8 +85,8 @@ static int masked_exact(const tk_model *m, const tk_sgd *s, const char *what) {
 
 static void test_mask_every_mode(void) {
   tk_model *base = make_model(11);
-  tk_dataset *d = make_data(64, 3);
-  const int B = 16, D = IC * IH * IW;
+  tk_dataset *d = tiny_data(64, 3);
+  const int B = 16, D = TINY_IC * TINY_IH * TINY_IW;
   for (int variant = 0; variant < TK_TRAIN_MODE_COUNT + 1; variant++) {
     tk_train_opts o;
     tk_train_opts_default(&o);
@@ -250,7 +166,7 @@ static void test_mask_every_mode(void) {
     tk_model_free(m);
   }
   tk_model_free(base);
-  free_data(d);
+  tiny_data_free(d);
 }
 
 /* ---- 3. the robust losses against finite differences --------------------------------------- */
@@ -407,7 +323,7 @@ static int same_weights(const tk_model *a, const tk_model *b, const char *what) 
 
 static void test_runs(void) {
   tk_model *base = make_model(21);
-  tk_dataset *all = make_data(50, 8), *tr = NULL, *va = NULL;
+  tk_dataset *all = tiny_data(50, 8), *tr = NULL, *va = NULL;
   CHECK(tk_dataset_slice(all, 0, 42, &tr) == TK_OK && tk_dataset_slice(all, 42, 8, &va) == TK_OK);
   /* 42 images, batch 8: 5 full batches and a trailing batch of 2 -> 6 steps per epoch */
   for (int mode = 0; mode < TK_TRAIN_MODE_COUNT; mode++) {
@@ -484,14 +400,14 @@ static void test_runs(void) {
   }
   tk_dataset_free(tr);
   tk_dataset_free(va);
-  free_data(all);
+  tiny_data_free(all);
   tk_model_free(base);
 }
 
 /* every recipe learns the synthetic task (clean and robust validation accuracy) */
 static void test_learns(void) {
   tk_model *base = make_model(21);
-  tk_dataset *all = make_data(50, 8), *tr = NULL, *va = NULL;
+  tk_dataset *all = tiny_data(50, 8), *tr = NULL, *va = NULL;
   CHECK(tk_dataset_slice(all, 0, 42, &tr) == TK_OK && tk_dataset_slice(all, 42, 8, &va) == TK_OK);
   for (int mode = 0; mode < TK_TRAIN_MODE_COUNT; mode++) {
     tk_train_opts o;
@@ -509,7 +425,7 @@ static void test_learns(void) {
   }
   tk_dataset_free(tr);
   tk_dataset_free(va);
-  free_data(all);
+  tiny_data_free(all);
   tk_model_free(base);
 }
 

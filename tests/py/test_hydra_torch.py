@@ -98,22 +98,7 @@ def write_tkt(path, a, scores, masks=None):
         tensors.append(tkt.Tensor(n, a[n].shape, data=data, mask=mk,
                                   scores=None if scores is None or n not in scores else scores[n].copy(), init=0,
                                   prunable=n in PRUNABLE, trainable=not stat))
-    L = tkt.Layer
-    layers = [
-        L("conv1", "Conv2d", [0], weight=idx["conv1.weight"], kernel=[3, 3], stride=[1, 1], padding=[1, 1],
-          dilation=[1, 1]),
-        L("bn1", "BatchNorm", [1], weight=idx["bn1.weight"], bias=idx["bn1.bias"],
-          running_mean=idx["bn1.running_mean"], running_var=idx["bn1.running_var"]),
-        L("relu1", "Relu", [2]),
-        L("pool1", "AvgPool", [3], kernel=[2, 2], stride=[2, 2], padding=[0, 0]),
-        L("conv2", "Conv2d", [4], weight=idx["conv2.weight"], bias=idx["conv2.bias"], kernel=[3, 3], stride=[2, 2],
-          padding=[1, 1], dilation=[1, 1]),
-        L("bn2", "BatchNorm", [5], weight=idx["bn2.weight"], bias=idx["bn2.bias"],
-          running_mean=idx["bn2.running_mean"], running_var=idx["bn2.running_var"]),
-        L("relu2", "Relu", [6]),
-        L("flatten", "Flatten", [7]),
-        L("fc", "Linear", [8], weight=idx["fc.weight"], bias=idx["fc.bias"], out_features=10),
-    ]
+    layers = TT.small_cnn_layers(idx, "AvgPool")
     m = tkt.Model("test_hydra_torch", 10, tkt.InputSpec(1, 28, 28, mean=[MEAN], std=[STD]), tensors, layers,
                   provenance=tkt.Provenance(method="none", sparsity=0.0, source="tests/py/test_hydra_torch.py"))
     tkt.save(m, path)

@@ -82,22 +82,16 @@ def make_arrays(seed):
     return a, masks
 
 
-def write_tkt(path, a, masks):
-    names = list(a)
-    idx = {n: i for i, n in enumerate(names)}
-    tensors = []
-    for n in names:
-        stat = n.endswith("running_mean") or n.endswith("running_var")
-        tensors.append(tkt.Tensor(n, a[n].shape, data=a[n].copy(), mask=masks.get(n), init=0, prunable=n in masks,
-                                  trainable=not stat))
+def small_cnn_layers(idx, pool):
+    """The layers of the test network (conv-bn-relu-POOL-conv/2-bn-relu-flatten-fc), tensors by name in idx."""
     L = tkt.Layer
-    layers = [
+    return [
         L("conv1", "Conv2d", [0], weight=idx["conv1.weight"], kernel=[3, 3], stride=[1, 1], padding=[1, 1],
           dilation=[1, 1]),
         L("bn1", "BatchNorm", [1], weight=idx["bn1.weight"], bias=idx["bn1.bias"],
           running_mean=idx["bn1.running_mean"], running_var=idx["bn1.running_var"]),
         L("relu1", "Relu", [2]),
-        L("pool1", "MaxPool", [3], kernel=[2, 2], stride=[2, 2], padding=[0, 0]),
+        L("pool1", pool, [3], kernel=[2, 2], stride=[2, 2], padding=[0, 0]),
         L("conv2", "Conv2d", [4], weight=idx["conv2.weight"], bias=idx["conv2.bias"], kernel=[3, 3], stride=[2, 2],
           padding=[1, 1], dilation=[1, 1]),
         L("bn2", "BatchNorm", [5], weight=idx["bn2.weight"], bias=idx["bn2.bias"],
@@ -106,6 +100,17 @@ def write_tkt(path, a, masks):
         L("flatten", "Flatten", [7]),
         L("fc", "Linear", [8], weight=idx["fc.weight"], bias=idx["fc.bias"], out_features=10),
     ]
+
+
+def write_tkt(path, a, masks):
+    names = list(a)
+    idx = {n: i for i, n in enumerate(names)}
+    tensors = []
+    for n in names:
+        stat = n.endswith("running_mean") or n.endswith("running_var")
+        tensors.append(tkt.Tensor(n, a[n].shape, data=a[n].copy(), mask=masks.get(n), init=0, prunable=n in masks,
+                                  trainable=not stat))
+    layers = small_cnn_layers(idx, "MaxPool")
     m = tkt.Model("test_train_torch", 10, tkt.InputSpec(1, 28, 28, mean=[MEAN], std=[STD]), tensors, layers,
                   provenance=tkt.Provenance(method="random", sparsity=0.0, source="tests/py/test_train_torch.py"))
     tkt.save(m, path)

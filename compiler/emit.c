@@ -682,6 +682,8 @@ void tk_batch_geom_make(const tk_geom *g, int64_t nnz, tk_batch_geom *bg) {
   /* forward: QB output columns by QR output rows; input gradient, stride 1: IB by IR inputs */
   register_block(g->OW, g->OH, &bg->QB, &bg->QR);
   register_block(g->W, g->H, &bg->IB, &bg->IR);
+  for (int d = 2; d <= 16 && d <= g->W; d += 2) /* stride-2 input gradient: columns per block */
+    if (g->W % d == 0) bg->XB = d;
   /* weight gradient: bands of WR output rows (a divisor of OH) whose window of xb (every
    * channel and phase, WR*SH + KH rows) stays within about 512 KB of L2, but at least 32
    * positions per band so the per-band horizontal sums stay cheap */
@@ -869,7 +871,7 @@ void tk_emit_body(tk_codebuf *body, const tk_model *m, int layer, const tk_geom 
       for (size_t k = 0; k < sizeof keep / sizeof *keep; k++)
         for (int q = 0; q < ps.n; q++)
           if (!strcmp(ps.p[q].name, keep[k])) pset(&bs, keep[k], strtoll(ps.p[q].value, NULL, 10));
-      pset(&bs, "QB", bg.QB), pset(&bs, "QR", bg.QR), pset(&bs, "BB", (g->CS + 7) / 8);
+      pset(&bs, "QB", bg.QB), pset(&bs, "QR", bg.QR), pset(&bs, "BB", (g->CS + 7) / 8), pset(&bs, "XB", bg.XB);
       pset(&bs, "IB", bg.IB), pset(&bs, "IR", bg.IR), pset(&bs, "WR", bg.WR);
       pset(&bs, "FCH", bg.FCH), pset(&bs, "BCH", bg.BCH);
       tk_template_expand(body, "conv_batch.c.in", bs.p, bs.n);

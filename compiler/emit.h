@@ -156,6 +156,7 @@ void tk_tables_free(tk_tables *t);
 typedef struct {
   int QB, QR;                 /* forward: output columns (divides OW, <= 16) by rows (divides OH) per block */
   int IB, IR;                 /* input gradient, stride 1: input columns by rows per block */
+  int XB;                     /* input gradient, stride 2: input columns per block (0: W odd) */
   int WR;                     /* weight gradient: output rows per band */
   int FCH, BCH;               /* input channels per forward chunk, output channels per input-gradient chunk */
   int64_t carry;              /* floats of per-thread carry scratch for chunking either pass

@@ -264,13 +264,17 @@ done:
  *   input gradient, stride 1 (fwd spatial figures predate the shifted-copy forward):
  *                        512x4x4 26 vs 7.5 nzGF/s, 256x8x8 41 vs 17, 128x16x16 28 vs 17, 64x32x32
  *                        25 vs 19 (s=0.9; 32x32 at s=0.99: 6.6 vs 7.9)
- *   stride 2, s=0.9:     input gradient 3x3 21-31 vs 28-59, 1x1 2.7-11 vs 12-58: spatial;
+ *   stride 2, s=0.9:     input gradient 3x3 21-31 vs 28-59, 1x1 2.7-11 vs 12-58: spatial, until
+ *                        the batch form stored two column phases as whole image rows (XB): then
+ *                        3x3 64->128 32x32 43 vs 35, 128->256 16x16 29 vs 20, 256->512 8x8 36 vs
+ *                        23 (median, one run), 1x1 11.5 vs 12.1: the batch one for 3x3 on even widths;
  *                        weight gradient 3x3 46 vs 34 (32x32), 59 vs 23 (16x16), 139 vs 22 (8x8);
  *                        1x1 15 vs 16 (32x32), 16.5 vs 3.2 (8x8): batch (the spatial one sums
  *                        each non-zero's few positions per image horizontally)
  * So: the forward on maps up to 8x8 (the shifted-copy spatial forward wins from 16x16 up, the
  * batch one below), the stride-1 input gradient on maps up to 16x16 and 32x32 up to
- * VEC_BATCH_MAX_SP, the weight gradient wherever the input gradient is, and at stride 2.
+ * VEC_BATCH_MAX_SP, the stride-2 one of kernels larger than 1x1 on even input widths, the
+ * weight gradient wherever the input gradient is, and at stride 2.
  * TICKET_VEC_BATCH overrides (experiments, tests): "0" none, "1" every pass, or letters of
  * the passes: f (forward), i (input gradient), w (weight gradient). */
 static int vec_batch_passes(const tk_layer *l, double sp, int n, int training) {
@@ -290,6 +294,7 @@ static int vec_batch_passes(const tk_layer *l, double sp, int n, int training) {
       vb |= TK_VB_BWD_INPUT | TK_VB_BWD_WEIGHT;
   } else if (training) {
     vb |= TK_VB_BWD_WEIGHT;
+    if (l->sh == 2 && l->sw == 2 && l->in.w % 2 == 0 && l->kh * l->kw > 1) vb |= TK_VB_BWD_INPUT;
   }
   return vb;
 }

@@ -9,8 +9,9 @@
  * 1e-5, exact zeros in dw off the mask, and the kernel's variant is the one asked for.
  *
  * Cases: sparsity 0 (no mask and an all-ones mask), 0.5, 0.9, 0.99, 1.0; an all-zero output
- * channel and input channel; stride 2; 1x1; 3x3, 5x5, 4x4 stride 2 pad 1; odd maps (7x7,
- * 13x11); channel counts 1..17 (every remainder of the 16-wide vector); batch 1, 3, 32;
+ * channel and input channel; stride 2 (even and odd widths, no padding, dilation 2: the batch
+ * form's paired column phases and its fallback); 1x1; 3x3, 5x5, 4x4 stride 2 pad 1; odd maps
+ * (7x7, 13x11); channel counts 1..17 (every remainder of the 16-wide vector); batch 1, 3, 17, 32;
  * dilation 2 and groups 2; linear layers.  The table variant's forward layouts (by output rows,
  * the flattened grid, im2col) and the batch-vectorised kernel are each forced on the cases that
  * run every variant.
@@ -455,8 +456,9 @@ static void check_source(const char *cache) {
 
 /* The planner's per-pass layout (compiler/plan.c, vec_batch_passes): with 16+ images and 16+
  * input channels, the forward on the batch on stride-1 maps up to 8x8; with gradients, the
- * input and weight gradients on stride-1 maps up to 16x16 and 32x32 up to sparsity 0.96, and
- * the weight gradient at stride 2; TICKET_VEC_BATCH overrides with "0", "1" or pass letters. */
+ * input and weight gradients on stride-1 maps up to 16x16 and 32x32 up to sparsity 0.96, the
+ * weight gradient at stride 2 and the input gradient there too for kernels larger than 1x1 on
+ * even input widths; TICKET_VEC_BATCH overrides with "0", "1" or pass letters. */
 static void check_plan_vec_batch(void) {
   unsetenv("TICKET_VEC_BATCH");
   enum { F = TK_VB_FWD, I = TK_VB_BWD_INPUT, W = TK_VB_BWD_WEIGHT };
@@ -476,7 +478,9 @@ static void check_plan_vec_batch(void) {
       {{"plan 32x32 batch 32 training", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1, I | W, NULL},
       {{"plan 32x32 batch 32", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, 0, NULL},
       {{"plan 32x32 s=0.99 batch 128 training", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.99, 128, 0, 0}, 1, 0, NULL},
-      {{"plan 8x8 s2 batch 32 training", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 1, W, NULL},
+      {{"plan 8x8 s2 batch 32 training", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 1, I | W, NULL},
+      {{"plan 9x9 s2 batch 32 training", 0, 16, 16, 9, 9, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 1, W, NULL},
+      {{"plan 1x1 16x16 s2 batch 32 training", 0, 16, 32, 16, 16, 1, 1, 2, 0, 1, 1, 0.9, 32, 0, 0}, 1, W, NULL},
       {{"plan 8x8 s2 batch 32", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 0, 0, NULL},
       {{"plan 4x4 batch 2, forced iw", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 2, 0, 0}, 1, I | W, "iw"},
       {{"plan 8x8 s2 batch 32, forced 1", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 1, F | I | W, "1"},
@@ -519,7 +523,9 @@ int main(void) {
       {"3x3 s=1.0 (empty)", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 1.0, 3, 0, 0},
       {"zero out+in channel", 0, 6, 10, 9, 9, 3, 3, 1, 1, 1, 1, 0.3, 3, 2, 1},
       {"3x3 stride 2", 0, 8, 16, 16, 16, 3, 3, 2, 1, 1, 1, 0.5, 3, 0, 1},
-      {"3x3 stride 2 odd", 0, 8, 8, 9, 9, 3, 3, 2, 1, 1, 1, 0.5, 3, 0, 0},
+      {"3x3 stride 2 odd", 0, 8, 8, 9, 9, 3, 3, 2, 1, 1, 1, 0.5, 3, 0, 1},
+      {"3x3 stride 2 12x10 no pad, batch 17", 0, 8, 8, 12, 10, 3, 3, 2, 0, 1, 1, 0.5, 17, 0, 1},
+      {"3x3 stride 2 dilation 2", 0, 8, 8, 12, 12, 3, 3, 2, 2, 2, 1, 0.5, 3, 0, 1},
       {"1x1", 0, 16, 24, 8, 8, 1, 1, 1, 0, 1, 1, 0.5, 3, 0, 1},
       {"1x1 stride 2", 0, 16, 32, 16, 16, 1, 1, 2, 0, 1, 1, 0.5, 3, 0, 1},
       {"5x5 pad 2", 0, 4, 8, 12, 12, 5, 5, 1, 2, 1, 1, 0.5, 3, 0, 1},

@@ -33,6 +33,8 @@
 #define R_SPARSE 41e9       /* table-driven kernel, flop/s of computed lanes */
 #define C_SPARSE 0.3e-6     /* per-call overhead (s) */
 #define T_ENTRY 0.25e-9     /* per non-zero per position block (s) */
+#define T_ENTRY_BATCH 4.5e-9 /* batch-vectorised forward: per non-zero per register block (s) */
+#define T_FMA_BATCH 0.6e-9  /* ... and per vector FMA of it, with its load (s) */
 #define T_ELEM 0.25e-9      /* per element of prep (pad, phase split, im2col) and epilogue (s) */
 #define T_STREAM 0.4e-9     /* batches: per input + output element per image (s) */
 #define T_STREAM_DENSE 0.8e-9 /* oneDNN, batches: the same, layout reorders included.  Batch 128, 1
@@ -109,6 +111,33 @@ static double est_sparse(const tk_geom *g, int64_t nnz, int n, int T) {
     if (n > 1) stream = ((double)g->I * g->H * g->W + (double)g->O * g->OH * g->OW) * n * T_STREAM;
   }
   double t = 2.0 * (double)nnz * lanes / R_SPARSE + (double)nnz * blocks * T_ENTRY + elems * T_ELEM + stream;
+  return t / T + C_SPARSE;
+}
+
+/* The same for a conv whose forward runs vectorised over the batch (conv_batch.c.in): every
+ * lane is a real output (16 images of one position), where the spatial form computes whole
+ * padded rows (on a 2x2 map with padding 1, 4 of its 16 lanes are outputs).  Each non-zero
+ * costs, per register block of NA positions, T_ENTRY_BATCH (its broadcast and bookkeeping, and
+ * on small blocks the latency of the chained FMAs) plus NA vector FMAs with their loads; prep
+ * and store are 16x16 transposes of every input cell and output element.  Fitted to
+ * bench_layers, batch 128, 1 thread, forward, ms (model):
+ *   512x2x2 (NA 4)   s=0.9 14.9 (13.2)  0.8 25.7 (26.2)  0.7 36.1 (39.1)
+ *   512x4x4 (NA 16)  s=0.9 32.8 (27.0)  0.8 64.3 (53.7)  0.7 74.5 (80.4)
+ *   256x8x8 (NA 16)  s=0.9 29-34 (27.3) 0.8 61.3 (54.0)  0.7 73.7 (80.6)
+ * against oneDNN's 26-29 (2x2) and 82-91 ms (4x4, 8x8).  Without this the 2x2 maps of vgg16_bn
+ * went to oneDNN on the spatial form's estimate, while the batch form measured 1.95x faster
+ * than oneDNN there at s=0.9 (input gradient 11.3 vs 21.6 ms, weight gradient 18.9 vs 104). */
+static double est_sparse_batch(const tk_geom *g, int64_t nnz, int n, int T) {
+  int phases = 0;
+  for (int b = 0; b < 64 && b < g->NPH; b++) phases += (int)((g->PHMASK >> b) & 1);
+  if (g->NPH > 64) phases = g->NPH;
+  tk_batch_geom bg;
+  tk_batch_geom_make(g, nnz, &bg);
+  const double nblk = ceil(n / 16.0), pos = (double)g->OH * g->OW, na = (double)bg.QR * bg.QB;
+  double blocks = ceil(pos / na) * nblk;
+  double elems = ((double)phases * g->I * g->CS + (double)g->O * pos) * 16.0 * nblk;
+  double stream = ((double)g->I * g->H * g->W + (double)g->O * pos) * n * T_STREAM;
+  double t = (double)nnz * blocks * (T_ENTRY_BATCH + na * T_FMA_BATCH) + elems * T_ELEM + stream;
   return t / T + C_SPARSE;
 }
 
@@ -350,7 +379,9 @@ tk_status tk_plan_make(const tk_model *m, const tk_compile_opts *o, tk_plan **ou
     }
     lp->vec_batch = l->op == TK_OP_LINEAR ? TK_VB_ALL : 0;
     lp->est_dense_us = est_dense(m, l, n, T) * 1e6;
-    lp->est_sparse_us = gen_ok ? est_sparse(&g, nnz, n, T) * 1e6 : NAN;
+    /* the forward's layout (vec_batch_passes) decides which estimate applies */
+    const int fwd_batch = gen_ok && l->op == TK_OP_CONV2D && (vec_batch_passes(l, sp, n, o->training) & TK_VB_FWD);
+    lp->est_sparse_us = !gen_ok ? NAN : (fwd_batch ? est_sparse_batch(&g, nnz, n, T) : est_sparse(&g, nnz, n, T)) * 1e6;
     tk_variant v;
     if (nnz == 0 && (o->force < 0 || o->force == TK_VARIANT_EMPTY || o->force == TK_VARIANT_SPARSE_TABLE)) {
       v = TK_VARIANT_EMPTY;

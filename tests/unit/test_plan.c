@@ -117,6 +117,22 @@ int main(void) {
     }
     CHECK_MSG(flip >= 0.5 && flip <= 0.8, "break-even at sparsity %.2f, expected 0.5..0.8", flip);
     printf("cost model break-even (64x64 3x3, 32x32, batch 1, 1 thread): sparsity %.2f\n", flip);
+
+    /* 2. a 2x2 map at batch 128 (vgg16_bn's last convs): the forward runs over the batch, so
+     * the batch form's estimate decides.  Measured (bench_layers, 1 thread) against oneDNN:
+     * 1.95x at s=0.9, 1.02x at 0.8, 0.74x at 0.7; the spatial form's estimate had sent s=0.9
+     * to oneDNN. */
+    tk_compile_opts ob = o;
+    ob.batch = 128;
+    static const struct { double s; tk_variant want; } small[] = {
+        {0.7, TK_VARIANT_DENSE}, {0.9, TK_VARIANT_SPARSE_TABLE}, {0.95, TK_VARIANT_SPARSE_TABLE}};
+    for (size_t k = 0; k < sizeof small / sizeof *small; k++) {
+      tk_model *m = conv_model(512, 512, 2, small[k].s, 40 + k);
+      tk_variant v = plan_layer0(m, &ob, reason, sizeof reason);
+      CHECK_MSG(v == small[k].want, "512x512 2x2, batch 128, sparsity %.2f: %s (%s)", small[k].s, tk_variant_name(v),
+                reason);
+      tk_model_free(m);
+    }
   }
 
   /* 3. forcing */

@@ -34,6 +34,7 @@
 #define C_SPARSE 0.3e-6     /* per-call overhead (s) */
 #define T_ENTRY 0.25e-9     /* per non-zero per position block (s) */
 #define T_ENTRY_BATCH 4.5e-9 /* batch-vectorised forward: per non-zero per register block (s) */
+#define T_ENTRY_BATCH_FLAT 2.5e-9 /* ... the same without input-channel chunks (s) */
 #define T_FMA_BATCH 0.6e-9  /* ... and per vector FMA of it, with its load (s) */
 #define T_ELEM 0.25e-9      /* per element of prep (pad, phase split, im2col) and epilogue (s) */
 #define T_STREAM 0.4e-9     /* batches: per input + output element per image (s) */
@@ -117,16 +118,18 @@ static double est_sparse(const tk_geom *g, int64_t nnz, int n, int T) {
 /* The same for a conv whose forward runs vectorised over the batch (conv_batch.c.in): every
  * lane is a real output (16 images of one position), where the spatial form computes whole
  * padded rows (on a 2x2 map with padding 1, 4 of its 16 lanes are outputs).  Each non-zero
- * costs, per register block of NA positions, T_ENTRY_BATCH (its broadcast and bookkeeping, and
- * on small blocks the latency of the chained FMAs) plus NA vector FMAs with their loads; prep
- * and store are 16x16 transposes of every input cell and output element.  Fitted to
- * bench_layers, batch 128, 1 thread, forward, ms (model):
- *   512x2x2 (NA 4)   s=0.9 14.9 (13.2)  0.8 25.7 (26.2)  0.7 36.1 (39.1)
- *   512x4x4 (NA 16)  s=0.9 32.8 (27.0)  0.8 64.3 (53.7)  0.7 74.5 (80.4)
- *   256x8x8 (NA 16)  s=0.9 29-34 (27.3) 0.8 61.3 (54.0)  0.7 73.7 (80.6)
- * against oneDNN's 26-29 (2x2) and 82-91 ms (4x4, 8x8).  Without this the 2x2 maps of vgg16_bn
+ * costs, per register block of NA positions, an entry cost (its broadcast and bookkeeping; with
+ * input-channel chunks also the chunk boundaries and carried sums: T_ENTRY_BATCH, else
+ * T_ENTRY_BATCH_FLAT) plus NA vector FMAs with their loads; prep and store are 16x16 transposes
+ * of every input cell and output element.  Fitted to bench_layers, batch 128, 1 thread,
+ * forward, ms (model):
+ *   chunked    512x4x4 (NA 16)  s=0.9 29-33 (27.0)  0.8 64.3 (53.7)  0.7 74.5 (80.4)
+ *              256x8x8 (NA 16)  s=0.9 25-34 (27.3)  0.8 61.3 (54.0)  0.7 73.7 (80.6)
+ *   unchunked  512x2x2 (NA 4)   s=0.9 8.3-8.6 (9.2) 0.95 5.0 (4.6)   0.99 1.3 (0.9)
+ * against oneDNN's 24-32 (2x2) and 81-95 ms (4x4, 8x8).  Without this the 2x2 maps of vgg16_bn
  * went to oneDNN on the spatial form's estimate, while the batch form measured 1.95x faster
- * than oneDNN there at s=0.9 (input gradient 11.3 vs 21.6 ms, weight gradient 18.9 vs 104). */
+ * than oneDNN there at s=0.9 even chunked (input gradient 11.3 vs 21.6 ms, weight gradient
+ * 18.9 vs 104), 3.7x unchunked. */
 static double est_sparse_batch(const tk_geom *g, int64_t nnz, int n, int T) {
   int phases = 0;
   for (int b = 0; b < 64 && b < g->NPH; b++) phases += (int)((g->PHMASK >> b) & 1);
@@ -137,7 +140,8 @@ static double est_sparse_batch(const tk_geom *g, int64_t nnz, int n, int T) {
   double blocks = ceil(pos / na) * nblk;
   double elems = ((double)phases * g->I * g->CS + (double)g->O * pos) * 16.0 * nblk;
   double stream = ((double)g->I * g->H * g->W + (double)g->O * pos) * n * T_STREAM;
-  double t = (double)nnz * blocks * (T_ENTRY_BATCH + na * T_FMA_BATCH) + elems * T_ELEM + stream;
+  const double entry = bg.FCH < g->I ? T_ENTRY_BATCH : T_ENTRY_BATCH_FLAT;
+  double t = (double)nnz * blocks * (entry + na * T_FMA_BATCH) + elems * T_ELEM + stream;
   return t / T + C_SPARSE;
 }
 

@@ -11,7 +11,7 @@
  * Cases: sparsity 0 (no mask and an all-ones mask), 0.5, 0.9, 0.99, 1.0; an all-zero output
  * channel and input channel; stride 2 (even and odd widths, no padding, dilation 2: the batch
  * form's paired column phases and its fallback); 1x1; 3x3, 5x5, 4x4 stride 2 pad 1; odd maps
- * (7x7, 13x11); channel counts 1..17 (every remainder of the 16-wide vector); batch 1, 3, 17, 32;
+ * (7x7, 13x11) and a 2x2 one; channel counts 1..17 (every remainder of the 16-wide vector); batch 1, 3, 17, 32;
  * dilation 2 and groups 2; linear layers.  The table variant's forward layouts (by output rows,
  * the flattened grid, im2col) and the batch-vectorised kernel are each forced on the cases that
  * run every variant.
@@ -534,6 +534,7 @@ int main(void) {
       {"13x11 map", 0, 8, 8, 13, 11, 3, 3, 1, 1, 1, 1, 0.5, 3, 0, 1},
       {"13x11 5x5 s2 no pad", 0, 4, 6, 13, 11, 5, 5, 2, 0, 1, 1, 0.3, 3, 0, 0},
       {"4x4 map (resnet layer4)", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 3, 0, 1},
+      {"2x2 map (vgg16_bn's last convs), batch 17", 0, 32, 16, 2, 2, 3, 3, 1, 1, 1, 1, 0.9, 17, 0, 1},
       {"large map 33x33", 0, 4, 8, 33, 33, 3, 3, 1, 1, 1, 1, 0.5, 1, 0, 0},
       {"dilation 2", 0, 8, 8, 12, 12, 3, 3, 1, 2, 2, 1, 0.5, 3, 0, 1},
       {"groups 2", 0, 8, 12, 8, 8, 3, 3, 1, 1, 1, 2, 0.5, 3, 0, 1},

@@ -706,7 +706,8 @@ void tk_batch_geom_make(const tk_geom *g, int64_t nnz, tk_batch_geom *bg) {
   if (g->G == 1) {
     double rows = ((bg->QR - 1) * g->SH + (g->KH - 1) * g->DH + 1.0) / g->SH;
     double cols = ((bg->QB - 1) * g->SW + (g->KW - 1) * g->DW + 1.0) / g->SW;
-    if (bg->QR * bg->QB >= 8) bg->FCH = batch_chunk(g->I, (double)nnz / (g->O > 0 ? g->O : 1), g->NPH * rows * cols * 64.0);
+    if (bg->QR * bg->QB >= 8)
+      bg->FCH = batch_chunk(g->I, (double)nnz / (g->O > 0 ? g->O : 1), g->NPH * rows * cols * 64.0);
     if (g->NPH == 1 && bg->IR * bg->IB >= 8)
       bg->BCH = batch_chunk(g->O, (double)nnz / (g->I > 0 ? g->I : 1),
                             (bg->IR + (g->KH - 1) * g->DH) * (double)(bg->IB + (g->KW - 1) * g->DW) * 64.0);

@@ -385,7 +385,8 @@ tk_status tk_plan_make(const tk_model *m, const tk_compile_opts *o, tk_plan **ou
     lp->est_dense_us = est_dense(m, l, n, T) * 1e6;
     /* the forward's layout (vec_batch_passes) decides which estimate applies */
     const int fwd_batch = gen_ok && l->op == TK_OP_CONV2D && (vec_batch_passes(l, sp, n, o->training) & TK_VB_FWD);
-    lp->est_sparse_us = !gen_ok ? NAN : (fwd_batch ? est_sparse_batch(&g, nnz, n, T) : est_sparse(&g, nnz, n, T)) * 1e6;
+    lp->est_sparse_us =
+        !gen_ok ? NAN : (fwd_batch ? est_sparse_batch(&g, nnz, n, T) : est_sparse(&g, nnz, n, T)) * 1e6;
     tk_variant v;
     if (nnz == 0 && (o->force < 0 || o->force == TK_VARIANT_EMPTY || o->force == TK_VARIANT_SPARSE_TABLE)) {
       v = TK_VARIANT_EMPTY;

@@ -92,6 +92,14 @@ static double est_dense(const tk_model *m, const tk_layer *l, int n, int T) {
   return (flops / (R_DENSE * eff) + stream) / T + C_DENSE;
 }
 
+/* stride phases of the input that some tap reads (the phase grids prep writes) */
+static int read_phases(const tk_geom *g) {
+  if (g->NPH > 64) return g->NPH;
+  int phases = 0;
+  for (int b = 0; b < g->NPH; b++) phases += (int)((g->PHMASK >> b) & 1);
+  return phases;
+}
+
 static double est_sparse(const tk_geom *g, int64_t nnz, int n, int T) {
   double lanes, blocks, elems, stream = 0;
   if (g->linear) {
@@ -100,9 +108,7 @@ static double est_sparse(const tk_geom *g, int64_t nnz, int n, int T) {
     blocks = nblk;
     elems = n < 4 ? 0 : (double)(g->I + g->O) * 16.0 * nblk * (T_ELEM_LINEAR / T_ELEM);
   } else {
-    int phases = 0;
-    for (int b = 0; b < 64 && b < g->NPH; b++) phases += (int)((g->PHMASK >> b) & 1);
-    if (g->NPH > 64) phases = g->NPH;
+    const int phases = read_phases(g);
     double prep = g->XS       ? (double)g->KW * g->I * g->XHR * g->XRS
                   : g->IM2COL ? (double)g->I * g->KH * g->KW * g->P16
                               : (double)phases * g->I * g->CS;
@@ -131,9 +137,7 @@ static double est_sparse(const tk_geom *g, int64_t nnz, int n, int T) {
  * than oneDNN there at s=0.9 even chunked (input gradient 11.3 vs 21.6 ms, weight gradient
  * 18.9 vs 104), 3.7x unchunked. */
 static double est_sparse_batch(const tk_geom *g, int64_t nnz, int n, int T) {
-  int phases = 0;
-  for (int b = 0; b < 64 && b < g->NPH; b++) phases += (int)((g->PHMASK >> b) & 1);
-  if (g->NPH > 64) phases = g->NPH;
+  const int phases = read_phases(g);
   tk_batch_geom bg;
   tk_batch_geom_make(g, nnz, &bg);
   const double nblk = ceil(n / 16.0), pos = (double)g->OH * g->OW, na = (double)bg.QR * bg.QB;
@@ -383,10 +387,11 @@ tk_status tk_plan_make(const tk_model *m, const tk_compile_opts *o, tk_plan **ou
     }
     lp->vec_batch = l->op == TK_OP_LINEAR ? TK_VB_ALL : 0;
     lp->est_dense_us = est_dense(m, l, n, T) * 1e6;
-    /* the forward's layout (vec_batch_passes) decides which estimate applies */
-    const int fwd_batch = gen_ok && l->op == TK_OP_CONV2D && (vec_batch_passes(l, sp, n, o->training) & TK_VB_FWD);
+    /* the passes the table kernel would run over the batch; the forward's layout decides which
+     * estimate applies */
+    const int vb = l->op == TK_OP_CONV2D ? vec_batch_passes(l, sp, n, o->training) : 0;
     lp->est_sparse_us =
-        !gen_ok ? NAN : (fwd_batch ? est_sparse_batch(&g, nnz, n, T) : est_sparse(&g, nnz, n, T)) * 1e6;
+        !gen_ok ? NAN : ((vb & TK_VB_FWD) ? est_sparse_batch(&g, nnz, n, T) : est_sparse(&g, nnz, n, T)) * 1e6;
     tk_variant v;
     if (nnz == 0 && (o->force < 0 || o->force == TK_VARIANT_EMPTY || o->force == TK_VARIANT_SPARSE_TABLE)) {
       v = TK_VARIANT_EMPTY;
@@ -443,7 +448,7 @@ tk_status tk_plan_make(const tk_model *m, const tk_compile_opts *o, tk_plan **ou
                lp->est_dense_us, lp->est_sparse_us);
     }
     lp->variant = v;
-    if (l->op == TK_OP_CONV2D && v == TK_VARIANT_SPARSE_TABLE) lp->vec_batch = vec_batch_passes(l, sp, n, o->training);
+    if (l->op == TK_OP_CONV2D && v == TK_VARIANT_SPARSE_TABLE) lp->vec_batch = vb;
   }
   if (st == TK_OK && o->tune && o->force < 0) st = tune(m, o, p);
   if (st != TK_OK) {

@@ -132,6 +132,7 @@ static double est_sparse(const tk_geom *g, int64_t nnz, int n, int T) {
  *   chunked    512x4x4 (NA 16)  s=0.9 29-33 (27.0)  0.8 64.3 (53.7)  0.7 74.5 (80.4)
  *              256x8x8 (NA 16)  s=0.9 25-34 (27.3)  0.8 61.3 (54.0)  0.7 73.7 (80.6)
  *   unchunked  512x2x2 (NA 4)   s=0.9 8.3-8.6 (9.2) 0.95 5.0 (4.6)   0.99 1.3 (0.9)
+ *              512x4x4 (NA 16)  s=0.9 27.8 (24.6)   0.8 48.4 (47.5)  0.95 15.9 (13.2)  (unchunked since)
  * against oneDNN's 24-32 (2x2) and 81-95 ms (4x4, 8x8).  Without this the 2x2 maps of vgg16_bn
  * went to oneDNN on the spatial form's estimate, while the batch form measured 1.95x faster
  * than oneDNN there at s=0.9 even chunked (input gradient 11.3 vs 21.6 ms, weight gradient

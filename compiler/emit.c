@@ -699,22 +699,23 @@ void tk_batch_geom_make(const tk_geom *g, int64_t nnz, tk_batch_geom *bg) {
    * channel, the input gradient's (IR + (KH - 1)*DH) x (IB + (KW - 1)*DW) cells of dzb per output
    * channel; the strided input gradient and grouped layers are not chunked */
   bg->FCH = g->I, bg->BCH = g->O;
-  /* Not for register blocks of fewer than 8 positions: each carry of the partial sums and each
-   * chunk boundary then serves only a few FMAs per non-zero.  512x512 2x2 (blocks of 4), batch
-   * 128, one thread, chunked vs not: forward 15.9-16.7 vs 8.3-8.6 ms at s=0.9, 8.7 vs 5.0 at
-   * 0.95, 2.1 vs 1.3 at 0.99; input gradient 14.5-14.7 vs 9.2-9.5, 7.9 vs 5.4, 2.1 vs 1.5. */
-  /* Nor for a stride-1 forward whose one register block is the whole output map (4x4): 512x512
+  /* No chunks for register blocks of fewer than 8 positions: each carry of the partial sums
+   * and each chunk boundary then serves only a few FMAs per non-zero.  512x512 2x2 (blocks of
+   * 4), batch 128, one thread, chunked vs not: forward 15.9-16.7 vs 8.3-8.6 ms at s=0.9, 8.7 vs
+   * 5.0 at 0.95, 2.1 vs 1.3 at 0.99; input gradient 14.5-14.7 vs 9.2-9.5, 7.9 vs 5.4, 2.1 vs 1.5.
+   * Nor for a stride-1 forward whose one register block is the whole output map (4x4): 512x512
    * 4x4, batch 128, one thread, unchunked vs chunked: 48.4 vs 61.1 ms at s=0.8, 27.8 vs 34.7 at
    * 0.9, 15.9 vs 19.2 at 0.95, equal at 0.99; batch 32 and 128 on 2 threads 20-30% faster at 0.9
    * and 0.95.  (Its input gradient keeps chunks: 29 vs 45 ms at 0.9.  8x8 maps keep them too:
    * 256x8x8 chunked 3-8% faster at 0.9 and 0.95.) */
-  const int whole_map = g->SH == 1 && g->SW == 1 && bg->QR * bg->QB == g->OH * g->OW;
+  const int fwd_whole_map = g->SH == 1 && g->SW == 1 && bg->QR * bg->QB == g->OH * g->OW;
+  const int fwd_chunks = bg->QR * bg->QB >= 8 && !fwd_whole_map, bwd_chunks = g->NPH == 1 && bg->IR * bg->IB >= 8;
   if (g->G == 1) {
     double rows = ((bg->QR - 1) * g->SH + (g->KH - 1) * g->DH + 1.0) / g->SH;
     double cols = ((bg->QB - 1) * g->SW + (g->KW - 1) * g->DW + 1.0) / g->SW;
-    if (bg->QR * bg->QB >= 8 && !whole_map)
+    if (fwd_chunks)
       bg->FCH = batch_chunk(g->I, (double)nnz / (g->O > 0 ? g->O : 1), g->NPH * rows * cols * 64.0);
-    if (g->NPH == 1 && bg->IR * bg->IB >= 8)
+    if (bwd_chunks)
       bg->BCH = batch_chunk(g->O, (double)nnz / (g->I > 0 ? g->I : 1),
                             (bg->IR + (g->KH - 1) * g->DH) * (double)(bg->IB + (g->KW - 1) * g->DW) * 64.0);
   }

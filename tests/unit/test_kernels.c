@@ -11,8 +11,8 @@
  * Cases: sparsity 0 (no mask and an all-ones mask), 0.5, 0.9, 0.99, 1.0; an all-zero output
  * channel and input channel; stride 2 (even and odd widths, no padding, dilation 2: the batch
  * form's paired column phases and its fallback); 1x1; 3x3, 5x5, 4x4 stride 2 pad 1; odd maps
- * (7x7, 13x11) and a 2x2 one; channel counts 1..17 (every remainder of the 16-wide vector); batch 1, 3, 17, 32;
- * dilation 2 and groups 2; linear layers.  The table variant's forward layouts (by output rows,
+ * (7x7, 13x11) and a 2x2 one; channel counts 1..17 (every remainder of the 16-wide vector);
+ * batch 1, 3, 17, 32; dilation 2 and groups 2; linear layers.  The table variant's forward layouts (by output rows,
  * the flattened grid, im2col) and the batch-vectorised kernel are each forced on the cases that
  * run every variant.
  *

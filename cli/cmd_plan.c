@@ -38,7 +38,9 @@ static void usage(FILE *f) {
           "\n"
           "Column vec: what the sparse-table kernel's vectors run over, per pass: \"spatial\" (the\n"
           "flattened output positions), \"batch\" (16 images per vector, every planned pass), or\n"
-          "\"batch:\" and the passes on the batch: f forward, i input gradient, w weight gradient.\n");
+          "\"batch:\" and the passes on the batch: f forward, i input gradient, w weight gradient.\n"
+          "\"+t\" (training): the input gradient runs as the forward of the transposed layer (its\n"
+          "own kernel, on the forward's vectors).\n");
 }
 
 static bool looks_like_json(const char *buf, size_t n) {
@@ -188,6 +190,8 @@ int cmd_plan(int argc, char **argv) {
     if (!vb || vb == all) snprintf(vec, sizeof vec, "%s", vb ? "batch" : "spatial");
     else snprintf(vec, sizeof vec, "batch:%s%s%s", vb & TK_VB_FWD ? "f" : "", vb & TK_VB_BWD_INPUT ? "i" : "",
                   vb & TK_VB_BWD_WEIGHT ? "w" : "");
+    if (o.training && (lp->vec_batch & TK_VB_BWD_T)) /* the input gradient as the transposed layer's forward */
+      snprintf(vec + strlen(vec), sizeof vec - strlen(vec), "+t");
     double chosen = lp->variant == TK_VARIANT_DENSE ? lp->est_dense_us : lp->est_sparse_us;
     if (isfinite(chosen)) tot_s += chosen;
     if (isfinite(lp->est_dense_us)) tot_d += lp->est_dense_us;

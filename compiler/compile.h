@@ -50,8 +50,11 @@ typedef struct {
   char reason[192];        /* one line: why */
 } tk_layer_plan;
 
-/* tk_layer_plan.vec_batch: one bit per pass */
-enum { TK_VB_FWD = 1, TK_VB_BWD_INPUT = 2, TK_VB_BWD_WEIGHT = 4, TK_VB_ALL = 7 };
+/* tk_layer_plan.vec_batch: one bit per pass.  TK_VB_BWD_T (stride-1 convs, training): the
+ * input gradient runs as the forward of the transposed layer (dy -> dx with the flipped,
+ * transposed pattern; its own kernel, on the forward's form: TK_VB_FWD decides that one too),
+ * instead of the layer's own input-gradient functions (TK_VB_BWD_INPUT then clear). */
+enum { TK_VB_FWD = 1, TK_VB_BWD_INPUT = 2, TK_VB_BWD_WEIGHT = 4, TK_VB_ALL = 7, TK_VB_BWD_T = 8 };
 
 typedef struct {
   int n_layers;            /* == model n_layers; non-conv layers have TK_VARIANT_NONE */

@@ -7,7 +7,8 @@
  *
  * A layer's kernel source (one C translation unit, compiled by clang without OpenMP) defines,
  * for a symbol prefix P (a hash of everything that affects the code, see tk_emit_layer):
- *   P_prep_x(a, c0, c1)      raw input image -> padded, stride-phase-split scratch  (channels)
+ *   P_prep_x(a, c0, c1)      raw input image -> padded, stride-phase-split scratch, masked
+ *                            like prep_dy (the transposed layer's forward, sparse.c) (channels)
  *   P_prep_dy(a, o0, o1)     output gradient -> zero-margined scratch, masked by
  *                            a->mask > 0 when a->mask is set (a folded ReLU)     (channels)
  *   P_fwd(a, o0, o1)         y = conv(x, W*M) + b, relu'd when a->relu            (out channels)
@@ -38,7 +39,7 @@
   X(const float *, bias, "bias (O) or NULL")                                                 \
   X(float *, z, "per-thread scratch row(s)")                                                 \
   X(int, nb, "linear: images in this block (1..16)")                                         \
-  X(const float *, mask, "prep_dy: NULL, or dy is taken as 0 where mask <= 0 (dy's layout)") \
+  X(const float *, mask, "conv preps: NULL, or the source is taken as 0 where mask <= 0 (its layout)") \
   X(int, relu, "fwd: 1 = max(., 0) at the final store (NaN passes)")
 
 typedef struct {

@@ -315,7 +315,7 @@ done:
  * weight gradient wherever the input gradient is, and at stride 2.
  * TICKET_VEC_BATCH overrides (experiments, tests): "0" none, "1" every pass, or letters of
  * the passes: f (forward), i (input gradient), w (weight gradient). */
-static int vec_batch_passes(const tk_layer *l, double sp, int n, int training) {
+static int vec_batch_rule(const tk_layer *l, double sp, int n, int training) {
   const char *e = getenv("TICKET_VEC_BATCH");
   if (e && *e) {
     if (!strcmp(e, "0")) return 0;
@@ -334,6 +334,36 @@ static int vec_batch_passes(const tk_layer *l, double sp, int n, int training) {
     vb |= TK_VB_BWD_WEIGHT;
     if (l->sh == 2 && l->sw == 2 && l->in.w % 2 == 0 && l->kh * l->kw > 1) vb |= TK_VB_BWD_INPUT;
   }
+  return vb;
+}
+
+/* The stride-1 input gradient as the forward of the transposed layer (TK_VB_BWD_T, sparse.c),
+ * which runs on the forward's forms (the shifted copies above all).  bench_layers --bwd
+ * --variants table,batch --stat min --alt TICKET_BWD_T=1 (or =0), s=0.9, ms per call, the
+ * layer's own input gradient (spatial / batch) vs the transposed forward:
+ *   batch 1, 1 thread:      512x4x4 0.91 vs 0.28   256x8x8 0.49 vs 0.24   (16x16 and 32x32: as the forward)
+ *   batch 128, 1 thread:    64x32x32 66 / 54 vs 50    128x16x16 54 / 26.7 vs 27.2
+ *   batch 128, 2 threads:   64x32x32 60 / 51 vs 41    128x16x16 64 / 38 vs 39
+ *   first layer 3->64 32x32: 24 vs 30 (batch 1), 5.7 vs 6.2 (batch 128): its transposed layer
+ *                           has 3 output channels for 64 channels of copies
+ * So: wherever the input gradient is not on the batch on a map up to 16x16 (where the two tie
+ * and the layer's own needs no second kernel), from 16 input channels.
+ * TICKET_BWD_T overrides (experiments, tests): "0" never, "1" every stride-1 conv; without it,
+ * a forced TICKET_VEC_BATCH means never (its letters say where the input gradient runs). */
+static int bwd_transposed(const tk_layer *l, int vb, int training) {
+  if (!training || l->op != TK_OP_CONV2D || l->sh != 1 || l->sw != 1 || l->dh != 1 || l->dw != 1 || l->groups != 1 ||
+      l->ph > l->kh - 1 || l->pw > l->kw - 1)
+    return 0;
+  const char *e = getenv("TICKET_BWD_T");
+  if (e && *e) return strcmp(e, "0") != 0;
+  const char *f = getenv("TICKET_VEC_BATCH"); /* passes forced: the input gradient as forced too */
+  if (f && *f) return 0;
+  return l->in.c >= 16 && !((vb & TK_VB_BWD_INPUT) && (int64_t)l->out.h * l->out.w <= VEC_BATCH_MAX_MAP);
+}
+
+static int vec_batch_passes(const tk_layer *l, double sp, int n, int training) {
+  int vb = vec_batch_rule(l, sp, n, training);
+  if (bwd_transposed(l, vb, training)) vb = (vb & ~TK_VB_BWD_INPUT) | TK_VB_BWD_T;
   return vb;
 }
 

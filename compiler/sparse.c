@@ -36,7 +36,7 @@ typedef struct {
   float *zb;                      /* batch-vectorised: partial sums carried between channel chunks */
 } scratch_set;
 
-typedef struct {
+typedef struct sparse_kernel {
   tk_kernel base;
   tk_geom g;
   tk_tables t;
@@ -48,6 +48,12 @@ typedef struct {
   float *wv, *wvt, *baked; /* packed values; transposed order; values baked into the code */
   float *wvf, *wvtf, *bf;  /* folded values (forward and transposed order), folded bias (O) */
   int folded;              /* wvf/wvtf/bf hold a fold of the current values */
+  /* TK_VB_BWD_T: the input gradient is the forward of the transposed layer (transposed_model):
+   * kernel tk (layer 0 of model tm, owned), whose packed entry j is this layer's weight element
+   * tpos[j]; update() and fold() fill its wv and wvf from this layer's weights */
+  struct sparse_kernel *tk;
+  tk_model *tm;
+  int64_t *tpos;
   int nsets;
   scratch_set *sets;
   float *arena;
@@ -104,10 +110,12 @@ static tk_status check_n(const tk_kernel *k, int n) {
 
 /* ---- conv2d ------------------------------------------------------------------------------ */
 
-/* The forward's input: the grid (prep_x into xq) or the tap or shifted copies (prep_col into col). */
-static void fwd_prep(const sparse_kernel *k, const scratch_set *s, const float *x, int c0, int c1) {
+/* The forward's input: the grid (prep_x into xq) or the tap or shifted copies (prep_col into
+ * col); x taken as 0 where mask <= 0 when mask is not NULL (x's layout). */
+static void fwd_prep(const sparse_kernel *k, const scratch_set *s, const float *x, const float *mask, int c0,
+                     int c1) {
   const int col = k->g.IM2COL || k->g.XS;
-  tk_kargs a = {.src = x, .dst = col ? s->col : s->xq};
+  tk_kargs a = {.src = x, .dst = col ? s->col : s->xq, .mask = mask};
   (col ? k->prep_col : k->prep_x)(&a, c0, c1);
 }
 
@@ -125,8 +133,9 @@ static tk_kargs fwd_args(const sparse_kernel *k, const scratch_set *in, const sc
 }
 
 /* One image, one thread: prep and all rows. */
-static void conv_fwd_image(sparse_kernel *k, const scratch_set *s, const float *x, float *y, const fwd_vals *fv) {
-  fwd_prep(k, s, x, 0, k->g.I);
+static void conv_fwd_image(sparse_kernel *k, const scratch_set *s, const float *x, const float *mask, float *y,
+                           const fwd_vals *fv) {
+  fwd_prep(k, s, x, mask, 0, k->g.I);
   tk_kargs f = fwd_args(k, s, s, y, fv);
   k->fwd(&f, 0, k->g.O);
 }
@@ -163,10 +172,10 @@ static void batch_pass(sparse_kernel *k, int n, int from_dy, const float *src, c
   }
 }
 
-static void conv_fwd_b(sparse_kernel *k, const float *x, float *y, int n, const fwd_vals *fv) {
+static void conv_fwd_b(sparse_kernel *k, const float *x, const float *mask, float *y, int n, const fwd_vals *fv) {
   const tk_geom *g = &k->g;
   int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
-  batch_pass(k, n, 0, x, NULL, xs, g->I, k->prep_xb, y, ys, g->O, k->fwd_b, fv->w, k->t.rp, k->t.off, fv->bias,
+  batch_pass(k, n, 0, x, mask, xs, g->I, k->prep_xb, y, ys, g->O, k->fwd_b, fv->w, k->t.rp, k->t.off, fv->bias,
              fv->relu);
 }
 
@@ -203,16 +212,18 @@ static void conv_bwd_weight_b(sparse_kernel *k, const float *x, const float *dy,
     for (int64_t j = 0; j < nnz; j++) k->sets[0].dwv[j] += k->sets[t].dwv[j];
 }
 
-static void conv_run_fwd(sparse_kernel *k, const float *x, float *y, int n, const fwd_vals *fv) {
+/* mask: NULL, or x is taken as 0 where mask <= 0 (x's layout; the transposed layer's forward) */
+static void conv_run_fwd(sparse_kernel *k, const float *x, const float *mask, float *y, int n, const fwd_vals *fv) {
   if (k->vb & TK_VB_FWD) {
-    conv_fwd_b(k, x, y, n, fv);
+    conv_fwd_b(k, x, mask, y, n, fv);
     return;
   }
   const tk_geom *g = &k->g;
   int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
+#define MASK_AT(i) (mask ? mask + (i) * xs : NULL)
   int T = want_threads(k);
   if (T == 1) {
-    for (int i = 0; i < n; i++) conv_fwd_image(k, &k->sets[0], x + i * xs, y + i * ys, fv);
+    for (int i = 0; i < n; i++) conv_fwd_image(k, &k->sets[0], x + i * xs, MASK_AT(i), y + i * ys, fv);
     return;
   }
 #ifdef _OPENMP
@@ -220,7 +231,8 @@ static void conv_run_fwd(sparse_kernel *k, const float *x, float *y, int n, cons
 #pragma omp parallel num_threads(T)
     {
       int t = thread_id(), nt = omp_get_num_threads();
-      for (int i = n * t / nt; i < n * (t + 1) / nt; i++) conv_fwd_image(k, &k->sets[t], x + i * xs, y + i * ys, fv);
+      for (int i = n * t / nt; i < n * (t + 1) / nt; i++)
+        conv_fwd_image(k, &k->sets[t], x + i * xs, MASK_AT(i), y + i * ys, fv);
     }
     return;
   }
@@ -229,7 +241,7 @@ static void conv_run_fwd(sparse_kernel *k, const float *x, float *y, int n, cons
     int t = thread_id(), nt = omp_get_num_threads(), r0, r1;
     row_range(k->t.rpc, g->O, g->NCH, (double)g->FPZ, (double)g->OH * g->OW, t, nt, &r0, &r1);
     for (int i = 0; i < n; i++) {
-      fwd_prep(k, &k->sets[0], x + i * xs, g->I * t / nt, g->I * (t + 1) / nt);
+      fwd_prep(k, &k->sets[0], x + i * xs, MASK_AT(i), g->I * t / nt, g->I * (t + 1) / nt);
 #pragma omp barrier
       tk_kargs f = fwd_args(k, &k->sets[0], &k->sets[t], y + i * ys, fv);
       k->fwd(&f, r0, r1);
@@ -237,6 +249,7 @@ static void conv_run_fwd(sparse_kernel *k, const float *x, float *y, int n, cons
     }
   }
 #endif
+#undef MASK_AT
 }
 
 static tk_status conv_fwd(tk_kernel *kb, const float *x, float *y, int n) {
@@ -244,7 +257,7 @@ static tk_status conv_fwd(tk_kernel *kb, const float *x, float *y, int n) {
   tk_status st = check_n(kb, n);
   if (st) return st;
   fwd_vals fv = {k->baked ? k->baked : k->wv, kbias(kb), 0};
-  conv_run_fwd(k, x, y, n, &fv);
+  conv_run_fwd(k, x, NULL, y, n, &fv);
   return TK_OK;
 }
 
@@ -261,7 +274,7 @@ static tk_status conv_fwd_folded(tk_kernel *kb, const float *x, float *y, int n,
   tk_status st = check_n(kb, n);
   if (st || (st = check_folded(k))) return st;
   fwd_vals fv = {k->wvf, k->bf, relu != 0};
-  conv_run_fwd(k, x, y, n, &fv);
+  conv_run_fwd(k, x, NULL, y, n, &fv);
   return TK_OK;
 }
 
@@ -328,7 +341,12 @@ static tk_status conv_bwd_input(tk_kernel *kb, const float *dy, float *dx, int n
   sparse_kernel *k = (sparse_kernel *)kb;
   tk_status st = check_n(kb, n);
   if (st || (st = check_training(kb))) return st;
-  conv_run_bwd_input(k, dy, NULL, dx, n, k->wvt);
+  if (k->tk) {
+    fwd_vals fv = {k->tk->wv, NULL, 0};
+    conv_run_fwd(k->tk, dy, NULL, dx, n, &fv);
+  } else {
+    conv_run_bwd_input(k, dy, NULL, dx, n, k->wvt);
+  }
   return TK_OK;
 }
 
@@ -336,7 +354,12 @@ static tk_status conv_bwd_input_folded(tk_kernel *kb, const float *dy, const flo
   sparse_kernel *k = (sparse_kernel *)kb;
   tk_status st = check_n(kb, n);
   if (st || (st = check_training(kb)) || (st = check_folded(k))) return st;
-  conv_run_bwd_input(k, dy, relu_y, dx, n, k->wvtf);
+  if (k->tk) {
+    fwd_vals fv = {k->tk->wvf, NULL, 0};
+    conv_run_fwd(k->tk, dy, relu_y, dx, n, &fv);
+  } else {
+    conv_run_bwd_input(k, dy, relu_y, dx, n, k->wvtf);
+  }
   return TK_OK;
 }
 
@@ -555,6 +578,10 @@ static tk_status sk_update(tk_kernel *kb) {
   for (int64_t j = 0; j < k->t.nnz; j++) k->wv[j] = wt->data[k->t.pos[j]];
   if (k->wvt)
     for (int64_t q = 0; q < k->t.nnz; q++) k->wvt[q] = k->wv[k->t.perm[q]];
+  if (k->tk) {
+    for (int64_t q = 0; q < k->tk->t.nnz; q++) k->tk->wv[q] = wt->data[k->tpos[q]];
+    k->tk->folded = 0;
+  }
   k->folded = 0;
   return TK_OK;
 }
@@ -570,6 +597,8 @@ static tk_status sk_fold(tk_kernel *kb, const float *scale, const float *shift) 
   for (int64_t j = 0; j < k->t.nnz; j++) k->wvf[j] = wt->data[k->t.pos[j]] * scale[k->t.pos[j] / per_o];
   if (k->wvtf)
     for (int64_t q = 0; q < k->t.nnz; q++) k->wvtf[q] = k->wvf[k->t.perm[q]];
+  if (k->tk) /* the same products as wvf's, in the transposed layer's order */
+    for (int64_t q = 0; q < k->tk->t.nnz; q++) k->tk->wvf[q] = wt->data[k->tpos[q]] * scale[k->tpos[q] / per_o];
   for (int o = 0; o < k->g.O; o++) k->bf[o] = (bias ? bias[o] : 0.0f) * scale[o] + shift[o];
   k->folded = 1;
   return TK_OK;
@@ -578,6 +607,9 @@ static tk_status sk_fold(tk_kernel *kb, const float *scale, const float *shift) 
 static void sk_destroy(tk_kernel *kb) {
   if (!kb) return;
   sparse_kernel *k = (sparse_kernel *)kb;
+  if (k->tk) sk_destroy(&k->tk->base);
+  tk_model_free(k->tm);
+  free(k->tpos);
   tk_tables_free(&k->t);
   free(k->wv);
   free(k->wvt);
@@ -717,7 +749,9 @@ static int is_generated(tk_variant v) {
 }
 
 typedef struct {
+  const tk_model *m;  /* the model, or a transposed layer's own (transposed_model) */
   int layer;
+  int parent;         /* -1, or the item whose input gradient this transposed layer's forward is */
   tk_variant variant;
   tk_geom g;
   tk_tables t;
@@ -725,6 +759,9 @@ typedef struct {
   uint64_t sym;       /* symbol prefix: body hash */
   int unit;           /* index into the unique objects */
   int vb;             /* conv vectorised over the batch */
+  int training;       /* gradient functions too (a transposed layer: forward only) */
+  tk_model *own_m;    /* a transposed layer: its model and element map, until its parent takes them */
+  int64_t *own_map;
 } build_item;
 
 typedef struct {
@@ -743,6 +780,66 @@ static int nthreads_default(const tk_compile_opts *o) {
   (void)o;
 #endif
   return t < 1 ? 1 : t;
+}
+
+/* A stride-1 conv's input gradient is the forward of its transposed layer: dy (O, OH, OW) ->
+ * dx (I, H, W) with weight W'[i][o][a][b] = W[o][i][KH-1-a][KW-1-b] and padding K-1-P, since
+ * dx[i][h][w] = sum W[o][i][kh][kw] dy[o][h + P - kh][w + P - kw].  That runs on the
+ * forward's forms (the shifted copies above all), which measured faster than the input
+ * gradient's own (bench/README.md).  A one-layer model of its own (shapes filled in here:
+ * it is not a classifier, so tk_model_infer does not apply); *tpos maps each element of W'
+ * to the element of W it holds (numel entries). */
+static tk_status transposed_model(const tk_model *m, int layer, tk_model **out, int64_t **tpos) {
+  const tk_layer *l = &m->layers[layer];
+  const tk_tensor *w = &m->tensors[l->weight];
+  const int I = l->in.c, O = l->out.c, KH = l->kh, KW = l->kw;
+  *out = NULL, *tpos = NULL;
+  tk_model *t = tk_model_new("transposed", 1, O, l->out.h, l->out.w);
+  int64_t *map = tk_alloc_aligned((size_t)w->numel * sizeof *map);
+  tk_shape *vals = tk_calloc(2, sizeof *vals);
+  char name[160];
+  snprintf(name, sizeof name, "%.120s^T", w->name);
+  const int64_t shape[4] = {I, O, KH, KW};
+  int ti = t && map && vals ? tk_model_add_tensor(t, name, 4, shape) : -1;
+  uint8_t *mask = ti >= 0 && w->mask ? tk_alloc_aligned((size_t)w->numel) : NULL;
+  if (ti < 0 || (w->mask && !mask)) goto nomem;
+  tk_tensor *tw = &t->tensors[ti];
+  tw->prunable = 1;
+  for (int i = 0; i < I; i++)
+    for (int o = 0; o < O; o++)
+      for (int a = 0; a < KH; a++)
+        for (int b = 0; b < KW; b++) {
+          int64_t q = (((int64_t)i * O + o) * KH + a) * KW + b;
+          int64_t src = (((int64_t)o * I + i) * KH + (KH - 1 - a)) * KW + (KW - 1 - b);
+          map[q] = src;
+          tw->data[q] = w->data[src];
+          if (mask) mask[q] = w->mask[src];
+        }
+  if (mask && tk_tensor_set_mask(tw, mask) != TK_OK) goto nomem;
+  free(mask);
+  mask = NULL;
+  tk_layer tl = tk_layer_default(TK_OP_CONV2D, l->name, 0);
+  tl.weight = ti;
+  tl.kh = KH, tl.kw = KW, tl.ph = KH - 1 - l->ph, tl.pw = KW - 1 - l->pw;
+  if (tk_model_add_layer(t, &tl) < 0) goto nomem;
+  t->layers[0].in = (tk_shape){O, l->out.h, l->out.w};
+  t->layers[0].out = l->in;
+  vals[0] = t->layers[0].in, vals[1] = t->layers[0].out;
+  t->values = vals;
+  *out = t, *tpos = map;
+  return TK_OK;
+nomem:
+  free(mask);
+  free(map);
+  free(vals);
+  tk_model_free(t);
+  return tk_fail(TK_ERR_NOMEM, "layer %d (%s): out of memory for the transposed layer", layer, l->name);
+}
+
+/* Whether conv `layer` can run its input gradient as its transposed layer's forward. */
+static int transposable(const tk_layer *l) {
+  return l->op == TK_OP_CONV2D && l->sh == 1 && l->sw == 1 && l->dh == 1 && l->dw == 1 && l->groups == 1 &&
+         l->ph <= l->kh - 1 && l->pw <= l->kw - 1;
 }
 
 static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int training, int max_batch, int threads,
@@ -851,6 +948,13 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
   return TK_OK;
 }
 
+/* "layer N (name)" of an item, ", transposed" for a transposed layer (compile errors, JIT) */
+static void item_name(const build_item *items, int q, const tk_model *m, char *buf, size_t n) {
+  const build_item *it = &items[q];
+  const int layer = it->parent >= 0 ? items[it->parent].layer : it->layer;
+  snprintf(buf, n, "layer %d (%.60s%s)", layer, m->layers[layer].name, it->parent >= 0 ? ", transposed" : "");
+}
+
 tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_opts *o, int max_batch,
                           tk_kernel **kernels) {
   tk_compile_opts defaults;
@@ -863,8 +967,10 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
   double t0 = tk_now();
   int threads = nthreads_default(o);
   if (p->threads > 0 && !(o->threads > 0)) threads = p->threads;
-  int n_items = 0;
-  for (int i = 0; i < m->n_layers; i++) n_items += is_generated(p->layers[i].variant);
+  int n_items = 0; /* every generated layer, and the transposed layer of each TK_VB_BWD_T one */
+  for (int i = 0; i < m->n_layers; i++)
+    n_items += is_generated(p->layers[i].variant) + (is_generated(p->layers[i].variant) && o->training &&
+                                                     (p->layers[i].vec_batch & TK_VB_BWD_T) && transposable(&m->layers[i]));
   /* EMPTY layers need no toolchain */
   tk_status st = TK_OK;
   tk_kernel **made_k = tk_calloc((size_t)m->n_layers, sizeof *made_k);
@@ -902,17 +1008,38 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
       tk_variant v = p->layers[i].variant;
       if (!is_generated(v)) continue;
       build_item *it = &items[n++];
+      it->m = m;
       it->layer = i;
+      it->parent = -1;
       it->variant = v;
+      it->training = o->training;
       if ((st = tk_geom_make_variant(m, i, v, &it->g)) != TK_OK) goto done;
       it->vb = !it->g.linear && v == TK_VARIANT_SPARSE_TABLE ? p->layers[i].vec_batch & TK_VB_ALL : 0;
       if ((st = tk_tables_build(m, i, &it->g, o->training || v == TK_VARIANT_SPARSE_UNROLLED, &it->t)) != TK_OK)
         goto done;
-      tk_emit_opts eo = {.variant = v, .training = o->training, .vec_batch = it->vb};
+      if (o->training && (p->layers[i].vec_batch & TK_VB_BWD_T) && transposable(&m->layers[i]) &&
+          v == TK_VARIANT_SPARSE_TABLE) {
+        build_item *tt = &items[n++];
+        tt->parent = n - 2;
+        tt->layer = 0;
+        tt->variant = TK_VARIANT_SPARSE_TABLE;
+        tt->vb = it->vb & TK_VB_FWD; /* stride 1: the same map, so the forward's form */
+        if ((st = transposed_model(m, i, &tt->own_m, &tt->own_map)) != TK_OK) goto done;
+        tt->m = tt->own_m;
+        if ((st = tk_geom_make_variant(tt->m, 0, tt->variant, &tt->g)) != TK_OK ||
+            (st = tk_tables_build(tt->m, 0, &tt->g, 0, &tt->t)) != TK_OK) {
+          tk_fail_prefix(st, "layer %d (%s), transposed", i, m->layers[i].name);
+          goto done;
+        }
+      }
+    }
+    for (int q = 0; q < n; q++) {
+      build_item *it = &items[q];
+      tk_emit_opts eo = {.variant = it->variant, .training = it->training, .vec_batch = it->vb};
       tk_codebuf body;
       tk_cb_init(&body);
       uint64_t bk[2];
-      tk_emit_body(&body, m, i, &it->g, &it->t, &eo, bk);
+      tk_emit_body(&body, it->m, it->layer, &it->g, &it->t, &eo, bk);
       st = tk_cb_status(&body);
       tk_cb_free(&body);
       if (st) goto done;
@@ -927,13 +1054,13 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
       it->sym = bk[0];
       /* same code as an earlier layer: share its object */
       it->unit = -1;
-      for (int q = 0; q < n_objs && it->unit < 0; q++)
-        if (objs[q].key[0] == it->key[0] && objs[q].key[1] == it->key[1]) it->unit = q;
+      for (int u = 0; u < n_objs && it->unit < 0; u++)
+        if (objs[u].key[0] == it->key[0] && objs[u].key[1] == it->key[1]) it->unit = u;
       if (it->unit < 0) {
         it->unit = n_objs;
         obj_entry *e = &objs[n_objs++];
         e->key[0] = it->key[0], e->key[1] = it->key[1];
-        e->item = n - 1;
+        e->item = q;
         e->from_cache = tk_cache_get(&cache, e->key, &e->obj, &e->len);
       }
     }
@@ -947,17 +1074,18 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
         tk_model_hash(m, h);
         snprintf(mhash, sizeof mhash, "%016" PRIx64 "%016" PRIx64, h[0], h[1]);
       }
-      tk_emit_opts eo = {.variant = it->variant, .training = o->training, .vec_batch = it->vb, .model_hash = mhash};
+      tk_emit_opts eo = {.variant = it->variant, .training = it->training, .vec_batch = it->vb, .model_hash = mhash};
       tk_codebuf *cb = &srcs[n_units];
       tk_cb_init(cb);
-      tk_emit_layer(cb, m, it->layer, &it->g, &it->t, &eo, NULL);
+      tk_emit_layer(cb, it->m, it->layer, &it->g, &it->t, &eo, NULL);
       if ((st = tk_cb_status(cb)) != TK_OK) goto done;
-      snprintf(unames[n_units], sizeof unames[0], "layer %d (%.60s)", it->layer, m->layers[it->layer].name);
+      item_name(items, objs[q].item, m, unames[n_units], sizeof unames[0]);
       units[n_units] = (tk_cc_unit){unames[n_units], cb->buf, cb->len, NULL, 0};
       const char *dump = getenv("TICKET_DUMP_DIR");
       if (dump && *dump) {
         char path[4200];
-        snprintf(path, sizeof path, "%s/layer%03d_%016" PRIx64 ".c", dump, it->layer, it->sym);
+        snprintf(path, sizeof path, "%s/layer%03d%s_%016" PRIx64 ".c", dump,
+                 it->parent >= 0 ? items[it->parent].layer : it->layer, it->parent >= 0 ? "t" : "", it->sym);
         tk_write_file_atomic(path, cb->buf, cb->len); /* best effort: a debugging aid */
       }
       n_units++;
@@ -980,14 +1108,33 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
     /* 3. one JIT for all of them */
     if ((st = tk_jit_create(&jit)) != TK_OK) goto done;
     for (int q = 0; q < n_objs; q++) {
-      build_item *it = &items[objs[q].item];
       char what[96];
-      snprintf(what, sizeof what, "layer %d (%.60s)", it->layer, m->layers[it->layer].name);
+      item_name(items, objs[q].item, m, what, sizeof what);
       if ((st = tk_jit_add_object(jit, objs[q].obj, objs[q].len, what)) != TK_OK) goto done;
     }
     for (int q = 0; q < n; q++) {
       build_item *it = &items[q];
-      if ((st = make_kernel(m, it, jit, o->training, max_batch, threads, &made_k[it->layer])) != TK_OK) goto done;
+      if (it->parent < 0) {
+        if ((st = make_kernel(m, it, jit, o->training, max_batch, threads, &made_k[it->layer])) != TK_OK) goto done;
+        continue;
+      }
+      /* a transposed layer: its forward becomes its parent's input gradient */
+      tk_kernel *tkb = NULL;
+      if ((st = make_kernel(it->m, it, jit, 0, max_batch, threads, &tkb)) != TK_OK) {
+        tk_fail_prefix(st, "layer %d (%s), transposed", items[it->parent].layer, m->layers[items[it->parent].layer].name);
+        goto done;
+      }
+      sparse_kernel *pk = (sparse_kernel *)made_k[items[it->parent].layer], *tk = (sparse_kernel *)tkb;
+      int64_t nz1 = tk->t.nnz ? tk->t.nnz : 1;
+      if (!(pk->tpos = tk_calloc((size_t)nz1, sizeof *pk->tpos))) {
+        sk_destroy(tkb);
+        st = TK_ERR_NOMEM;
+        goto done;
+      }
+      for (int64_t j = 0; j < tk->t.nnz; j++) pk->tpos[j] = it->own_map[tk->t.pos[j]];
+      pk->tk = tk, pk->tm = it->own_m;
+      it->own_m = NULL;
+      sk_update(&pk->base);
     }
     if (o->verbose)
       fprintf(stderr, "ticket: %d generated kernels: %d objects, %d compiled in %.2f s, %d from cache %s; load %.3f s\n",
@@ -1004,7 +1151,11 @@ done:
     for (int i = 0; i < m->n_layers; i++)
       if (made_k[i]) made_k[i]->v->destroy(made_k[i]);
   }
-  for (int q = 0; items && q < n_items; q++) tk_tables_free(&items[q].t);
+  for (int q = 0; items && q < n_items; q++) {
+    tk_tables_free(&items[q].t);
+    tk_model_free(items[q].own_m);
+    free(items[q].own_map);
+  }
   for (int q = 0; objs && q < n_objs; q++) free(objs[q].obj);
   for (int u = 0; units && u < n_items; u++) free(units[u].obj);
   for (int u = 0; srcs && u < n_items; u++) tk_cb_free(&srcs[u]);

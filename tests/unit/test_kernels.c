@@ -242,14 +242,20 @@ static void run_variant(const kcase *c, tk_model *m, tk_variant v, int training,
   }
   tk_variant want = nnz == 0 ? TK_VARIANT_EMPTY : (c->linear ? TK_VARIANT_SPARSE_TABLE : v);
   CHECK_MSG(p->layers[0].variant == want, "%s [%s]: planned %s", c->name, vname, tk_variant_name(p->layers[0].variant));
-  const char *vbe = getenv("TICKET_VEC_BATCH");
-  if (vbe && *vbe && !c->linear && want == TK_VARIANT_SPARSE_TABLE)
-    CHECK_MSG(p->layers[0].vec_batch == (!strcmp(vbe, "1")    ? TK_VB_ALL
-                                         : !strcmp(vbe, "0")  ? 0
-                                         : !strcmp(vbe, "iw") ? TK_VB_BWD_INPUT | TK_VB_BWD_WEIGHT
-                                         : !strcmp(vbe, "fw") ? TK_VB_FWD | TK_VB_BWD_WEIGHT
-                                                              : -1),
-              "%s [%s]: vec_batch %d, forced %s", c->name, vname, p->layers[0].vec_batch, vbe);
+  const char *vbe = getenv("TICKET_VEC_BATCH"), *bte = getenv("TICKET_BWD_T");
+  if (vbe && *vbe && !c->linear && want == TK_VARIANT_SPARSE_TABLE) {
+    /* a transposed input gradient (TICKET_BWD_T=1, training, stride 1) replaces the batch one */
+    const int t = training && bte && !strcmp(bte, "1") && c->S == 1 && c->D == 1 && c->G == 1 &&
+                  c->P <= c->KH - 1 && c->P <= c->KW - 1;
+    int forced = !strcmp(vbe, "1")    ? TK_VB_ALL
+                 : !strcmp(vbe, "0")  ? 0
+                 : !strcmp(vbe, "iw") ? TK_VB_BWD_INPUT | TK_VB_BWD_WEIGHT
+                 : !strcmp(vbe, "fw") ? TK_VB_FWD | TK_VB_BWD_WEIGHT
+                                      : -1;
+    if (t && forced >= 0) forced = (forced & ~TK_VB_BWD_INPUT) | TK_VB_BWD_T;
+    CHECK_MSG(p->layers[0].vec_batch == forced, "%s [%s]: vec_batch %d, forced %s%s", c->name, vname,
+              p->layers[0].vec_batch, vbe, t ? " and transposed" : "");
+  }
   tk_kernel *ks[2] = {NULL, NULL};
   if (tk_sparse_build(m, p, &o, c->n, ks) != TK_OK || !ks[0]) {
     fprintf(stderr, "%s [%s]: build: %s\n", c->name, vname, tk_last_error());
@@ -373,16 +379,20 @@ static void run_case(const kcase *c, const char *cache) {
    * input-channel chunks of 3 (TICKET_XS_CH: sums kept in y or z between chunks) */
   if (!c->linear && c->all_variants) {
     static const struct {
-      const char *tag, *im2col, *rows, *vec_batch, *chunk, *xs, *xs_ch;
-    } forms[] = {{"rows", "0", "1", "0", "", "0", ""},
-                 {"grid", "0", "0", "0", "", "0", ""},
-                 {"im2col", "1", "0", "0", "", "0", ""},
-                 {"shifted", "0", "0", "0", "", "1", ""},
-                 {"shifted chunked", "0", "0", "0", "", "1", "3"},
-                 {"batch", "", "", "1", "0", "", ""},
-                 {"batch chunked", "", "", "1", "3", "", ""},
-                 {"batch gradients, spatial forward", "", "", "iw", "", "", ""},
-                 {"batch forward and weight gradient", "", "", "fw", "", "", ""}};
+      const char *tag, *im2col, *rows, *vec_batch, *chunk, *xs, *xs_ch, *bwd_t;
+    } forms[] = {{"rows", "0", "1", "0", "", "0", "", ""},
+                 {"grid", "0", "0", "0", "", "0", "", ""},
+                 {"im2col", "1", "0", "0", "", "0", "", ""},
+                 {"shifted", "0", "0", "0", "", "1", "", ""},
+                 {"shifted chunked", "0", "0", "0", "", "1", "3", ""},
+                 {"batch", "", "", "1", "0", "", "", ""},
+                 {"batch chunked", "", "", "1", "3", "", "", ""},
+                 {"batch gradients, spatial forward", "", "", "iw", "", "", "", ""},
+                 {"batch forward and weight gradient", "", "", "fw", "", "", "", ""},
+                 {"rows, transposed input gradient", "0", "1", "0", "", "0", "", "1"},
+                 {"im2col, transposed input gradient", "1", "0", "0", "", "0", "", "1"},
+                 {"shifted chunked, transposed input gradient", "0", "0", "0", "", "1", "3", "1"},
+                 {"batch chunked, transposed input gradient", "", "", "fw", "3", "", "", "1"}};
     for (size_t f = 0; f < sizeof forms / sizeof *forms; f++) {
       char name[160];
       snprintf(name, sizeof name, "%s (%s forced)", c->name, forms[f].tag);
@@ -394,6 +404,7 @@ static void run_case(const kcase *c, const char *cache) {
       setenv("TICKET_BATCH_CHUNK", forms[f].chunk, 1);
       setenv("TICKET_XS", forms[f].xs, 1);
       setenv("TICKET_XS_CH", forms[f].xs_ch, 1);
+      setenv("TICKET_BWD_T", forms[f].bwd_t, 1);
       memcpy(m->tensors[m->layers[0].weight].data, w0, (size_t)m->tensors[m->layers[0].weight].numel * 4);
       /* the chunked batch form draws its data from a copy of the generator, so that it leaves
        * the later cases' data as it was */
@@ -407,6 +418,7 @@ static void run_case(const kcase *c, const char *cache) {
       unsetenv("TICKET_BATCH_CHUNK");
       unsetenv("TICKET_XS");
       unsetenv("TICKET_XS_CH");
+      unsetenv("TICKET_BWD_T");
     }
   }
   free(w0);
@@ -458,33 +470,50 @@ static void check_source(const char *cache) {
  * input channels, the forward on the batch on stride-1 maps up to 8x8; with gradients, the
  * input and weight gradients on stride-1 maps up to 16x16 and 32x32 up to sparsity 0.96, the
  * weight gradient at stride 2 and the input gradient there too for kernels larger than 1x1 on
- * even input widths; TICKET_VEC_BATCH overrides with "0", "1" or pass letters. */
+ * even input widths; TICKET_VEC_BATCH overrides with "0", "1" or pass letters.  With gradients,
+ * a stride-1 conv with 16+ input channels runs its input gradient as its transposed layer's
+ * forward (T) unless that gradient is on the batch on a map up to 16x16; TICKET_BWD_T
+ * overrides ("0" never, "1" every stride-1 conv), and a forced TICKET_VEC_BATCH alone means never. */
 static void check_plan_vec_batch(void) {
   unsetenv("TICKET_VEC_BATCH");
-  enum { F = TK_VB_FWD, I = TK_VB_BWD_INPUT, W = TK_VB_BWD_WEIGHT };
+  unsetenv("TICKET_BWD_T");
+  enum { F = TK_VB_FWD, I = TK_VB_BWD_INPUT, W = TK_VB_BWD_WEIGHT, T = TK_VB_BWD_T };
   static const struct {
     kcase c;
     int training, want;
-    const char *env;
+    const char *env, *bwd_t;
   } pc[] = {
-      {{"plan 4x4 batch 32", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, F, NULL},
-      {{"plan 4x4 batch 8", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 8, 0, 0}, 1, 0, NULL},
-      {{"plan 8x8 batch 16", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.99, 16, 0, 0}, 0, F, NULL},
-      {{"plan 8x8 batch 32 training", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1, F | I | W, NULL},
-      {{"plan 8x8 batch 32, 8 input channels", 0, 8, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1, 0, NULL},
-      {{"plan 16x16 batch 32", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, 0, NULL},
-      {{"plan 16x16 s=0.99 batch 32", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 0.99, 32, 0, 0}, 0, 0, NULL},
-      {{"plan 16x16 s=0.99 batch 32 training", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 0.99, 32, 0, 0}, 1, I | W, NULL},
-      {{"plan 32x32 batch 32 training", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1, I | W, NULL},
-      {{"plan 32x32 batch 32", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, 0, NULL},
-      {{"plan 32x32 s=0.99 batch 128 training", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.99, 128, 0, 0}, 1, 0, NULL},
-      {{"plan 8x8 s2 batch 32 training", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 1, I | W, NULL},
-      {{"plan 9x9 s2 batch 32 training", 0, 16, 16, 9, 9, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 1, W, NULL},
-      {{"plan 1x1 16x16 s2 batch 32 training", 0, 16, 32, 16, 16, 1, 1, 2, 0, 1, 1, 0.9, 32, 0, 0}, 1, W, NULL},
-      {{"plan 8x8 s2 batch 32", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 0, 0, NULL},
-      {{"plan 4x4 batch 2, forced iw", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 2, 0, 0}, 1, I | W, "iw"},
-      {{"plan 8x8 s2 batch 32, forced 1", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 1, F | I | W, "1"},
-      {{"plan 8x8 batch 32, forced 0", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1, 0, "0"},
+      {{"plan 4x4 batch 32", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, F, NULL, NULL},
+      {{"plan 4x4 batch 8", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 8, 0, 0}, 1, T, NULL, NULL},
+      {{"plan 8x8 batch 16", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.99, 16, 0, 0}, 0, F, NULL, NULL},
+      {{"plan 8x8 batch 32 training", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1, F | I | W, NULL, NULL},
+      {{"plan 8x8 batch 32, 8 input channels", 0, 8, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1, 0, NULL, NULL},
+      {{"plan 16x16 batch 32", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, 0, NULL, NULL},
+      {{"plan 16x16 s=0.99 batch 32", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 0.99, 32, 0, 0}, 0, 0, NULL, NULL},
+      {{"plan 16x16 s=0.99 batch 32 training", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 0.99, 32, 0, 0}, 1, I | W, NULL, NULL},
+      {{"plan 32x32 batch 32 training", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1, W | T, NULL, NULL},
+      {{"plan 32x32 batch 32", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, 0, NULL, NULL},
+      {{"plan 32x32 s=0.99 batch 128 training", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.99, 128, 0, 0}, 1, T, NULL, NULL},
+      {{"plan 16x16 batch 1 training", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1, 0.9, 1, 0, 0}, 1, T, NULL, NULL},
+      {{"plan 16x16 5x5 pad 1 batch 1 training", 0, 16, 16, 16, 16, 5, 5, 1, 1, 1, 1, 0.9, 1, 0, 0}, 1, T, NULL, NULL},
+      {{"plan 16x16 pad 3 batch 1 training", 0, 16, 16, 16, 16, 3, 3, 1, 3, 1, 1, 0.9, 1, 0, 0}, 1, 0, NULL, NULL},
+      {{"plan 16x16 dilation 2 batch 1 training", 0, 16, 16, 16, 16, 3, 3, 1, 2, 2, 1, 0.9, 1, 0, 0}, 1, 0, NULL, NULL},
+      {{"plan 16x16 2 groups batch 1 training", 0, 16, 16, 16, 16, 3, 3, 1, 1, 1, 2, 0.9, 1, 0, 0}, 1, 0, NULL, NULL},
+      {{"plan 16x16 s2 batch 1 training", 0, 16, 16, 16, 16, 3, 3, 2, 1, 1, 1, 0.9, 1, 0, 0}, 1, 0, NULL, NULL},
+      {{"plan 8x8 batch 1 training", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.9, 1, 0, 0}, 1, T, NULL, NULL},
+      {{"plan first layer 3->16 batch 1 training", 0, 3, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.9, 1, 0, 0}, 1, 0, NULL, NULL},
+      {{"plan 32x32 batch 32 training, transposed off", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1, I | W, NULL, "0"},
+      {{"plan 8x8 batch 32 training, transposed on", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1, F | W | T, NULL, "1"},
+      {{"plan 8x8 batch 1 training, transposed on", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.9, 1, 0, 0}, 1, T, NULL, "1"},
+      {{"plan 8x8 s2 batch 32 training, transposed on", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 1, I | W, NULL, "1"},
+      {{"plan 32x32 batch 32, transposed on", 0, 16, 16, 32, 32, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, 0, NULL, "1"},
+      {{"plan 8x8 s2 batch 32 training", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 1, I | W, NULL, NULL},
+      {{"plan 9x9 s2 batch 32 training", 0, 16, 16, 9, 9, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 1, W, NULL, NULL},
+      {{"plan 1x1 16x16 s2 batch 32 training", 0, 16, 32, 16, 16, 1, 1, 2, 0, 1, 1, 0.9, 32, 0, 0}, 1, W, NULL, NULL},
+      {{"plan 8x8 s2 batch 32", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 0, 0, NULL, NULL},
+      {{"plan 4x4 batch 2, forced iw", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 2, 0, 0}, 1, I | W, "iw", NULL},
+      {{"plan 8x8 s2 batch 32, forced 1", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 1, F | I | W, "1", NULL},
+      {{"plan 8x8 batch 32, forced 0", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1, 0, "0", NULL},
   };
   for (size_t i = 0; i < sizeof pc / sizeof *pc; i++) {
     tk_model *m = make_model(&pc[i].c);
@@ -494,11 +523,13 @@ static void check_plan_vec_batch(void) {
     o.training = pc[i].training;
     o.force = TK_VARIANT_SPARSE_TABLE;
     if (pc[i].env) setenv("TICKET_VEC_BATCH", pc[i].env, 1);
+    if (pc[i].bwd_t) setenv("TICKET_BWD_T", pc[i].bwd_t, 1);
     tk_plan *p = NULL;
     CHECK(m && tk_plan_make(m, &o, &p) == TK_OK);
     if (p) CHECK_MSG(p->layers[0].vec_batch == pc[i].want, "%s: vec_batch %d, expected %d", pc[i].c.name,
                      p->layers[0].vec_batch, pc[i].want);
     unsetenv("TICKET_VEC_BATCH");
+    unsetenv("TICKET_BWD_T");
     tk_plan_free(p);
     tk_model_free(m);
   }
@@ -531,6 +562,7 @@ int main(void) {
       {"5x5 pad 2", 0, 4, 8, 12, 12, 5, 5, 1, 2, 1, 1, 0.5, 3, 0, 1},
       {"4x4 s2 p1 (cifar_model)", 0, 8, 16, 32, 32, 4, 4, 2, 1, 1, 1, 0.9, 3, 0, 1},
       {"7x7 map", 0, 8, 8, 7, 7, 3, 3, 1, 1, 1, 1, 0.5, 3, 0, 0},
+      {"3x3 no pad 12x10 (transposed pad 2)", 0, 8, 8, 12, 10, 3, 3, 1, 0, 1, 1, 0.5, 3, 0, 1},
       {"13x11 map", 0, 8, 8, 13, 11, 3, 3, 1, 1, 1, 1, 0.5, 3, 0, 1},
       {"13x11 5x5 s2 no pad", 0, 4, 6, 13, 11, 5, 5, 2, 0, 1, 1, 0.3, 3, 0, 0},
       {"4x4 map (resnet layer4)", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 3, 0, 1},

@@ -23,7 +23,9 @@
  *              buffer to their first unborn input and work in place; later readers add in.
  *   gtmp       input gradient of a conv/linear whose input gradient already holds a sum
  *              (kernels overwrite), added in afterwards
- *   bn stats   per batchnorm: mean and 1/std of the last forward, the fold's a and b (C each)
+ *   bn stats   per batchnorm: mean, 1/std and the affine y = a*x + b of the last unfolded
+ *              forward (its backward recomputes the fused ReLU's mask from x, a and b), the
+ *              fold's a and b (C each)
  *   argmax     per maxpool: int32 (N, C, OH, OW) index of each maximum in its input plane
  *   kscratch   the dense kernels' shared scratch (blocked copies, oneDNN scratchpad)
  *
@@ -37,12 +39,14 @@
  * skips the batchnorm step.  The folds are recomputed on the first eval forward after they went
  * stale: at create, on sync() (weights changed) and on every TK_BN_TRAIN forward (the running
  * statistics changed), never per call otherwise.  A backward with parameter gradients after a
- * folded forward first runs the folded layers again unfolded (their outputs z are the
- * batchnorms' inputs, needed for dgamma and the layers' own weight gradients) and then goes the
- * unfolded way.  A layer whose kernel has no fold entries (the reference kernel, value-baked
- * code) keeps the unfolded path.  Both engines fold the same layers, so the dense baseline runs
- * the same folded graph.  Environment: TICKET_FOLD_BN=0 turns folding off (A/B measurements);
- * read when the engine is created.
+ * folded forward first runs the folded pairs again unfolded (the layers' outputs z are the
+ * batchnorms' inputs, needed for dgamma and the layers' own weight gradients; the batchnorms'
+ * outputs are rewritten from z, so that the ReLU masks their backward recomputes from z are
+ * those of the outputs the later layers see) and then goes the unfolded way.  A layer whose
+ * kernel has no fold entries (the reference kernel, value-baked code) keeps the unfolded path.
+ * Both engines fold the same layers, so the dense baseline runs the same folded graph.
+ * Environment: TICKET_FOLD_BN=0 turns folding off (A/B measurements); read when the engine is
+ * created.
  *
  * Numerics follow PyTorch (runtime/ops.h); the reference engine (runtime/ref/ref.c) is the
  * oracle in tests/unit/test_exec.c.  Results are deterministic for a given thread count.
@@ -81,7 +85,8 @@ typedef struct {
   int gout;                    /* grad slot of the output, -1: no gradient reaches this layer */
   int gin[2];                  /* grad slots of the inputs */
   grad_mode gmode[2];
-  float *mean, *invstd;        /* batchnorm */
+  float *mean, *invstd;        /* batchnorm: the last unfolded forward's statistics */
+  float *a, *b;                /* and its affine y = relu?(a*x + b), whence backward's ReLU mask */
   int32_t *argmax;             /* maxpool */
   tk_pool_dims pool;
   tk_kernel *k;                /* conv/linear */
@@ -452,7 +457,7 @@ static tk_status plan_memory(exec_engine *x) {
   for (int i = 0; i < L; i++) {
     const tk_layer *l = &m->layers[i];
     t.stat_off[i] = off;
-    if (l->op == TK_OP_BATCHNORM) off += 4 * align64((size_t)l->in.c * sizeof(float));
+    if (l->op == TK_OP_BATCHNORM) off += 6 * align64((size_t)l->in.c * sizeof(float));
     if (l->op == TK_OP_MAXPOOL) off += align64(B * (size_t)tk_shape_numel(l->out) * sizeof(int32_t));
   }
   t.gtmp_off = off;
@@ -494,6 +499,8 @@ static tk_status plan_memory(exec_engine *x) {
       s->invstd = (float *)(x->arena + t.stat_off[i] + cb);
       s->fscale = (float *)(x->arena + t.stat_off[i] + 2 * cb);
       s->fshift = (float *)(x->arena + t.stat_off[i] + 3 * cb);
+      s->a = (float *)(x->arena + t.stat_off[i] + 4 * cb);
+      s->b = (float *)(x->arena + t.stat_off[i] + 5 * cb);
     }
     if (l->op == TK_OP_MAXPOOL) s->argmax = (int32_t *)(x->arena + t.stat_off[i]);
     if (l->op == TK_OP_MAXPOOL || l->op == TK_OP_AVGPOOL)
@@ -558,10 +565,11 @@ static tk_status step_fwd(exec_engine *x, int i, int n, tk_bn_mode bn, int folde
     const float *g = m->tensors[l->weight].data, *b = m->tensors[l->bias].data;
     float *rm = m->tensors[l->mean].data, *rv = m->tensors[l->var].data;
     if (bn == TK_BN_TRAIN)
-      tk_ops_bn_train_fwd(s->in[0], g, b, rm, rv, l->eps, l->momentum, s->relu_fused, s->out, s->mean, s->invstd, n,
-                          c, hw);
+      tk_ops_bn_train_fwd(s->in[0], g, b, rm, rv, l->eps, l->momentum, s->relu_fused, s->out, s->mean, s->invstd,
+                          s->a, s->b, n, c, hw);
     else
-      tk_ops_bn_eval_fwd(s->in[0], g, b, rm, rv, l->eps, s->relu_fused, s->out, s->mean, s->invstd, n, c, hw);
+      tk_ops_bn_eval_fwd(s->in[0], g, b, rm, rv, l->eps, s->relu_fused, s->out, s->mean, s->invstd, s->a, s->b, n, c,
+                         hw);
     break;
   }
   case TK_OP_RELU:
@@ -664,7 +672,7 @@ static tk_status step_bwd(exec_engine *x, int i, int n, int want_dx, int param_g
   case TK_OP_BATCHNORM: {
     if (folded && s->fold_on) break; /* the layer before took dy as it is */
     float *dg = param_grads ? grads[l->weight] : NULL, *dbeta = param_grads ? grads[l->bias] : NULL;
-    tk_ops_bn_bwd(s->in[0], s->relu_fused ? s->out : NULL, dy, m->tensors[l->weight].data, s->mean, s->invstd,
+    tk_ops_bn_bwd(s->in[0], dy, m->tensors[l->weight].data, s->mean, s->invstd, s->a, s->b, s->relu_fused,
                   x->last_bn == TK_BN_TRAIN, din[0], dg, dbeta, n, c, hw, acc0);
     break;
   }
@@ -711,17 +719,12 @@ static tk_status exec_backward(tk_engine *e, const float *dlogits, float *dx, in
   if (folded && x->fold_stale) st = folds_refresh(x); /* a sync(0) between forward and backward */
   if (folded && param_grads && st == TK_OK) {
     /* parameter gradients need the folded layers' own outputs (the batchnorms' inputs): run
-     * those layers again unfolded, then go the unfolded way (the batchnorms' eval statistics
-     * are the fold's, rewritten here in case anything touched them) */
-    for (int i = 0; i < L && st == TK_OK; i++) {
-      step *s = &x->steps[i];
-      if (!s->fold_on) continue;
-      if (s->l->op == TK_OP_BATCHNORM) {
-        bn_eval_affine(x, i);
-      } else if ((st = s->k->v->fwd(s->k, s->in[0], s->out, n)) != TK_OK) {
-        st = tk_fail_prefix(st, "layer %d (%s)", i, s->l->name);
-      }
-    }
+     * the folded pairs again unfolded, then go the unfolded way.  The batchnorms run again
+     * too: their backward recomputes the fused ReLU's mask from their input, which must then
+     * be the mask of the output the layers after them see (the folded output can differ
+     * from the unfolded one in the last bit, and so in the sign of a value near 0). */
+    for (int i = 0; i < L && st == TK_OK; i++)
+      if (x->steps[i].fold_on) st = step_fwd(x, i, n, TK_BN_EVAL, 0);
     x->last_folded = folded = 0;
   }
   if (param_grads && st == TK_OK)

@@ -80,31 +80,38 @@ void tk_ops_normalize_bwd(const float *dy, const float *std, float *dx, int n, i
 /* ReLU that lets NaN through, as PyTorch's does */
 static inline float relu1(float v) { return (v > 0.0f || v != v) ? v : 0.0f; }
 
+/* The per-channel affine map x * a + b of both modes.  The backward does not read the fused
+ * ReLU's output back: it recomputes the mask (x * a + b > 0) from x with the a and b the
+ * forward saved, one array less in each of its passes.  That mask must be the one the forward
+ * applied, bit for bit, so both directions go through this one expression (the compiler then
+ * contracts it to the same FMA, or not, everywhere). */
+static inline float bn_affine(float x, float a, float b) { return x * a + b; }
+
 /* y = relu?(x * a + b) for one plane */
 static inline void affine_plane(const float *x, float a, float b, int relu, float *y, int hw) {
   if (relu) {
     TK_PRAGMA("omp simd")
-    for (int i = 0; i < hw; i++) y[i] = relu1(x[i] * a + b);
+    for (int i = 0; i < hw; i++) y[i] = relu1(bn_affine(x[i], a, b));
   } else {
     TK_PRAGMA("omp simd")
-    for (int i = 0; i < hw; i++) y[i] = x[i] * a + b;
+    for (int i = 0; i < hw; i++) y[i] = bn_affine(x[i], a, b);
   }
 }
 
 void tk_ops_bn_eval_fwd(const float *x, const float *gamma, const float *beta, const float *running_mean,
                         const float *running_var, float eps, int relu, float *y, float *save_mean,
-                        float *save_invstd, int n, int c, int hw) {
+                        float *save_invstd, float *save_a, float *save_b, int n, int c, int hw) {
   for (int ch = 0; ch < c; ch++) {
     save_mean[ch] = running_mean[ch];
     save_invstd[ch] = (float)(1.0 / sqrt((double)running_var[ch] + (double)eps));
+    save_a[ch] = gamma[ch] * save_invstd[ch];
+    save_b[ch] = beta[ch] - save_mean[ch] * save_a[ch];
   }
   long planes = (long)n * c;
   TK_PRAGMA("omp parallel for schedule(static) if(planes * hw > PAR_MIN)")
   for (long p = 0; p < planes; p++) {
     int ch = (int)(p % c);
-    float a = gamma[ch] * save_invstd[ch];
-    float b = beta[ch] - save_mean[ch] * a;
-    affine_plane(x + p * hw, a, b, relu, y + p * hw, hw);
+    affine_plane(x + p * hw, save_a[ch], save_b[ch], relu, y + p * hw, hw);
   }
 }
 
@@ -143,7 +150,7 @@ static inline void plane_moments(const float *xp, float k, int hw, double *s1, d
 
 void tk_ops_bn_train_fwd(const float *x, const float *gamma, const float *beta, float *running_mean,
                          float *running_var, float eps, float momentum, int relu, float *y, float *save_mean,
-                         float *save_invstd, int n, int c, int hw) {
+                         float *save_invstd, float *save_a, float *save_b, int n, int c, int hw) {
   const double count = (double)n * hw;
   const size_t cs = (size_t)c * hw; /* stride between images */
   const int cb = bn_block_channels(c, hw), nblk = (c + cb - 1) / cb;
@@ -153,7 +160,7 @@ void tk_ops_bn_train_fwd(const float *x, const float *gamma, const float *beta, 
     /* One pass of shifted moments: sums of (x - k) and (x - k)^2 with k the channel's mean
      * over the first image, close enough to the batch mean that the variance
      * E[(x-k)^2] - E[x-k]^2 loses no precision to cancellation. */
-    float k[BN_MAX_CB], a[BN_MAX_CB], b[BN_MAX_CB];
+    float k[BN_MAX_CB];
     double s1[BN_MAX_CB], s2[BN_MAX_CB];
     for (int j = 0; j < nc; j++) {
       const float *xp = x + (size_t)(c0 + j) * hw;
@@ -179,23 +186,24 @@ void tk_ops_bn_train_fwd(const float *x, const float *gamma, const float *beta, 
       const double unbiased = count > 1 ? ss / (count - 1.0) : var;
       running_mean[ch] = (float)((1.0 - momentum) * running_mean[ch] + momentum * mean);
       running_var[ch] = (float)((1.0 - momentum) * running_var[ch] + momentum * unbiased);
-      a[j] = (float)(gamma[ch] * invstd);
-      b[j] = (float)(beta[ch] - mean * gamma[ch] * invstd);
+      save_a[ch] = (float)(gamma[ch] * invstd);
+      save_b[ch] = (float)(beta[ch] - mean * gamma[ch] * invstd);
     }
     for (int i = 0; i < n; i++)
       for (int j = 0; j < nc; j++) {
         const size_t off = i * cs + (size_t)(c0 + j) * hw;
-        affine_plane(x + off, a[j], b[j], relu, y + off, hw);
+        affine_plane(x + off, save_a[c0 + j], save_b[c0 + j], relu, y + off, hw);
       }
   }
 }
 
-/* Masked output gradient: g where the fused ReLU passed its input (y > 0), else 0.  Both
- * operands are loaded unconditionally, so the compiler makes it a vector select, not a branch
- * (a branch on the sign of random activations mispredicts half the time: 4.5x slower). */
-static inline float masked(float y, float g) { return y > 0.0f ? g : 0.0f; }
-/* RELU is a literal at every use, so each caller gets its own loop */
-#define MASKED(RELU, yp, gp, k) ((RELU) ? masked((yp)[k], (gp)[k]) : (gp)[k])
+/* Masked output gradient: g where the fused ReLU passed its input (v = x * a + b > 0), else 0.
+ * Both operands are computed unconditionally, so the compiler makes it a vector select, not a
+ * branch (a branch on the sign of random activations mispredicts half the time: 4.5x slower).
+ * v > 0 is exactly where the forward's relu1(v) > 0 (0, -0 and NaN give false on both sides). */
+static inline float masked(float v, float g) { return v > 0.0f ? g : 0.0f; }
+/* RELU is a literal at every use, so each caller gets its own loop; ra, rb: the channel's a, b */
+#define MASKED(RELU, xp, gp, k) ((RELU) ? masked(bn_affine((xp)[k], ra, rb), (gp)[k]) : (gp)[k])
 /* LOOP(RELU, ACC) expanded for the four literal pairs, chosen by the runtime flags */
 #define RELU_ACC_DISPATCH(LOOP, relu, acc)                              \
   do {                                                                  \
@@ -206,12 +214,14 @@ static inline float masked(float y, float g) { return y > 0.0f ? g : 0.0f; }
     }                                                                   \
   } while (0)
 
-/* dx (+)= a * masked(dy) over one plane: eval-mode batchnorm's input gradient */
-static inline void bn_scale_plane(const float *yp, const float *gp, float a, int relu, int acc, float *dp, int hw) {
+/* dx (+)= k0 * masked(dy) over one plane: eval-mode batchnorm's input gradient (xp is read
+ * only for the mask) */
+static inline void bn_scale_plane(const float *xp, const float *gp, float ra, float rb, float k0, int relu, int acc,
+                                  float *dp, int hw) {
 #define BN_SCALE_LOOP(RELU, ACC)                                                   \
   TK_PRAGMA("omp simd")                                                            \
   for (int k = 0; k < hw; k++) {                                                   \
-    float v = a * MASKED(RELU, yp, gp, k);                                         \
+    float v = k0 * MASKED(RELU, xp, gp, k);                                        \
     dp[k] = (ACC) ? dp[k] + v : v;                                                 \
   }
   RELU_ACC_DISPATCH(BN_SCALE_LOOP, relu, acc);
@@ -222,7 +232,7 @@ static inline void bn_scale_plane(const float *yp, const float *gp, float a, int
  * (a few additions per lane), double across chunks and planes, in a fixed order.  Whole-plane
  * float sums were measurably too coarse for train-mode batchnorm, whose input gradient
  * subtracts these means from g. */
-static inline void bn_plane_sums(const float *xp, const float *yp, const float *gp, float mean, int relu, int hw,
+static inline void bn_plane_sums(const float *xp, const float *gp, float ra, float rb, float mean, int relu, int hw,
                                  double *sg, double *sgx) {
   double s = 0.0, sx = 0.0;
   for (int k0 = 0; k0 < hw; k0 += BN_CHUNK) {
@@ -231,7 +241,7 @@ static inline void bn_plane_sums(const float *xp, const float *yp, const float *
     if (relu) {
       TK_PRAGMA("omp simd reduction(+ : cs, cx)")
       for (int k = k0; k < k1; k++) {
-        float g = masked(yp[k], gp[k]);
+        float g = MASKED(1, xp, gp, k);
         cs += g;
         cx += g * (xp[k] - mean);
       }
@@ -249,12 +259,11 @@ static inline void bn_plane_sums(const float *xp, const float *yp, const float *
   *sgx += sx;
 }
 
-void tk_ops_bn_bwd(const float *x, const float *relu_y, const float *dy, const float *gamma, const float *save_mean,
-                   const float *save_invstd, int train, float *dx, float *dgamma, float *dbeta, int n, int c,
-                   int hw, int acc) {
+void tk_ops_bn_bwd(const float *x, const float *dy, const float *gamma, const float *save_mean,
+                   const float *save_invstd, const float *save_a, const float *save_b, int relu, int train, float *dx,
+                   float *dgamma, float *dbeta, int n, int c, int hw, int acc) {
   const double count = (double)n * hw;
   const size_t cs = (size_t)c * hw;
-  const int relu = relu_y != NULL;
   if (!train && !dgamma && !dbeta) {
     /* eval mode, input gradient only (every PGD step): one scaling pass, no sums */
     if (!dx) return;
@@ -262,8 +271,8 @@ void tk_ops_bn_bwd(const float *x, const float *relu_y, const float *dy, const f
     TK_PRAGMA("omp parallel for schedule(static) if(planes * hw > PAR_MIN)")
     for (long p = 0; p < planes; p++) {
       int ch = (int)(p % c);
-      bn_scale_plane(relu ? relu_y + p * hw : NULL, dy + p * hw, gamma[ch] * save_invstd[ch], relu, acc,
-                     dx + p * hw, hw);
+      const float ra = relu ? save_a[ch] : 0.0f, rb = relu ? save_b[ch] : 0.0f;
+      bn_scale_plane(x + p * hw, dy + p * hw, ra, rb, gamma[ch] * save_invstd[ch], relu, acc, dx + p * hw, hw);
     }
     return;
   }
@@ -275,8 +284,10 @@ void tk_ops_bn_bwd(const float *x, const float *relu_y, const float *dy, const f
     for (int j = 0; j < nc; j++) sg[j] = sgx[j] = 0.0;
     for (int i = 0; i < n; i++)
       for (int j = 0; j < nc; j++) {
-        const size_t off = i * cs + (size_t)(c0 + j) * hw;
-        bn_plane_sums(x + off, relu ? relu_y + off : NULL, dy + off, save_mean[c0 + j], relu, hw, &sg[j], &sgx[j]);
+        const int ch = c0 + j;
+        const size_t off = i * cs + (size_t)ch * hw;
+        const float ra = relu ? save_a[ch] : 0.0f, rb = relu ? save_b[ch] : 0.0f;
+        bn_plane_sums(x + off, dy + off, ra, rb, save_mean[ch], relu, hw, &sg[j], &sgx[j]);
       }
     for (int j = 0; j < nc; j++) {
       sgx[j] *= save_invstd[c0 + j]; /* sum g * xhat */
@@ -288,12 +299,13 @@ void tk_ops_bn_bwd(const float *x, const float *relu_y, const float *dy, const f
       for (int j = 0; j < nc; j++) {
         const int ch = c0 + j;
         const float mean = save_mean[ch], invstd = save_invstd[ch];
+        const float ra = relu ? save_a[ch] : 0.0f, rb = relu ? save_b[ch] : 0.0f;
         const float k0 = gamma[ch] * invstd;
         const size_t off = i * cs + (size_t)ch * hw;
-        const float *xp = x + off, *gp = dy + off, *yp = relu ? relu_y + off : NULL;
+        const float *xp = x + off, *gp = dy + off;
         float *dp = dx + off;
         if (!train) {
-          bn_scale_plane(yp, gp, k0, relu, acc, dp, hw);
+          bn_scale_plane(xp, gp, ra, rb, k0, relu, acc, dp, hw);
           continue;
         }
         const float mg = (float)(sg[j] / count);   /* mean of g */
@@ -302,7 +314,7 @@ void tk_ops_bn_bwd(const float *x, const float *relu_y, const float *dy, const f
 #define BN_TRAIN_LOOP(RELU, ACC)                                                    \
   TK_PRAGMA("omp simd")                                                             \
   for (int k = 0; k < hw; k++) {                                                    \
-    float v = k0 * (MASKED(RELU, yp, gp, k) - mg - (xp[k] - mean) * kx);            \
+    float v = k0 * (MASKED(RELU, xp, gp, k) - mg - (xp[k] - mean) * kx);            \
     dp[k] = (ACC) ? dp[k] + v : v;                                                  \
   }
         RELU_ACC_DISPATCH(BN_TRAIN_LOOP, relu, acc);

@@ -30,26 +30,31 @@ void tk_ops_normalize_fwd(const float *x, const float *mean, const float *std, f
 void tk_ops_normalize_bwd(const float *dy, const float *std, float *dx, int n, int c, int hw, int acc);
 
 /* ---- batch normalisation, optionally fused with a following ReLU --------------------------
- * x, y (N, C, HW); gamma, beta, running_mean, running_var, save_mean, save_invstd (C).
+ * x, y (N, C, HW); gamma, beta, running_mean, running_var, save_mean, save_invstd, save_a,
+ * save_b (C).
  * Eval: y = relu?((x - running_mean) * gamma / sqrt(running_var + eps) + beta); saves the
  *   running mean and 1/sqrt(running_var + eps) for backward.
  * Train: normalises with the batch mean and biased batch variance, saves them (mean and
  *   1/sqrt(var + eps)) and updates the running statistics in place:
  *   running = (1 - momentum) * running + momentum * batch, with the unbiased variance
  *   (N*HW / (N*HW - 1) times the biased one).  N*HW must be at least 2.
- * y may equal x. */
+ * Both save the per-channel affine they applied, y = relu?(x * save_a + save_b), from which
+ * the backward recomputes the ReLU's mask.  y may equal x when no backward follows (it reads
+ * x). */
 void tk_ops_bn_eval_fwd(const float *x, const float *gamma, const float *beta, const float *running_mean,
                         const float *running_var, float eps, int relu, float *y, float *save_mean,
-                        float *save_invstd, int n, int c, int hw);
+                        float *save_invstd, float *save_a, float *save_b, int n, int c, int hw);
 void tk_ops_bn_train_fwd(const float *x, const float *gamma, const float *beta, float *running_mean,
                          float *running_var, float eps, float momentum, int relu, float *y, float *save_mean,
-                         float *save_invstd, int n, int c, int hw);
-/* Backward of either mode.  relu_y: the fused ReLU's output (the gradient is masked by
- * relu_y > 0) or NULL.  train: 1 when the forward used batch statistics (dx then includes the
- * terms through the mean and variance).  x must not alias dx. */
-void tk_ops_bn_bwd(const float *x, const float *relu_y, const float *dy, const float *gamma, const float *save_mean,
-                   const float *save_invstd, int train, float *dx, float *dgamma, float *dbeta, int n, int c,
-                   int hw, int acc);
+                         float *save_invstd, float *save_a, float *save_b, int n, int c, int hw);
+/* Backward of either mode.  x: the forward's input; save_*: what it saved; relu: it fused a
+ * ReLU (the gradient is masked where x * save_a + save_b > 0, exactly where the forward's y
+ * is > 0; save_a and save_b are read only then).  train: 1 when the forward used batch
+ * statistics (dx then includes the terms through the mean and variance).  x must not alias
+ * dx. */
+void tk_ops_bn_bwd(const float *x, const float *dy, const float *gamma, const float *save_mean,
+                   const float *save_invstd, const float *save_a, const float *save_b, int relu, int train, float *dx,
+                   float *dgamma, float *dbeta, int n, int c, int hw, int acc);
 
 /* ---- ReLU ------------------------------------------------------------------------------- */
 /* y = max(x, 0) over count elements (NaN stays NaN); y may equal x. */

@@ -344,6 +344,8 @@ static int vec_batch_rule(const tk_layer *l, double sp, int n, int training) {
  *   batch 1, 1 thread:      512x4x4 0.91 vs 0.28   256x8x8 0.49 vs 0.24   (16x16 and 32x32: as the forward)
  *   batch 128, 1 thread:    64x32x32 66 / 54 vs 50    128x16x16 54 / 26.7 vs 27.2
  *   batch 128, 2 threads:   64x32x32 60 / 51 vs 41    128x16x16 64 / 38 vs 39
+ *   the same on the Intel host (bench/README.md): 64x32x32 18.1 / 13.5 vs 12.7, 128x16x16
+ *                           21.0 / 10.7 vs 11.2, 256x8x8 26.5 / 9.5 vs 9.8, 512x4x4 46.6 / 10.7 vs 10.6
  *   first layer 3->64 32x32: 24 vs 30 (batch 1), 5.7 vs 6.2 (batch 128): its transposed layer
  *                           has 3 output channels for 64 channels of copies
  * So: wherever the input gradient is not on the batch on a map up to 16x16 (where the two tie

@@ -55,6 +55,9 @@ typedef struct {
  * transposed pattern; its own kernel, on the forward's form: TK_VB_FWD decides that one too),
  * instead of the layer's own input-gradient functions (TK_VB_BWD_INPUT then clear). */
 enum { TK_VB_FWD = 1, TK_VB_BWD_INPUT = 2, TK_VB_BWD_WEIGHT = 4, TK_VB_ALL = 7, TK_VB_BWD_T = 8 };
+/* Whether a layer can have TK_VB_BWD_T: a conv with stride and dilation 1, one group and
+ * padding at most K-1 (its transposed layer's padding K-1-P is then >= 0). */
+int tk_conv_transposable(const tk_layer *l);
 
 typedef struct {
   int n_layers;            /* == model n_layers; non-conv layers have TK_VARIANT_NONE */

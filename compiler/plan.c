@@ -352,10 +352,13 @@ static int vec_batch_rule(const tk_layer *l, double sp, int n, int training) {
  * and the layer's own needs no second kernel), from 16 input channels.
  * TICKET_BWD_T overrides (experiments, tests): "0" never, "1" every stride-1 conv; without it,
  * a forced TICKET_VEC_BATCH means never (its letters say where the input gradient runs). */
+int tk_conv_transposable(const tk_layer *l) {
+  return l->op == TK_OP_CONV2D && l->sh == 1 && l->sw == 1 && l->dh == 1 && l->dw == 1 && l->groups == 1 &&
+         l->ph <= l->kh - 1 && l->pw <= l->kw - 1;
+}
+
 static int bwd_transposed(const tk_layer *l, int vb, int training) {
-  if (!training || l->op != TK_OP_CONV2D || l->sh != 1 || l->sw != 1 || l->dh != 1 || l->dw != 1 || l->groups != 1 ||
-      l->ph > l->kh - 1 || l->pw > l->kw - 1)
-    return 0;
+  if (!training || !tk_conv_transposable(l)) return 0;
   const char *e = getenv("TICKET_BWD_T");
   if (e && *e) return strcmp(e, "0") != 0;
   const char *f = getenv("TICKET_VEC_BATCH"); /* passes forced: the input gradient as forced too */

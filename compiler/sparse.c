@@ -836,10 +836,11 @@ nomem:
   return tk_fail(TK_ERR_NOMEM, "layer %d (%s): out of memory for the transposed layer", layer, l->name);
 }
 
-/* Whether conv `layer` can run its input gradient as its transposed layer's forward. */
-static int transposable(const tk_layer *l) {
-  return l->op == TK_OP_CONV2D && l->sh == 1 && l->sw == 1 && l->dh == 1 && l->dw == 1 && l->groups == 1 &&
-         l->ph <= l->kh - 1 && l->pw <= l->kw - 1;
+/* Whether layer i runs its input gradient as its transposed layer's forward: planned so
+ * (TK_VB_BWD_T, on the table kernel, with gradients) and a conv that can. */
+static int wants_transposed(const tk_model *m, const tk_plan *p, const tk_compile_opts *o, int i) {
+  return o->training && (p->layers[i].vec_batch & TK_VB_BWD_T) && p->layers[i].variant == TK_VARIANT_SPARSE_TABLE &&
+         tk_conv_transposable(&m->layers[i]);
 }
 
 static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int training, int max_batch, int threads,
@@ -969,8 +970,7 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
   if (p->threads > 0 && !(o->threads > 0)) threads = p->threads;
   int n_items = 0; /* every generated layer, and the transposed layer of each TK_VB_BWD_T one */
   for (int i = 0; i < m->n_layers; i++)
-    n_items += is_generated(p->layers[i].variant) + (is_generated(p->layers[i].variant) && o->training &&
-                                                     (p->layers[i].vec_batch & TK_VB_BWD_T) && transposable(&m->layers[i]));
+    n_items += is_generated(p->layers[i].variant) + wants_transposed(m, p, o, i);
   /* EMPTY layers need no toolchain */
   tk_status st = TK_OK;
   tk_kernel **made_k = tk_calloc((size_t)m->n_layers, sizeof *made_k);
@@ -1017,8 +1017,7 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
       it->vb = !it->g.linear && v == TK_VARIANT_SPARSE_TABLE ? p->layers[i].vec_batch & TK_VB_ALL : 0;
       if ((st = tk_tables_build(m, i, &it->g, o->training || v == TK_VARIANT_SPARSE_UNROLLED, &it->t)) != TK_OK)
         goto done;
-      if (o->training && (p->layers[i].vec_batch & TK_VB_BWD_T) && transposable(&m->layers[i]) &&
-          v == TK_VARIANT_SPARSE_TABLE) {
+      if (wants_transposed(m, p, o, i)) {
         build_item *tt = &items[n++];
         tt->parent = n - 2;
         tt->layer = 0;

@@ -1133,6 +1133,9 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
       for (int64_t j = 0; j < tk->t.nnz; j++) pk->tpos[j] = it->own_map[tk->t.pos[j]];
       pk->tk = tk, pk->tm = it->own_m;
       it->own_m = NULL;
+      /* its values replace the transposed order's: update() and fold() no longer repack those */
+      free(pk->wvt), free(pk->wvtf);
+      pk->wvt = pk->wvtf = NULL;
       sk_update(&pk->base);
     }
     if (o->verbose)

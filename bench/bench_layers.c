@@ -144,34 +144,6 @@ static void time_interleaved(tk_kernel **ks, int nk, int what, const float *x, f
   }
 }
 
-/* --alt NAME=VALUE[,NAME=VALUE...]: set (or restore) the environment of the alt column */
-static void alt_env(const char *spec, int set) {
-  static char saved[8][2][256];
-  static int nsaved;
-  if (!spec) return;
-  if (set) {
-    nsaved = 0;
-    char buf[1024];
-    snprintf(buf, sizeof buf, "%s", spec);
-    for (char *tok = strtok(buf, ","); tok && nsaved < 8; tok = strtok(NULL, ",")) {
-      char *eq = strchr(tok, '=');
-      if (!eq) continue;
-      *eq = 0;
-      const char *old = getenv(tok);
-      snprintf(saved[nsaved][0], 256, "%s", tok);
-      snprintf(saved[nsaved][1], 256, "%s", old ? old : "\x01");
-      nsaved++;
-      setenv(tok, eq + 1, 1);
-    }
-  } else {
-    for (int i = 0; i < nsaved; i++) {
-      if (!strcmp(saved[i][1], "\x01")) unsetenv(saved[i][0]);
-      else setenv(saved[i][0], saved[i][1], 1);
-    }
-    nsaved = 0;
-  }
-}
-
 static int parse_list(const char *s, double *out, int max) {
   int n = 0;
   while (s && *s && n < max) {
@@ -218,6 +190,12 @@ int main(int argc, char **argv) {
     } else if (!strcmp(a, "--stat") && v) {
       g_use_min = !strcmp(v, "min"), i++;
     } else if (!strcmp(a, "--alt") && v) {
+      tk_env_saved probe = {0};
+      if (!tk_env_push(v, &probe)) {
+        fprintf(stderr, "bench_layers: --alt: '%s' is not NAME=VALUE[,NAME=VALUE...]\n", v);
+        return 2;
+      }
+      tk_env_pop(&probe);
       alt = v, i++;
     } else if (!strcmp(a, "--bwd")) {
       bwd = 1;
@@ -302,7 +280,8 @@ int main(int argc, char **argv) {
             continue;
           if (do_batch && vi < 5) setenv("TICKET_VEC_BATCH", vi >= 3 ? "1" : "0", 1);
           if (vi == 4) setenv("TICKET_BATCH_CHUNK", "0", 1);
-          if (vi == 5) alt_env(alt, 1);
+          tk_env_saved alt_saved = {0};
+          if (vi == 5) tk_env_push(alt, &alt_saved);
           tk_compile_opts o;
           tk_compile_opts_default(&o);
           o.batch = n, o.threads = threads, o.training = bwd, o.force = vs[vi];
@@ -310,7 +289,7 @@ int main(int argc, char **argv) {
           if (tk_plan_make(m, &o, &plans[vi]) != TK_OK || tk_sparse_build(m, plans[vi], &o, n, kk) != TK_OK || !kk[0])
             fprintf(stderr, "bench: %s: %s\n", s->name, tk_last_error());
           ks[vi] = kk[0];
-          if (vi == 5) alt_env(alt, 0);
+          if (vi == 5) tk_env_pop(&alt_saved);
           if (chunk_env) setenv("TICKET_BATCH_CHUNK", chunk_keep, 1);
           else unsetenv("TICKET_BATCH_CHUNK");
           if (do_batch) unsetenv("TICKET_VEC_BATCH");

@@ -70,7 +70,7 @@ static void usage(FILE *f) {
           "usage: ticket bench MODEL [--batch N] [--threads T] [--iters K] [--warmup W]\n"
           "                    [--vs dense|torch|dense,torch|none] [--mode infer|pgd|train]\n"
           "                    [--random-mask S] [--seed S] [--force VARIANT] [--layers]\n"
-          "                    [--compile-stats] [--torch-dir DIR] [--json]\n"
+          "                    [--alt NAME=VALUE[,...]] [--compile-stats] [--torch-dir DIR] [--json]\n"
           "\n"
           "Times the compiled engine on random inputs, its iterations interleaved with those of the\n"
           "dense oneDNN engine and (--vs torch) of PyTorch 1.13 on the same network: compiled, dense,\n"
@@ -94,6 +94,11 @@ static void usage(FILE *f) {
           "  --force VARIANT    every conv/linear of the compiled engine on one kernel variant\n"
           "                     (dense, reference, sparse-table, sparse-unrolled, value-baked)\n"
           "  --layers           also a per-layer profile of our engines (a separate pass)\n"
+          "  --alt NAME=VALUE[,NAME=VALUE...]\n"
+          "                     one more compiled engine, built with these environment variables set\n"
+          "                     (TICKET_* settings read when an engine is planned and compiled, e.g.\n"
+          "                     TICKET_BWD_T=0 or TICKET_CLANG_EXTRA=-DTK_NO_NT), its turns interleaved\n"
+          "                     with the others: an A/B of two builds of our engine in one run\n"
           "  --compile-stats    build the compiled engine twice from a fresh cache: cold and warm\n"
           "                     build times and the bytes of generated objects\n"
           "  --torch-dir DIR    keep the network given to PyTorch (graph.json, weights.bin, x.bin,\n"
@@ -131,6 +136,7 @@ typedef struct {
   int force;          /* -1 or a tk_variant */
   int layers, compile_stats, json;
   const char *torch_dir; /* keep the PyTorch export here */
+  const char *alt;       /* --alt: the environment of a second compiled engine */
 } bench_opts;
 
 static int parse_int(const char *s, int lo, int hi, int *out) {
@@ -899,6 +905,12 @@ int cmd_bench(int argc, char **argv) {
     } else if (!strcmp(a, "--torch-dir")) {
       NEED_VALUE();
       o.torch_dir = v;
+    } else if (!strcmp(a, "--alt")) {
+      NEED_VALUE();
+      tk_env_saved probe;
+      if (!tk_env_push(v, &probe)) return cli_usage_error("bench", "--alt: '%s' is not NAME=VALUE[,NAME=VALUE...]", v);
+      tk_env_pop(&probe);
+      o.alt = v;
     } else if (!strcmp(a, "--force")) {
       NEED_VALUE();
       if ((o.force = variant_by_name(v)) < 0) return cli_usage_error("bench", "--force: '%s' is not a kernel variant", v);
@@ -922,7 +934,7 @@ int cmd_bench(int argc, char **argv) {
 #endif
 
   tk_model *base = NULL;
-  runner rc = {.name = "compiled"}, rd = {.name = "dense"};
+  runner rc = {.name = "compiled"}, rd = {.name = "dense"}, ra = {.name = "alt"};
   float *x = NULL;
   int *y = NULL;
   torch_worker tw = {.to = -1, .from = -1};
@@ -947,7 +959,8 @@ int cmd_bench(int argc, char **argv) {
   if (o.random_mask >= 0 && (st = random_masks(base, o.random_mask, (uint64_t)o.seed + 17)) != TK_OK) goto fail;
 
   /* engines, each on its own copy of the model (training steps change the weights) */
-  if (!(rc.m = tk_model_clone(base)) || (o.vs_dense && !(rd.m = tk_model_clone(base)))) {
+  if (!(rc.m = tk_model_clone(base)) || (o.vs_dense && !(rd.m = tk_model_clone(base))) ||
+      (o.alt && !(ra.m = tk_model_clone(base)))) {
     st = TK_ERR_NOMEM;
     goto fail;
   }
@@ -972,8 +985,18 @@ int cmd_bench(int argc, char **argv) {
     if ((st = tk_dense_engine_create(rd.m, o.batch, &rd.e)) != TK_OK) goto fail;
     rd.create_s = tk_now() - t0;
   }
+  if (o.alt) { /* the same build under the --alt environment (its own objects: the cache keys differ where the code does) */
+    tk_env_saved saved;
+    tk_env_push(o.alt, &saved);
+    double t0 = tk_now();
+    st = make_compiled(&o, ra.m, NULL, &ra.e);
+    ra.create_s = tk_now() - t0;
+    tk_env_pop(&saved);
+    if (st != TK_OK) goto fail;
+  }
   if ((st = runner_alloc(&rc, base, o.batch, o.iters)) != TK_OK) goto fail;
   if (o.vs_dense && (st = runner_alloc(&rd, base, o.batch, o.iters)) != TK_OK) goto fail;
+  if (o.alt && (st = runner_alloc(&ra, base, o.batch, o.iters)) != TK_OK) goto fail;
 
   /* inputs */
   size_t nx = (size_t)o.batch * base->in_c * base->in_h * base->in_w;
@@ -998,17 +1021,19 @@ int cmd_bench(int argc, char **argv) {
 
   /* the turns of every iteration, warm-up included: compiled, dense, then each PyTorch variant,
    * rotated (below); one engine at a time, each turn timed on its own */
-  runner *rs[2] = {&rc, o.vs_dense ? &rd : NULL};
-  tk_rng arng[2];
-  tk_rng_seed(&arng[0], 99);
-  tk_rng_seed(&arng[1], 99);
+  runner *rs[3] = {&rc, NULL, NULL};
+  int nours = 1;
+  if (o.vs_dense) rs[nours++] = &rd;
+  if (o.alt) rs[nours++] = &ra;
+  tk_rng arng[3];
+  for (int k = 0; k < 3; k++) tk_rng_seed(&arng[k], 99);
   double spin_wait = 0.05; /* how long to wait for our threads to fall asleep before PyTorch's turn */
   double tsteal[TORCH_MAX_VARIANTS] = {0}, ttotal[TORCH_MAX_VARIANTS] = {0}; /* PyTorch's turns' jiffies */
   /* the turns of an iteration: our engines, then PyTorch's variants; iteration `it` starts at
    * turn it % nturns (a rotation), so that every engine follows every other equally often and
    * none always comes first after PyTorch's memory-hungry turn (in a fixed order, two engines
    * running the same oneDNN kernels differed by 3-9%) */
-  const int nours = o.vs_dense ? 2 : 1, nturns = nours + tw.nvar;
+  const int nturns = nours + tw.nvar;
   int prev_ours = 0; /* the turn before was one of ours */
   for (int it = 0; it < o.warmup + o.iters; it++) {
     for (int q = 0; q < nturns; q++) {
@@ -1045,11 +1070,13 @@ int cmd_bench(int argc, char **argv) {
   torch_hello = tw.hello; /* kept past worker_stop for the report */
   tw.hello = NULL;
   worker_stop(&tw, 0);
-  lat_stats sc = summarise(rc.t, rc.nt, o.batch), sd = {0};
+  lat_stats sc = summarise(rc.t, rc.nt, o.batch), sd = {0}, sa = {0};
   sc.steal = steal_of(rc.steal_j, rc.total_j);
   if (o.vs_dense) sd = summarise(rd.t, rd.nt, o.batch), sd.steal = steal_of(rd.steal_j, rd.total_j);
+  if (o.alt) sa = summarise(ra.t, ra.nt, o.batch), sa.steal = steal_of(ra.steal_j, ra.total_j);
   double steal_max = isfinite(sc.steal) ? sc.steal : 0;
   if (o.vs_dense && isfinite(sd.steal) && sd.steal > steal_max) steal_max = sd.steal;
+  if (o.alt && isfinite(sa.steal) && sa.steal > steal_max) steal_max = sa.steal;
   for (int v = 0; v < tw.nvar; v++)
     if (isfinite(st_torch[v].steal) && st_torch[v].steal > steal_max) steal_max = st_torch[v].steal;
 
@@ -1063,7 +1090,7 @@ int cmd_bench(int argc, char **argv) {
       goto fail;
     }
     for (int k = 0; k < 2; k++) {
-      runner *r = rs[k];
+      runner *r = k ? (o.vs_dense ? &rd : NULL) : &rc;
       if (!r) continue;
       tk_exec_profile_enable(r->e, 1);
       for (int it = 0; it < kprof; it++)
@@ -1080,6 +1107,7 @@ int cmd_bench(int argc, char **argv) {
   /* the order of the turns, for both reports */
   char turns[256] = "\"compiled\"";
   if (o.vs_dense) strcat(turns, ", \"dense\"");
+  if (o.alt) strcat(turns, ", \"alt\"");
   for (int v = 0; v < (torch_hello ? tw.nvar : 0); v++)
     snprintf(turns + strlen(turns), sizeof turns - strlen(turns), ", \"%s\"", torch_row_name(tw.var[v]));
 
@@ -1114,6 +1142,18 @@ int cmd_bench(int argc, char **argv) {
       printf("}, \"speedup_vs_dense\": %.6g", sd.median / sc.median);
     } else {
       printf("null, \"speedup_vs_dense\": null");
+    }
+    printf(", \"alt\": ");
+    if (o.alt) {
+      printf("{\"env\": ");
+      cli_json_string(stdout, o.alt);
+      printf(", \"create_s\": %.6g, \"plan\": ", ra.create_s);
+      cli_json_string(stdout, tk_exec_how(ra.e));
+      printf(", \"latency\": ");
+      json_stats(stdout, &sa);
+      printf("}, \"alt_over_compiled\": %.6g", sa.median / sc.median);
+    } else {
+      printf("null, \"alt_over_compiled\": null");
     }
     printf(", \"compile\": ");
     if (o.compile_stats)
@@ -1183,9 +1223,13 @@ int cmd_bench(int argc, char **argv) {
            "mean", "median", "p90", "p99", "min", "images/s", "steal");
     row("compiled", &sc);
     if (o.vs_dense) row("dense (oneDNN)", &sd);
+    if (o.alt) row("alt", &sa);
     for (int v = 0; torch_hello && v < tw.nvar; v++) row(torch_row_name(tw.var[v]), &st_torch[v]);
     printf("\n");
     if (o.vs_dense) printf("speedup over dense (ratio of medians): %.2fx\n", sd.median / sc.median);
+    if (o.alt)
+      printf("alt (%s; built in %.2f s) over compiled (ratio of medians): %.3f\n", o.alt, ra.create_s,
+             sa.median / sc.median);
     if (isfinite(torch_best))
       printf("speedup over PyTorch (its faster variant, %s): %.2fx   (PyTorch logits vs ours: max rel diff %.2g)\n",
              torch_row_name(tw.var[torch_fast]), torch_best / sc.median, torch_check);
@@ -1234,6 +1278,7 @@ fail:
   if (cache[0]) rm_dir(cache);
   runner_free(&rc);
   runner_free(&rd);
+  runner_free(&ra);
   tk_model_free(base);
   free(x);
   free(y);

@@ -234,3 +234,42 @@ const tk_embedded_file *tk_embedded_find(const char *path) {
     if (strcmp(f->path, path) == 0) return f;
   return NULL;
 }
+
+/* ---- environment overrides (A/B runs) ------------------------------------------------------------ */
+
+bool tk_env_push(const char *spec, tk_env_saved *saved) {
+  saved->n = 0;
+  /* check the whole spec before setting anything */
+  int count = 0;
+  for (const char *p = spec; p && *p;) {
+    const char *end = strchr(p, ','), *eq = strchr(p, '=');
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    if (!eq || eq >= p + len || eq == p || (size_t)(eq - p) >= sizeof saved->name[0] || ++count > 8) return false;
+    p = end ? end + 1 : p + len;
+  }
+  if (!count) return false;
+  for (const char *p = spec; *p;) {
+    const char *end = strchr(p, ','), *eq = strchr(p, '=');
+    size_t len = end ? (size_t)(end - p) : strlen(p);
+    int k = saved->n++;
+    memcpy(saved->name[k], p, (size_t)(eq - p));
+    saved->name[k][eq - p] = 0;
+    const char *old = getenv(saved->name[k]);
+    saved->old[k] = old ? strdup(old) : NULL;
+    char *value = strndup(eq + 1, len - (size_t)(eq - p) - 1);
+    if (value) setenv(saved->name[k], value, 1);
+    free(value);
+    p = end ? end + 1 : p + len;
+  }
+  return true;
+}
+
+void tk_env_pop(tk_env_saved *saved) {
+  for (int k = saved->n - 1; k >= 0; k--) {
+    if (saved->old[k]) setenv(saved->name[k], saved->old[k], 1);
+    else unsetenv(saved->name[k]);
+    free(saved->old[k]);
+    saved->old[k] = NULL;
+  }
+  saved->n = 0;
+}

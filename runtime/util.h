@@ -52,6 +52,18 @@ TK_INTERNAL bool tk_parse_fraction(const char *s, double *out);
 /* Wall clock in seconds (monotonic). */
 TK_INTERNAL double tk_now(void);
 
+/* Set the variables of spec "NAME=VALUE[,NAME=VALUE...]" (at most 8) and remember their old
+ * values in *saved; tk_env_pop restores them (unset where they were unset).  For A/B runs that
+ * build one engine under other TICKET_* settings.  Returns false on a malformed spec (nothing
+ * set). */
+typedef struct {
+  int n;
+  char name[8][64];
+  char *old[8]; /* NULL: was unset */
+} tk_env_saved;
+TK_INTERNAL bool tk_env_push(const char *spec, tk_env_saved *saved);
+TK_INTERNAL void tk_env_pop(tk_env_saved *saved);
+
 
 
 /* Files embedded at build time (schema, zoo architectures, kernel templates), by path

@@ -132,6 +132,42 @@ else
   [ "$(grep -c '^run eager$' "$TMP/log")" = 2 ] || fail "train run: not 2 'run eager' commands: $(cat "$TMP/log")"
 fi
 
+# ---- --alt: a second compiled engine built under other settings, its turns interleaved ----
+TICKET_FOLD_BN=1 timeout 60 "$BIN" bench cifar_model --vs none --threads 1 --iters 3 --warmup 1 \
+  --alt TICKET_FOLD_BN=0,TICKET_BOGUS_SETTING=x --json >"$TMP/alt.json" 2>"$TMP/err"
+rc=$?
+if [ "$rc" != 0 ]; then
+  fail "alt run: exit $rc: $(cat "$TMP/err")"
+else
+  "$PY" - "$TMP/alt.json" <<'EOF' || fail "alt run: see above"
+import json, sys
+r = json.load(open(sys.argv[1]))
+bad = []
+def want(what, ok):
+    if not ok:
+        bad.append(what)
+want("turns compiled, alt: %r" % r["turns"], r["turns"] == ["compiled", "alt"])
+a = r["alt"]
+want("alt env: %r" % a["env"], a["env"] == "TICKET_FOLD_BN=0,TICKET_BOGUS_SETTING=x")
+# the setting reached the alt engine, and only it (the compiled one was built before, under
+# TICKET_FOLD_BN=1, which the run must have restored)
+want("alt plan without folding: %r" % a["plan"], "folding off" in a["plan"])
+want("compiled plan with folding: %r" % r["compiled"]["plan"], "folding off" not in r["compiled"]["plan"])
+want("alt iters %r" % a["latency"]["iters"], a["latency"]["iters"] == 3)
+ratio = a["latency"]["median_ms"] / r["compiled"]["latency"]["median_ms"]
+want("alt_over_compiled %r vs %r" % (r["alt_over_compiled"], ratio), abs(r["alt_over_compiled"] - ratio) <= 1e-4 * ratio)
+for b in bad:
+    print("FAIL: alt run: " + b, file=sys.stderr)
+sys.exit(1 if bad else 0)
+EOF
+fi
+for spec in FOO =1 "A=1,,B=2"; do
+  timeout 60 "$BIN" bench cifar_model --vs none --iters 1 --alt "$spec" >"$TMP/out" 2>"$TMP/err"
+  rc=$?
+  [ "$rc" = 2 ] || fail "--alt '$spec': exit $rc, expected 2 (a usage error)"
+  grep -qF "ticket bench: error: --alt: '$spec' is not NAME=VALUE" "$TMP/err" || fail "--alt '$spec': $(cat "$TMP/err")"
+done
+
 # ---- failures: one line, non-zero exit, nothing on stdout, no hang, no worker left ----
 # expect_error NAME NEEDLE ENV... -- every ENV is VAR=VALUE for that run
 expect_error() {

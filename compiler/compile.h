@@ -98,7 +98,20 @@ typedef struct {
   tk_status (*fold)(tk_kernel *k, const float *scale, const float *shift);
   tk_status (*fwd_folded)(tk_kernel *k, const float *x, float *y, int n, int relu);
   tk_status (*bwd_input_folded)(tk_kernel *k, const float *dy, const float *relu_y, float *dx, int n);
+
+  /* ---- optional, where the kernel's caps say so (the executor's fusions; NULL or a missing cap:
+   * the caller runs the add as a pass of its own):
+   *   fwd_folded_res   (TK_KCAP_FWD_RES) y = relu?(conv(x, W') + b' + res): a residual add, and
+   *                    the ReLU after it, fused into the folded forward's store (res: y's layout)
+   *   bwd_input_acc    (TK_KCAP_BWD_ACC) dx += the input gradient: of the fold's values with dy
+   *                    masked by relu_y when folded (as bwd_input_folded), else of the layer's
+   *                    own (relu_y NULL), summed into dx by the kernel's store instead of a
+   *                    temporary and a pass of its own */
+  tk_status (*fwd_folded_res)(tk_kernel *k, const float *x, const float *res, float *y, int n, int relu);
+  tk_status (*bwd_input_acc)(tk_kernel *k, const float *dy, const float *relu_y, float *dx, int n, int folded);
 } tk_kernel_vtbl;
+
+enum { TK_KCAP_FWD_RES = 1, TK_KCAP_BWD_ACC = 2 };
 
 struct tk_kernel {
   const tk_kernel_vtbl *v;
@@ -106,6 +119,7 @@ struct tk_kernel {
   const tk_model *m;
   int layer;
   int max_batch;
+  unsigned caps; /* TK_KCAP_* bits: which optional calls this kernel supports */
 };
 
 /* Providers. */

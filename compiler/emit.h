@@ -40,7 +40,8 @@
   X(float *, z, "per-thread scratch row(s)")                                                 \
   X(int, nb, "linear: images in this block (1..16)")                                         \
   X(const float *, mask, "conv preps: NULL, or the source is taken as 0 where mask <= 0 (its layout)") \
-  X(int, relu, "fwd: 1 = max(., 0) at the final store (NaN passes)")
+  X(int, relu, "fwd: 1 = max(., 0) at the final store (NaN passes)")                            \
+  X(const float *, res, "fwd, bwd_input_b: NULL, or added to every output before the ReLU (dst's layout; may be dst)")
 
 typedef struct {
 #define X(t, n, c) t n;

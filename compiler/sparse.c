@@ -119,24 +119,28 @@ static void fwd_prep(const sparse_kernel *k, const scratch_set *s, const float *
   (col ? k->prep_col : k->prep_x)(&a, c0, c1);
 }
 
-/* The values, bias and epilogue of one forward call: the layer's own, or a fold's. */
+/* The values, bias and epilogue of one forward call: the layer's own, or a fold's; res: NULL,
+ * or added to the output before the ReLU (y's layout for the whole batch; may be y: dx summed
+ * into) -- table forms only (TK_KCAP_*). */
 typedef struct {
   const float *w, *bias;
   int relu;
+  const float *res;
 } fwd_vals;
 
+/* res_i: the residual of this call's outputs y (fv->res at y's image), or NULL */
 static tk_kargs fwd_args(const sparse_kernel *k, const scratch_set *in, const scratch_set *mine, float *y,
-                         const fwd_vals *fv) {
+                         const float *res_i, const fwd_vals *fv) {
   tk_kargs f = {.src = k->g.IM2COL || k->g.XS ? in->col : in->xq, .dst = y, .w = fv->w, .rp = k->t.rpc,
-                .off = k->t.offc, .bias = fv->bias, .z = mine->z, .relu = fv->relu};
+                .off = k->t.offc, .bias = fv->bias, .z = mine->z, .relu = fv->relu, .res = res_i};
   return f;
 }
 
 /* One image, one thread: prep and all rows. */
 static void conv_fwd_image(sparse_kernel *k, const scratch_set *s, const float *x, const float *mask, float *y,
-                           const fwd_vals *fv) {
+                           const float *res_i, const fwd_vals *fv) {
   fwd_prep(k, s, x, mask, 0, k->g.I);
-  tk_kargs f = fwd_args(k, s, s, y, fv);
+  tk_kargs f = fwd_args(k, s, s, y, res_i, fv);
   k->fwd(&f, 0, k->g.O);
 }
 
@@ -150,10 +154,11 @@ static int batch_threads(const sparse_kernel *k, int nblk) {
 /* One pass of a batch-vectorised kernel over n images, blocks of 16 whole per thread: `prep`
  * moves rows [0, prep_rows) of a block of src (image stride ss) into the thread's grid (xb, or
  * dzb when from_dy; masked by `mask`, src's layout, when not NULL), then `run` computes rows
- * [0, rows) into dst (image stride ds), relu'd when `relu`. */
+ * [0, rows) into dst (image stride ds), plus res (dst's layout) when not NULL, relu'd when
+ * `relu`. */
 static void batch_pass(sparse_kernel *k, int n, int from_dy, const float *src, const float *mask, int64_t ss,
-                       int prep_rows, tk_kfn prep, float *dst, int64_t ds, int rows, tk_kfn run, const float *w,
-                       const int32_t *rp, const int32_t *off, const float *bias, int relu) {
+                       int prep_rows, tk_kfn prep, float *dst, const float *res, int64_t ds, int rows, tk_kfn run,
+                       const float *w, const int32_t *rp, const int32_t *off, const float *bias, int relu) {
   int nblk = (n + 15) / 16, T = batch_threads(k, nblk);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(T) if (T > 1)
@@ -166,7 +171,7 @@ static void batch_pass(sparse_kernel *k, int n, int from_dy, const float *src, c
       tk_kargs a = {.src = src + b * 16 * ss, .dst = grid, .nb = nb, .mask = mask ? mask + b * 16 * ss : NULL};
       prep(&a, 0, prep_rows);
       tk_kargs f = {.src = grid, .dst = dst + b * 16 * ds, .w = w, .rp = rp, .off = off, .bias = bias,
-                    .z = k->sets[t].zb, .nb = nb, .relu = relu};
+                    .z = k->sets[t].zb, .nb = nb, .relu = relu, .res = res ? res + b * 16 * ds : NULL};
       run(&f, 0, rows);
     }
   }
@@ -175,15 +180,17 @@ static void batch_pass(sparse_kernel *k, int n, int from_dy, const float *src, c
 static void conv_fwd_b(sparse_kernel *k, const float *x, const float *mask, float *y, int n, const fwd_vals *fv) {
   const tk_geom *g = &k->g;
   int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
-  batch_pass(k, n, 0, x, mask, xs, g->I, k->prep_xb, y, ys, g->O, k->fwd_b, fv->w, k->t.rp, k->t.off, fv->bias,
-             fv->relu);
+  batch_pass(k, n, 0, x, mask, xs, g->I, k->prep_xb, y, fv->res, ys, g->O, k->fwd_b, fv->w, k->t.rp, k->t.off,
+             fv->bias, fv->relu);
 }
 
-static void conv_bwd_input_b(sparse_kernel *k, const float *dy, const float *mask, float *dx, int n, const float *wt) {
+/* dx = the input gradient, plus dx's old values when acc */
+static void conv_bwd_input_b(sparse_kernel *k, const float *dy, const float *mask, float *dx, int acc, int n,
+                             const float *wt) {
   const tk_geom *g = &k->g;
   int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
-  batch_pass(k, n, 1, dy, mask, ys, g->O, k->prep_dyb, dx, xs, g->I, k->bwd_input_b, wt, k->t.rpt, k->t.offt, NULL,
-             0);
+  batch_pass(k, n, 1, dy, mask, ys, g->O, k->prep_dyb, dx, acc ? dx : NULL, xs, g->I, k->bwd_input_b, wt, k->t.rpt,
+             k->t.offt, NULL, 0);
 }
 
 /* the packed weight gradient summed over the images into sets[0].dwv */
@@ -221,9 +228,10 @@ static void conv_run_fwd(sparse_kernel *k, const float *x, const float *mask, fl
   const tk_geom *g = &k->g;
   int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
 #define MASK_AT(i) (mask ? mask + (i) * xs : NULL)
+#define RES_AT(i) (fv->res ? fv->res + (i) * ys : NULL)
   int T = want_threads(k);
   if (T == 1) {
-    for (int i = 0; i < n; i++) conv_fwd_image(k, &k->sets[0], x + i * xs, MASK_AT(i), y + i * ys, fv);
+    for (int i = 0; i < n; i++) conv_fwd_image(k, &k->sets[0], x + i * xs, MASK_AT(i), y + i * ys, RES_AT(i), fv);
     return;
   }
 #ifdef _OPENMP
@@ -232,7 +240,7 @@ static void conv_run_fwd(sparse_kernel *k, const float *x, const float *mask, fl
     {
       int t = thread_id(), nt = omp_get_num_threads();
       for (int i = n * t / nt; i < n * (t + 1) / nt; i++)
-        conv_fwd_image(k, &k->sets[t], x + i * xs, MASK_AT(i), y + i * ys, fv);
+        conv_fwd_image(k, &k->sets[t], x + i * xs, MASK_AT(i), y + i * ys, RES_AT(i), fv);
     }
     return;
   }
@@ -243,20 +251,21 @@ static void conv_run_fwd(sparse_kernel *k, const float *x, const float *mask, fl
     for (int i = 0; i < n; i++) {
       fwd_prep(k, &k->sets[0], x + i * xs, MASK_AT(i), g->I * t / nt, g->I * (t + 1) / nt);
 #pragma omp barrier
-      tk_kargs f = fwd_args(k, &k->sets[0], &k->sets[t], y + i * ys, fv);
+      tk_kargs f = fwd_args(k, &k->sets[0], &k->sets[t], y + i * ys, RES_AT(i), fv);
       k->fwd(&f, r0, r1);
 #pragma omp barrier
     }
   }
 #endif
 #undef MASK_AT
+#undef RES_AT
 }
 
 static tk_status conv_fwd(tk_kernel *kb, const float *x, float *y, int n) {
   sparse_kernel *k = (sparse_kernel *)kb;
   tk_status st = check_n(kb, n);
   if (st) return st;
-  fwd_vals fv = {k->baked ? k->baked : k->wv, kbias(kb), 0};
+  fwd_vals fv = {k->baked ? k->baked : k->wv, kbias(kb), 0, NULL};
   conv_run_fwd(k, x, NULL, y, n, &fv);
   return TK_OK;
 }
@@ -273,7 +282,7 @@ static tk_status conv_fwd_folded(tk_kernel *kb, const float *x, float *y, int n,
   sparse_kernel *k = (sparse_kernel *)kb;
   tk_status st = check_n(kb, n);
   if (st || (st = check_folded(k))) return st;
-  fwd_vals fv = {k->wvf, k->bf, relu != 0};
+  fwd_vals fv = {k->wvf, k->bf, relu != 0, NULL};
   conv_run_fwd(k, x, NULL, y, n, &fv);
   return TK_OK;
 }
@@ -291,7 +300,7 @@ static void conv_bwdi_image(sparse_kernel *k, const scratch_set *s, const float 
 static void conv_run_bwd_input(sparse_kernel *k, const float *dy, const float *mask, float *dx, int n,
                                const float *wt) {
   if (k->vb & TK_VB_BWD_INPUT) {
-    conv_bwd_input_b(k, dy, mask, dx, n, wt);
+    conv_bwd_input_b(k, dy, mask, dx, 0, n, wt);
     return;
   }
   const tk_geom *g = &k->g;
@@ -342,7 +351,7 @@ static tk_status conv_bwd_input(tk_kernel *kb, const float *dy, float *dx, int n
   tk_status st = check_n(kb, n);
   if (st || (st = check_training(kb))) return st;
   if (k->tk) {
-    fwd_vals fv = {k->tk->wv, NULL, 0};
+    fwd_vals fv = {k->tk->wv, NULL, 0, NULL};
     conv_run_fwd(k->tk, dy, NULL, dx, n, &fv);
   } else {
     conv_run_bwd_input(k, dy, NULL, dx, n, k->wvt);
@@ -355,12 +364,54 @@ static tk_status conv_bwd_input_folded(tk_kernel *kb, const float *dy, const flo
   tk_status st = check_n(kb, n);
   if (st || (st = check_training(kb)) || (st = check_folded(k))) return st;
   if (k->tk) {
-    fwd_vals fv = {k->tk->wvf, NULL, 0};
+    fwd_vals fv = {k->tk->wvf, NULL, 0, NULL};
     conv_run_fwd(k->tk, dy, relu_y, dx, n, &fv);
   } else {
     conv_run_bwd_input(k, dy, relu_y, dx, n, k->wvtf);
   }
   return TK_OK;
+}
+
+static tk_status check_cap(const tk_kernel *kb, unsigned cap) {
+  if (!(kb->caps & cap))
+    return tk_fail(TK_ERR_INTERNAL, "layer %d (%s): kernel without the %s fusion", kb->layer, klayer(kb)->name,
+                   cap == TK_KCAP_FWD_RES ? "residual-add" : "summed input gradient");
+  return TK_OK;
+}
+
+static tk_status conv_fwd_folded_res(tk_kernel *kb, const float *x, const float *res, float *y, int n, int relu) {
+  sparse_kernel *k = (sparse_kernel *)kb;
+  tk_status st = check_n(kb, n);
+  if (st || (st = check_folded(k)) || (st = check_cap(kb, TK_KCAP_FWD_RES))) return st;
+  fwd_vals fv = {k->wvf, k->bf, relu != 0, res};
+  conv_run_fwd(k, x, NULL, y, n, &fv);
+  return TK_OK;
+}
+
+static tk_status conv_bwd_input_acc(tk_kernel *kb, const float *dy, const float *relu_y, float *dx, int n,
+                                    int folded) {
+  sparse_kernel *k = (sparse_kernel *)kb;
+  tk_status st = check_n(kb, n);
+  if (st || (st = check_training(kb)) || (folded && (st = check_folded(k))) || (st = check_cap(kb, TK_KCAP_BWD_ACC)))
+    return st;
+  if (k->tk) {
+    fwd_vals fv = {folded ? k->tk->wvf : k->tk->wv, NULL, 0, dx};
+    conv_run_fwd(k->tk, dy, relu_y, dx, n, &fv);
+  } else {
+    conv_bwd_input_b(k, dy, relu_y, dx, 1, n, folded ? k->wvtf : k->wvt);
+  }
+  return TK_OK;
+}
+
+/* The optional calls a table kernel supports: every table forward form adds a residual (the
+ * unrolled and value-baked code does not); the input gradient sums into dx where it runs as
+ * the transposed layer's table forward or vectorised over the batch. */
+static unsigned conv_caps(const sparse_kernel *k) {
+  if (k->g.linear || k->base.variant != TK_VARIANT_SPARSE_TABLE) return 0;
+  unsigned caps = TK_KCAP_FWD_RES;
+  if (k->training && ((k->tk && k->tk->base.variant == TK_VARIANT_SPARSE_TABLE) || (k->vb & TK_VB_BWD_INPUT)))
+    caps |= TK_KCAP_BWD_ACC;
+  return caps;
 }
 
 /* Adds image i's weight gradient into s->dwv. */
@@ -476,7 +527,7 @@ static tk_status lin_fwd(tk_kernel *kb, const float *x, float *y, int n) {
   sparse_kernel *k = (sparse_kernel *)kb;
   tk_status st = check_n(kb, n);
   if (st) return st;
-  fwd_vals fv = {k->wv, kbias(kb), 0};
+  fwd_vals fv = {k->wv, kbias(kb), 0, NULL};
   lin_run_fwd(k, x, y, n, &fv);
   return TK_OK;
 }
@@ -485,7 +536,7 @@ static tk_status lin_fwd_folded(tk_kernel *kb, const float *x, float *y, int n, 
   sparse_kernel *k = (sparse_kernel *)kb;
   tk_status st = check_n(kb, n);
   if (st || (st = check_folded(k))) return st;
-  fwd_vals fv = {k->wvf, k->bf, relu != 0};
+  fwd_vals fv = {k->wvf, k->bf, relu != 0, NULL};
   lin_run_fwd(k, x, y, n, &fv);
   return TK_OK;
 }
@@ -623,12 +674,13 @@ static void sk_destroy(tk_kernel *kb) {
   free(k);
 }
 
-static const tk_kernel_vtbl conv_vtbl = {conv_fwd,   conv_bwd_input,  conv_bwd_weight,      sk_update, sk_destroy,
-                                         sk_fold,    conv_fwd_folded, conv_bwd_input_folded};
+static const tk_kernel_vtbl conv_vtbl = {conv_fwd,   conv_bwd_input,  conv_bwd_weight,      sk_update,
+                                         sk_destroy, sk_fold,         conv_fwd_folded,      conv_bwd_input_folded,
+                                         conv_fwd_folded_res, conv_bwd_input_acc};
 static const tk_kernel_vtbl baked_vtbl = {conv_fwd, conv_bwd_input, conv_bwd_weight, sk_update, sk_destroy,
-                                          NULL,     NULL,           NULL}; /* values compiled in: no fold */
+                                          NULL,     NULL,           NULL,            NULL, NULL}; /* values compiled in: no fold */
 static const tk_kernel_vtbl lin_vtbl = {lin_fwd, lin_bwd_input, lin_bwd_weight,       sk_update, sk_destroy,
-                                        sk_fold, lin_fwd_folded, lin_bwd_input_folded};
+                                        sk_fold, lin_fwd_folded, lin_bwd_input_folded, NULL,     NULL};
 
 /* ---- the EMPTY kernel: every weight pruned ---------------------------------------------------- */
 
@@ -725,7 +777,7 @@ static void empty_destroy(tk_kernel *k) {
   free(k);
 }
 static const tk_kernel_vtbl empty_vtbl = {empty_fwd,  empty_bwd_input,  empty_bwd_weight,      empty_update, empty_destroy,
-                                          empty_fold, empty_fwd_folded, empty_bwd_input_folded};
+                                          empty_fold, empty_fwd_folded, empty_bwd_input_folded, NULL,         NULL};
 
 static tk_status empty_create(const tk_model *m, int layer, int max_batch, tk_kernel **out) {
   const tk_layer *l = &m->layers[layer];
@@ -733,7 +785,7 @@ static tk_status empty_create(const tk_model *m, int layer, int max_batch, tk_ke
     return tk_fail(TK_ERR_ARG, "layer %d (%s): planned as empty but has kept weights", layer, l->name);
   empty_kernel *k = tk_calloc(1, sizeof *k);
   if (!k) return TK_ERR_NOMEM;
-  k->base = (tk_kernel){&empty_vtbl, TK_VARIANT_EMPTY, m, layer, max_batch};
+  k->base = (tk_kernel){&empty_vtbl, TK_VARIANT_EMPTY, m, layer, max_batch, 0};
   if (!(k->bf = tk_calloc((size_t)l->out.c, sizeof(float)))) {
     free(k);
     return TK_ERR_NOMEM;
@@ -849,7 +901,7 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
   sparse_kernel *k = tk_calloc(1, sizeof *k);
   if (!k) return TK_ERR_NOMEM;
   const tk_kernel_vtbl *vt = it->g.linear ? &lin_vtbl : it->variant == TK_VARIANT_VALUE_BAKED ? &baked_vtbl : &conv_vtbl;
-  k->base = (tk_kernel){vt, it->variant, m, it->layer, max_batch};
+  k->base = (tk_kernel){vt, it->variant, m, it->layer, max_batch, 0};
   k->g = it->g;
   k->t = it->t;
   memset(&it->t, 0, sizeof it->t); /* owned by the kernel now */
@@ -897,6 +949,7 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
     }
     memcpy(syms[s].dst, &p, sizeof p);
   }
+  k->base.caps = conv_caps(k);
   int64_t nnz = k->t.nnz, nz1 = nnz ? nnz : 1;
   k->wv = tk_alloc_aligned((size_t)nz1 * sizeof(float));
   if (training) k->wvt = tk_alloc_aligned((size_t)nz1 * sizeof(float));
@@ -1132,6 +1185,7 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
       }
       for (int64_t j = 0; j < tk->t.nnz; j++) pk->tpos[j] = it->own_map[tk->t.pos[j]];
       pk->tk = tk, pk->tm = it->own_m;
+      pk->base.caps = conv_caps(pk);
       it->own_m = NULL;
       /* its values replace the transposed order's: update() and fold() no longer repack those */
       free(pk->wvt), free(pk->wvtf);

@@ -743,9 +743,10 @@ static void dense_destroy(tk_kernel *kk) {
 }
 
 static const tk_kernel_vtbl g_dense_vtbl = {dense_fwd, dense_bwd_input, dense_bwd_weight, dense_update, dense_destroy,
-                                           NULL,      NULL,            NULL};
+                                           NULL,      NULL,            NULL,             NULL,         NULL};
 static const tk_kernel_vtbl g_dense_fold_vtbl = {dense_fwd,  dense_bwd_input,  dense_bwd_weight,      dense_update,
-                                                dense_destroy, dense_fold, dense_fwd_folded, dense_bwd_input_folded};
+                                                dense_destroy, dense_fold, dense_fwd_folded, dense_bwd_input_folded,
+                                                NULL,          NULL};
 
 tk_status tk_kernel_dense_create_ext(const tk_model *m, int layer, int max_batch, int shared_scratch,
                                      tk_kernel **out) {

@@ -45,8 +45,16 @@
  * those of the outputs the later layers see) and then goes the unfolded way.  A layer whose
  * kernel has no fold entries (the reference kernel, value-baked code) keeps the unfolded path.
  * Both engines fold the same layers, so the dense baseline runs the same folded graph.
- * Environment: TICKET_FOLD_BN=0 turns folding off (A/B measurements); read when the engine is
- * created.
+ * Residual adds fused into a folded layer's store (eval mode): an add whose later-computed
+ * input is a folded batchnorm's output read by nothing else, the other input ready before that
+ * batchnorm's layer runs, and whose kernel can add a residual (TK_KCAP_FWD_RES): the layer's
+ * folded forward writes relu?(its output + the other input) straight into the add's output
+ * and the add step does nothing (the batchnorm's own output buffer is not written; backward
+ * is unchanged: the add masks by its output).  And an input gradient that sums into a buffer
+ * already holding a gradient (G_ACC) is summed by the kernel's store where it can
+ * (TK_KCAP_BWD_ACC), instead of going through gtmp and a pass of its own.
+ * Environment: TICKET_FOLD_BN=0 turns folding off, TICKET_FUSE=0 both fusions above (A/B
+ * measurements); read when the engine is created.
  *
  * Numerics follow PyTorch (runtime/ops.h); the reference engine (runtime/ref/ref.c) is the
  * oracle in tests/unit/test_exec.c.  Results are deterministic for a given thread count.
@@ -79,6 +87,9 @@ typedef struct {
   int folded;       /* ReLU done by its producer: no forward work, backward passes through */
   int fold_with;    /* conv/linear: the batchnorm that can fold into it; batchnorm: that layer; -1 */
   int fold_on;      /* the pair folds in eval mode (structure, kernel support, TICKET_FOLD_BN) */
+  int res_add;      /* conv/linear with fold_on: the add its folded forward completes, -1 */
+  int res_in;       /* that add: its input the layer's store adds (the other one) */
+  int fused_into;   /* add: the layer whose folded forward writes it, -1 */
   float *fscale, *fshift; /* batchnorm: the fold's a and b */
   float *in[2], *out;
   int64_t in_elems, out_elems; /* per image */
@@ -118,6 +129,8 @@ typedef struct {
   int profile;
   int *readers, *alias; /* n_values: readers of each value; value whose buffer it uses, or -1 */
   int fold_env;         /* TICKET_FOLD_BN is not 0 */
+  int fuse_env;         /* TICKET_FUSE is not 0 */
+  int n_res_fused;      /* adds fused into a folded layer's store */
   int n_folds;          /* pairs with fold_on */
   int fold_stale;       /* the kernels' folds do not match the weights and running statistics */
   int last_folded;      /* the last forward ran the folded pairs folded */
@@ -253,11 +266,36 @@ static void folds_bind(exec_engine *x) {
     x->n_folds++;
   }
   x->fold_stale = 1;
+  /* residual adds into the store of the folded layer that computes their later input */
+  x->n_res_fused = 0;
+  for (int i = 0; i < L; i++) x->steps[i].res_add = x->steps[i].fused_into = -1;
+  for (int i = 0; i < L && x->fuse_env; i++) {
+    step *s = &x->steps[i];
+    const tk_layer *l = s->l;
+    if (l->op != TK_OP_ADD || l->n_inputs != 2) continue;
+    const int late = l->inputs[0] > l->inputs[1] ? 0 : 1, u = l->inputs[late], uo = l->inputs[1 - late];
+    if (u < 1 || uo == u) continue;
+    const step *b = &x->steps[u - 1];
+    if (b->l->op != TK_OP_BATCHNORM || !b->fold_on || b->relu_fused || x->readers[u] != 1 || x->alias[u] >= 0)
+      continue;
+    step *c = &x->steps[b->fold_with];
+    if (uo - 1 >= b->fold_with || !c->k || !(c->k->caps & TK_KCAP_FWD_RES) || !c->k->v->fwd_folded_res ||
+        s->out == c->in[0])
+      continue;
+    c->res_add = i, c->res_in = 1 - late;
+    s->fused_into = b->fold_with;
+    x->n_res_fused++;
+  }
   size_t len = strlen(x->how);
   if (!x->fold_env)
     snprintf(x->how + len, sizeof x->how - len, "; batchnorm folding off (TICKET_FOLD_BN=0)");
   else if (x->n_folds)
     snprintf(x->how + len, sizeof x->how - len, "; %d batchnorm(s) folded in eval mode", x->n_folds);
+  len = strlen(x->how);
+  if (!x->fuse_env)
+    snprintf(x->how + len, sizeof x->how - len, "; add fusions off (TICKET_FUSE=0)");
+  else if (x->n_res_fused)
+    snprintf(x->how + len, sizeof x->how - len, ", %d residual add(s) into their stores", x->n_res_fused);
 }
 
 /* Batchnorm i in eval mode: its statistics for backward (mean, 1/std) and the fold's a and b,
@@ -551,7 +589,10 @@ static tk_status step_fwd(exec_engine *x, int i, int n, tk_bn_mode bn, int folde
   case TK_OP_CONV2D:
   case TK_OP_LINEAR: {
     tk_status st;
-    if (folded && s->fold_on) { /* straight into the batchnorm's output, with its ReLU */
+    if (folded && s->res_add >= 0) { /* straight into the add's output, with the add's ReLU */
+      const step *a = &x->steps[s->res_add];
+      st = s->k->v->fwd_folded_res(s->k, s->in[0], a->in[s->res_in], a->out, n, a->relu_fused);
+    } else if (folded && s->fold_on) { /* straight into the batchnorm's output, with its ReLU */
       const step *b = &x->steps[s->fold_with];
       st = s->k->v->fwd_folded(s->k, s->in[0], b->out, n, b->relu_fused);
     } else {
@@ -578,7 +619,10 @@ static tk_status step_fwd(exec_engine *x, int i, int n, tk_bn_mode bn, int folde
   case TK_OP_MAXPOOL: tk_ops_maxpool_fwd(&s->pool, s->in[0], s->out, s->argmax, n); break;
   case TK_OP_AVGPOOL: tk_ops_avgpool_fwd(&s->pool, s->in[0], s->out, n); break;
   case TK_OP_GLOBALAVGPOOL: tk_ops_gap_fwd(s->in[0], s->out, n, c, hw); break;
-  case TK_OP_ADD: tk_ops_add_fwd(s->in[0], s->in[1], s->relu_fused, s->out, count); break;
+  case TK_OP_ADD:
+    if (folded && s->fused_into >= 0) break; /* written by that layer */
+    tk_ops_add_fwd(s->in[0], s->in[1], s->relu_fused, s->out, count);
+    break;
   case TK_OP_FLATTEN: break; /* a view */
   case TK_OP_SCALE: tk_ops_scale_fwd(s->in[0], m->tensors[l->weight].data, s->out, n, c, hw); break;
   case TK_OP_COUNT: return tk_fail(TK_ERR_INTERNAL, "layer %d (%s): unknown op", i, l->name);
@@ -641,6 +685,8 @@ static tk_status step_bwd(exec_engine *x, int i, int n, int want_dx, int param_g
   for (int k = 0; k < l->n_inputs; k++)
     if (s->gin[k] >= 0 && (l->inputs[k] != 0 || want_dx)) din[k] = x->slot[s->gin[k]];
   const int acc0 = s->gmode[0] == G_ACC, acc1 = s->gmode[1] == G_ACC;
+  /* a conv/linear input gradient summed in: by the kernel's store where it can */
+  const int acc_k = acc0 && x->fuse_env && s->k && (s->k->caps & TK_KCAP_BWD_ACC) && s->k->v->bwd_input_acc;
   tk_status st = TK_OK;
   switch (l->op) {
   case TK_OP_CONV2D:
@@ -651,8 +697,11 @@ static tk_status step_bwd(exec_engine *x, int i, int n, int want_dx, int param_g
                                          "kernels; compile with training = 1)", i, l->name);
     if (folded && s->fold_on) { /* dy is the batchnorm's output gradient, masked by its ReLU in the kernel */
       const step *b = &x->steps[s->fold_with];
-      if (din[0]) {
-        st = k->v->bwd_input_folded(k, dy, b->relu_fused ? b->out : NULL, acc0 ? x->gtmp : din[0], n);
+      const float *mask = b->relu_fused ? b->out : NULL;
+      if (din[0] && acc_k) {
+        st = k->v->bwd_input_acc(k, dy, mask, din[0], n, 1);
+      } else if (din[0]) {
+        st = k->v->bwd_input_folded(k, dy, mask, acc0 ? x->gtmp : din[0], n);
         if (st == TK_OK && acc0) tk_ops_accumulate(din[0], x->gtmp, (size_t)n * s->in_elems);
       }
       if (st != TK_OK) return tk_fail_prefix(st, "layer %d (%s)", i, l->name);
@@ -662,7 +711,9 @@ static tk_status step_bwd(exec_engine *x, int i, int n, int want_dx, int param_g
     float *db = param_grads && l->bias >= 0 ? grads[l->bias] : NULL;
     if (dw) st = k->v->bwd_weight(k, s->in[0], dy, dw, db, n);
     else if (db) tk_ops_channel_sum(dy, db, n, l->out.c, l->out.h * l->out.w);
-    if (st == TK_OK && din[0]) {
+    if (st == TK_OK && din[0] && acc_k) {
+      st = k->v->bwd_input_acc(k, dy, NULL, din[0], n, 0);
+    } else if (st == TK_OK && din[0]) {
       st = k->v->bwd_input(k, dy, acc0 ? x->gtmp : din[0], n);
       if (st == TK_OK && acc0) tk_ops_accumulate(din[0], x->gtmp, (size_t)n * s->in_elems);
     }
@@ -829,6 +880,8 @@ static tk_status exec_create(tk_model *m, int max_batch, const tk_compile_opts *
   tk_status st = TK_ERR_NOMEM;
   const char *fe = getenv("TICKET_FOLD_BN");
   x->fold_env = !(fe && !strcmp(fe, "0"));
+  const char *fu = getenv("TICKET_FUSE");
+  x->fuse_env = !(fu && !strcmp(fu, "0"));
   if (!(x->steps = tk_calloc((size_t)m->n_layers, sizeof(step)))) goto fail;
   for (int i = 0; i < m->n_layers; i++) x->steps[i].l = &m->layers[i];
   if ((st = plan_graph(x)) != TK_OK) goto fail;
@@ -874,6 +927,11 @@ const char *tk_exec_how(const tk_engine *e) {
 int tk_exec_bn_folds(const tk_engine *e) {
   const exec_engine *x = as_exec(e);
   return x ? x->n_folds : 0;
+}
+
+int tk_exec_res_fused(const tk_engine *e) {
+  const exec_engine *x = as_exec(e);
+  return x ? x->n_res_fused : 0;
 }
 
 size_t tk_exec_arena_bytes(const tk_engine *e) {

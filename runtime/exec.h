@@ -21,6 +21,9 @@ const char *tk_exec_how(const tk_engine *e);
 /* Batchnorms folded into their conv/linear in eval-mode forwards (see exec.c; 0 with
  * TICKET_FOLD_BN=0 or when no kernel supports it). */
 int tk_exec_bn_folds(const tk_engine *e);
+/* Residual adds fused into a folded layer's store in eval-mode forwards (see exec.c; 0 with
+ * TICKET_FUSE=0 or TICKET_FOLD_BN=0, or where no kernel supports it). */
+int tk_exec_res_fused(const tk_engine *e);
 /* Bytes of the engine's arena (activations, gradients, statistics, kernel scratch). */
 size_t tk_exec_arena_bytes(const tk_engine *e);
 

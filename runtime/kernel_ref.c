@@ -64,7 +64,7 @@ static void kref_destroy(tk_kernel *k) { free(k); }
 
 /* no fold entries: the executor runs a batchnorm after a reference kernel unfolded */
 static const tk_kernel_vtbl g_kref_vtbl = {kref_fwd, kref_bwd_input, kref_bwd_weight, kref_update, kref_destroy,
-                                           NULL,     NULL,           NULL};
+                                           NULL,     NULL,           NULL,            NULL,        NULL};
 
 tk_status tk_kernel_reference_create(const tk_model *m, int layer, int max_batch, tk_kernel **out) {
   *out = NULL;

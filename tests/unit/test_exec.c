@@ -560,7 +560,12 @@ out:
   free(lg), free(lw), free(l0), free(dxg), free(dxw), free(dx0);
 }
 
-/* One engine maker on one masked model, folding on (and off, TICKET_FOLD_BN=0). */
+static int g_last_res_fused; /* residual adds the last test_fold's engine fused into its stores */
+
+/* One engine maker on one masked model, folding on (and off, TICKET_FOLD_BN=0): e and e0 must
+ * agree, and with the reference; on the compiled engine the folds also carry the residual adds
+ * (exec.c: fused into the store of the layer computing their later input) and the summed input
+ * gradients, which e0 (no folds) computes as passes of their own. */
 static void test_fold(const char *model_name, const tk_model *base, double sparsity, const char *ename,
                       tk_status (*make)(tk_model *, tk_engine **, const void *), const void *arg, int want_folds,
                       int nmax) {
@@ -586,6 +591,8 @@ static void test_fold(const char *model_name, const tk_model *base, double spars
   CHECK_MSG(tk_exec_bn_folds(e) == want_folds, "fold: %s on %s s=%.2f: %d batchnorm(s) folded, expected %d (%s)",
             ename, model_name, sparsity, tk_exec_bn_folds(e), want_folds, tk_exec_how(e));
   CHECK_MSG(tk_exec_bn_folds(e0) == 0, "fold: %s: TICKET_FOLD_BN=0 still folds %d", ename, tk_exec_bn_folds(e0));
+  CHECK_MSG(tk_exec_res_fused(e0) == 0, "fold: %s: TICKET_FOLD_BN=0 still fuses %d add(s)", ename, tk_exec_res_fused(e0));
+  g_last_res_fused = tk_exec_res_fused(e);
   int dense_layers = 0;
   for (int i = 0; i < meng->n_layers; i++) dense_layers += tk_exec_layer_variant(e, i) == TK_VARIANT_DENSE;
   const double tol = dense_layers ? 1e-4 : 1e-5;
@@ -687,7 +694,9 @@ static void test_folds(tk_model *mixed, int heavy) {
       if (tk_dense_available()) test_fold(mname, m, s, "dense", make_dense, NULL, nf, MAXB);
       test_fold(mname, m, s, "compiled", make_default, NULL, nf, MAXB);
       test_fold(mname, m, s, "compiled-table", make_compiled, &force_table, nf, MAXB);
+      CHECK_MSG(mi == 1 || s > 0.5 || g_last_res_fused > 0, "mixed s=%.2f compiled-table: its add not fused", s);
       test_fold(mname, m, s, "compiled-reference", make_compiled, &force_ref, 0, MAXB);
+      CHECK_MSG(g_last_res_fused == 0, "%s s=%.2f: the reference kernels fused %d add(s)", mname, s, g_last_res_fused);
       if (s >= 0.99 || heavy) /* unrolled code is slow to compile: its own sparsity only */
         test_fold(mname, m, s, "compiled-unrolled", make_compiled, &force_unrolled, nf, MAXB);
       if (mi == 1 && (s == 0.5 || s == 0.9 || heavy)) { /* batch 32 */
@@ -789,6 +798,7 @@ int main(void) {
     tk_model *m = tk_model_clone(models[2]);
     mask_model(m, 0.9, 500, NULL);
     test_fold("resnet20", m, 0.9, "compiled", make_default, NULL, foldable_bns(m), MAXB);
+    CHECK_MSG(g_last_res_fused > 0, "resnet20 compiled: no residual add fused into a store");
     if (tk_dense_available()) test_fold("resnet20", m, 0.9, "dense", make_dense, NULL, foldable_bns(m), MAXB);
     tk_model_free(m);
   }

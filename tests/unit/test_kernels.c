@@ -55,6 +55,7 @@ typedef struct {
 
 static tk_rng g_rng;
 static int g_cases_run;
+static int g_acc_cases; /* kernels whose summed input gradient was checked */
 
 static void fill(float *p, int64_t n) {
   for (int64_t i = 0; i < n; i++) p[i] = (float)(2.0 * tk_rng_uniform(&g_rng) - 1.0);
@@ -179,6 +180,48 @@ static void check_fold(const kcase *c, tk_model *m, tk_kernel *k, const char *vn
     for (int64_t q = 0; q < xs; q++) dx[q] = NAN;
     CHECK(k->v->bwd_input_folded(k, dy, ry, dx, n) == TK_OK);
     check_rel_tol(relu ? "folded input gradient, masked" : "folded input gradient", c, vname, dx, dxr, xs, tol);
+  }
+  /* the fusions (compile.h, TK_KCAP_*): every table conv adds a residual in its forward's store,
+   * into another buffer and into y itself; a conv whose input gradient runs as the transposed
+   * layer's forward or over the batch sums it into dx, folded and not */
+  const int want_res = !c->linear && k->variant == TK_VARIANT_SPARSE_TABLE;
+  CHECK_MSG(!!(k->caps & TK_KCAP_FWD_RES) == want_res, "%s [%s]: residual-add cap %u, expected %d", c->name, vname,
+            k->caps, want_res);
+  if (k->caps & TK_KCAP_FWD_RES) {
+    float *res = malloc((size_t)ys * 4), *want = malloc((size_t)ys * 4);
+    fill(res, ys);
+    for (int relu = 0; relu < 2; relu++) {
+      for (int64_t q = 0; q < ys; q++) {
+        float t = yr[q] + res[q];
+        want[q] = relu ? (t > 0.0f ? t : 0.0f) : t;
+        y[q] = NAN;
+      }
+      CHECK(k->v->fwd_folded_res(k, x, res, y, n, relu) == TK_OK);
+      check_rel_tol(relu ? "folded forward + residual + relu" : "folded forward + residual", c, vname, y, want, ys, tol);
+      memcpy(y, res, (size_t)ys * 4);
+      CHECK(k->v->fwd_folded_res(k, x, y, y, n, relu) == TK_OK);
+      check_rel_tol(relu ? "folded forward + residual in place + relu" : "folded forward + residual in place", c,
+                    vname, y, want, ys, tol);
+    }
+    free(res), free(want);
+  }
+  if (k->caps & TK_KCAP_BWD_ACC) {
+    CHECK(training);
+    float *dx0 = malloc((size_t)xs * 4), *want = malloc((size_t)xs * 4);
+    fill(dx0, xs);
+    for (int mode = 0; mode < 3; mode++) { /* folded and masked, folded, the layer's own values */
+      const float *ry = mode == 0 ? yrr : NULL;
+      for (int64_t q = 0; q < ys; q++) dym[q] = !ry || ry[q] > 0.0f ? dy[q] : 0.0f;
+      tk_ref_conv2d_bwd_input(l, dym, mode == 2 ? w->data : wf, dxr, n);
+      for (int64_t q = 0; q < xs; q++) want[q] = dxr[q] + dx0[q];
+      memcpy(dx, dx0, (size_t)xs * 4);
+      CHECK(k->v->bwd_input_acc(k, dy, ry, dx, n, mode < 2) == TK_OK);
+      check_rel_tol(mode == 0 ? "folded input gradient, masked, summed in" : mode == 1 ? "folded input gradient, summed in"
+                                                                                     : "input gradient, summed in",
+                    c, vname, dx, want, xs, tol);
+    }
+    g_acc_cases++;
+    free(dx0), free(want);
   }
   /* the unfolded forward is untouched by the fold */
   CHECK(k->v->fwd(k, x, y, n) == TK_OK);
@@ -599,7 +642,8 @@ int main(void) {
   }
   check_plan_vec_batch();
   check_source(cache);
-  printf("%d kernel/variant cases run\n", g_cases_run);
+  printf("%d kernel/variant cases run, %d with a summed input gradient\n", g_cases_run, g_acc_cases);
+  CHECK_MSG(g_acc_cases > 0, "no kernel summed its input gradient into dx");
   char cmd[512];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", cache);
   if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", cache);

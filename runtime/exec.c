@@ -53,7 +53,11 @@
  * is unchanged: the add masks by its output).  And an input gradient that sums into a buffer
  * already holding a gradient (G_ACC) is summed by the kernel's store where it can
  * (TK_KCAP_BWD_ACC), instead of going through gtmp and a pass of its own.
- * Environment: TICKET_FOLD_BN=0 turns folding off, TICKET_FUSE=0 both fusions above (A/B
+ * A batchnorm (not folded, without a ReLU) whose output only an add reads writes no output:
+ * it computes its statistics and affine, and the add computes relu?(a*z + b + other) from its
+ * input z (tk_ops_add_affine_fwd, bit-identical), one write and one read of the tensor less
+ * (train mode above all: both of a downsampling block's batchnorms).
+ * Environment: TICKET_FOLD_BN=0 turns folding off, TICKET_FUSE=0 the three fusions above (A/B
  * measurements); read when the engine is created.
  *
  * Numerics follow PyTorch (runtime/ops.h); the reference engine (runtime/ref/ref.c) is the
@@ -90,6 +94,8 @@ typedef struct {
   int res_add;      /* conv/linear with fold_on: the add its folded forward completes, -1 */
   int res_in;       /* that add: its input the layer's store adds (the other one) */
   int fused_into;   /* add: the layer whose folded forward writes it, -1 */
+  int bn_defer;     /* batchnorm read only by an add: that add applies its affine (not when folded) */
+  int defer_in[2];  /* add: the batchnorm step behind each input whose affine it applies, -1 */
   float *fscale, *fshift; /* batchnorm: the fold's a and b */
   float *in[2], *out;
   int64_t in_elems, out_elems; /* per image */
@@ -360,6 +366,20 @@ static tk_status plan_graph(exec_engine *x) {
       s->folded = 1;
     }
   }
+  /* batchnorm (without a ReLU) read only by an add: the add applies its affine */
+  for (int i = 0; i < L; i++) x->steps[i].defer_in[0] = x->steps[i].defer_in[1] = -1;
+  for (int i = 0; i < L && x->fuse_env; i++) {
+    const tk_layer *l = &m->layers[i];
+    if (l->op != TK_OP_ADD || l->n_inputs != 2 || l->inputs[0] == l->inputs[1]) continue;
+    for (int k = 0; k < 2; k++) {
+      const int u = l->inputs[k];
+      if (u < 1 || m->layers[u - 1].op != TK_OP_BATCHNORM || readers[u] != 1 || alias[u] >= 0 ||
+          x->steps[u - 1].relu_fused)
+        continue;
+      x->steps[u - 1].bn_defer = 1;
+      x->steps[i].defer_in[k] = u - 1;
+    }
+  }
   /* batchnorm after a conv/linear whose output nothing else reads: foldable in eval mode (the
    * layer then writes the batchnorm's output; its own output buffer serves train mode) */
   for (int i = 0; i < L; i++) {
@@ -605,12 +625,12 @@ static tk_status step_fwd(exec_engine *x, int i, int n, tk_bn_mode bn, int folde
     if (folded && s->fold_on) break; /* done by the layer before */
     const float *g = m->tensors[l->weight].data, *b = m->tensors[l->bias].data;
     float *rm = m->tensors[l->mean].data, *rv = m->tensors[l->var].data;
+    float *y = s->bn_defer ? NULL : s->out; /* deferred: the add that reads it applies the affine */
     if (bn == TK_BN_TRAIN)
-      tk_ops_bn_train_fwd(s->in[0], g, b, rm, rv, l->eps, l->momentum, s->relu_fused, s->out, s->mean, s->invstd,
-                          s->a, s->b, n, c, hw);
+      tk_ops_bn_train_fwd(s->in[0], g, b, rm, rv, l->eps, l->momentum, s->relu_fused, y, s->mean, s->invstd, s->a,
+                          s->b, n, c, hw);
     else
-      tk_ops_bn_eval_fwd(s->in[0], g, b, rm, rv, l->eps, s->relu_fused, s->out, s->mean, s->invstd, s->a, s->b, n, c,
-                         hw);
+      tk_ops_bn_eval_fwd(s->in[0], g, b, rm, rv, l->eps, s->relu_fused, y, s->mean, s->invstd, s->a, s->b, n, c, hw);
     break;
   }
   case TK_OP_RELU:
@@ -619,10 +639,20 @@ static tk_status step_fwd(exec_engine *x, int i, int n, tk_bn_mode bn, int folde
   case TK_OP_MAXPOOL: tk_ops_maxpool_fwd(&s->pool, s->in[0], s->out, s->argmax, n); break;
   case TK_OP_AVGPOOL: tk_ops_avgpool_fwd(&s->pool, s->in[0], s->out, n); break;
   case TK_OP_GLOBALAVGPOOL: tk_ops_gap_fwd(s->in[0], s->out, n, c, hw); break;
-  case TK_OP_ADD:
+  case TK_OP_ADD: {
     if (folded && s->fused_into >= 0) break; /* written by that layer */
-    tk_ops_add_fwd(s->in[0], s->in[1], s->relu_fused, s->out, count);
+    /* inputs whose batchnorm deferred its affine to here (one folded this time wrote its output) */
+    const step *d[2] = {NULL, NULL};
+    for (int k = 0; k < 2; k++)
+      if (s->defer_in[k] >= 0 && !(folded && x->steps[s->defer_in[k]].fold_on)) d[k] = &x->steps[s->defer_in[k]];
+    if (d[0] || d[1])
+      tk_ops_add_affine_fwd(d[0] ? d[0]->in[0] : s->in[0], d[0] ? d[0]->a : NULL, d[0] ? d[0]->b : NULL,
+                            d[1] ? d[1]->in[0] : s->in[1], d[1] ? d[1]->a : NULL, d[1] ? d[1]->b : NULL,
+                            s->relu_fused, s->out, n, c, hw);
+    else
+      tk_ops_add_fwd(s->in[0], s->in[1], s->relu_fused, s->out, count);
     break;
+  }
   case TK_OP_FLATTEN: break; /* a view */
   case TK_OP_SCALE: tk_ops_scale_fwd(s->in[0], m->tensors[l->weight].data, s->out, n, c, hw); break;
   case TK_OP_COUNT: return tk_fail(TK_ERR_INTERNAL, "layer %d (%s): unknown op", i, l->name);

@@ -107,6 +107,7 @@ void tk_ops_bn_eval_fwd(const float *x, const float *gamma, const float *beta, c
     save_a[ch] = gamma[ch] * save_invstd[ch];
     save_b[ch] = beta[ch] - save_mean[ch] * save_a[ch];
   }
+  if (!y) return;
   long planes = (long)n * c;
   TK_PRAGMA("omp parallel for schedule(static) if(planes * hw > PAR_MIN)")
   for (long p = 0; p < planes; p++) {
@@ -189,7 +190,7 @@ void tk_ops_bn_train_fwd(const float *x, const float *gamma, const float *beta, 
       save_a[ch] = (float)(gamma[ch] * invstd);
       save_b[ch] = (float)(beta[ch] - mean * gamma[ch] * invstd);
     }
-    for (int i = 0; i < n; i++)
+    for (int i = 0; y && i < n; i++)
       for (int j = 0; j < nc; j++) {
         const size_t off = i * cs + (size_t)(c0 + j) * hw;
         affine_plane(x + off, save_a[c0 + j], save_b[c0 + j], relu, y + off, hw);
@@ -505,6 +506,37 @@ void tk_ops_add_fwd(const float *a, const float *b, int relu, float *y, size_t c
     FLAT_LOOP(count, TK_PRAGMA("omp simd") for (size_t i = lo; i < hi; i++) y[i] = relu1(a[i] + b[i]));
   else
     FLAT_LOOP(count, TK_PRAGMA("omp simd") for (size_t i = lo; i < hi; i++) y[i] = a[i] + b[i]);
+}
+
+void tk_ops_add_affine_fwd(const float *x0, const float *a0, const float *b0, const float *x1, const float *a1,
+                           const float *b1, int relu, float *y, int n, int c, int hw) {
+  long planes = (long)n * c;
+  TK_PRAGMA("omp parallel for schedule(static) if(planes * hw > PAR_MIN)")
+  for (long p = 0; p < planes; p++) {
+    const int ch = (int)(p % c);
+    const float *u = x0 + p * hw, *v = x1 + p * hw;
+    float *yp = y + p * hw;
+    const float ua = a0 ? a0[ch] : 0.0f, ub = a0 ? b0[ch] : 0.0f, va = a1 ? a1[ch] : 0.0f, vb = a1 ? b1[ch] : 0.0f;
+    /* the four combinations as loops of their own, so that each vectorises without selects */
+#define ADD_AFFINE_LOOP(EU, EV)                                      \
+  if (relu) {                                                        \
+    TK_PRAGMA("omp simd")                                            \
+    for (int k = 0; k < hw; k++) yp[k] = relu1((EU) + (EV));         \
+  } else {                                                           \
+    TK_PRAGMA("omp simd")                                            \
+    for (int k = 0; k < hw; k++) yp[k] = (EU) + (EV);                \
+  }
+    if (a0 && a1) {
+      ADD_AFFINE_LOOP(bn_affine(u[k], ua, ub), bn_affine(v[k], va, vb))
+    } else if (a0) {
+      ADD_AFFINE_LOOP(bn_affine(u[k], ua, ub), v[k])
+    } else if (a1) {
+      ADD_AFFINE_LOOP(u[k], bn_affine(v[k], va, vb))
+    } else {
+      ADD_AFFINE_LOOP(u[k], v[k])
+    }
+#undef ADD_AFFINE_LOOP
+  }
 }
 
 /* d (+)= g over [lo, hi) */

@@ -40,7 +40,8 @@ void tk_ops_normalize_bwd(const float *dy, const float *std, float *dx, int n, i
  *   (N*HW / (N*HW - 1) times the biased one).  N*HW must be at least 2.
  * Both save the per-channel affine they applied, y = relu?(x * save_a + save_b), from which
  * the backward recomputes the ReLU's mask.  y may equal x when no backward follows (it reads
- * x). */
+ * x).  y NULL: the statistics and the affine only, no output (an add applies the affine,
+ * tk_ops_add_affine_fwd). */
 void tk_ops_bn_eval_fwd(const float *x, const float *gamma, const float *beta, const float *running_mean,
                         const float *running_var, float eps, int relu, float *y, float *save_mean,
                         float *save_invstd, float *save_a, float *save_b, int n, int c, int hw);
@@ -85,6 +86,12 @@ void tk_ops_gap_bwd(const float *dy, float *dx, int n, int c, int hw, int acc); 
 /* ---- add, optionally fused with a following ReLU ----------------------------------------- */
 /* y = relu?(a + b) over count elements; y may equal a or b. */
 void tk_ops_add_fwd(const float *a, const float *b, int relu, float *y, size_t count);
+/* y = relu?(f0(x0) + f1(x1)) over (N, C, HW), fk(x) = x * ak[c] + bk[c] (the batchnorm affine,
+ * the very expression tk_ops_bn_*_fwd apply, so y is bit-identical to a batchnorm's output
+ * added), or x itself when ak is NULL: a batchnorm's output pass fused into the add that
+ * reads it.  y may equal x0 or x1. */
+void tk_ops_add_affine_fwd(const float *x0, const float *a0, const float *b0, const float *x1, const float *a1,
+                           const float *b1, int relu, float *y, int n, int c, int hw);
 /* g = dy * (relu_y > 0) (or dy when relu_y is NULL); da (acc_a) and db (acc_b) receive g
  * (NULL skips).  dy is overwritten with g.  Any of dy, da, db may be the same buffer. */
 void tk_ops_add_bwd(const float *relu_y, float *dy, float *da, int acc_a, float *db, int acc_b, size_t count);

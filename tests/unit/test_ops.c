@@ -13,6 +13,11 @@
  * follow the batch), a channel with gamma = beta = 0 (every value exactly 0), signed zeros,
  * negative gammas, NaN in x (which poisons its channel in train mode) and NaN in dy.  The
  * backward is also checked against a naive double formula, masked by y, to 1e-5.
+ *
+ * A batchnorm's output pass fused into the add that reads it (tk_ops_add_affine_fwd, exec.c's
+ * deferred batchnorms): relu?(a0*x0 + b0 + a1*x1 + b1), either affine or both, must equal bit
+ * for bit the batchnorms' outputs added by tk_ops_add_fwd, in place too, on the same edge
+ * data; and a batchnorm forward without an output (y NULL) must save the same statistics.
  */
 #include "check.h"
 
@@ -225,8 +230,62 @@ static void bn_bwd_mask(void) {
   CHECK(edge_pos > 100 && edge_neg > 100);
 }
 
+static void add_affine(void) {
+  int cases = 0;
+  for (size_t si = 0; si < sizeof g_shapes / sizeof *g_shapes; si++)
+    for (int train = 0; train < 2; train++) {
+      bn_case t[2];
+      make_case(&t[0], &g_shapes[si], train);
+      make_case(&t[1], &g_shapes[si], train);
+      const bn_shape *sh = &g_shapes[si];
+      const size_t cnt = t[0].count, cb = (size_t)sh->c * sizeof(float);
+      float *want = malloc(cnt * sizeof(float)), *got = malloc(cnt * sizeof(float));
+      float *sv[4] = {malloc(cb), malloc(cb), malloc(cb), malloc(cb)};
+      for (int k = 0; k < 2; k++) {
+        forward(&t[k], train, 0); /* y: the batchnorm's output, no ReLU */
+        /* the same forward without an output saves the same statistics and affine */
+        float *keep[4] = {t[k].mean, t[k].invstd, t[k].a, t[k].b};
+        for (int q = 0; q < 4; q++) memcpy(sv[q], keep[q], cb), memset(keep[q], 0xff, cb);
+        float *y = t[k].y;
+        t[k].y = NULL;
+        forward(&t[k], train, 0);
+        t[k].y = y;
+        check_same(train ? "train batchnorm without output: mean" : "eval batchnorm without output: mean", t[k].mean,
+                   sv[0], (size_t)sh->c);
+        check_same("batchnorm without output: 1/std", t[k].invstd, sv[1], (size_t)sh->c);
+        check_same("batchnorm without output: a", t[k].a, sv[2], (size_t)sh->c);
+        check_same("batchnorm without output: b", t[k].b, sv[3], (size_t)sh->c);
+      }
+      for (int relu = 0; relu < 2; relu++) {
+        tk_ops_add_fwd(t[0].y, t[1].y, relu, want, cnt);
+        for (int which = 1; which < 4; which++) { /* bit 0: input 0's affine, bit 1: input 1's */
+          const int f0 = which & 1, f1 = which >> 1 & 1;
+          char what[160];
+          snprintf(what, sizeof what, "%s add of %s%s%s, relu %d, %dx%dx%d", train ? "train" : "eval",
+                   f0 ? "bn(x0)" : "y0", " + ", f1 ? "bn(x1)" : "y1", relu, sh->n, sh->c, sh->hw);
+          tk_ops_add_affine_fwd(f0 ? t[0].x : t[0].y, f0 ? t[0].a : NULL, f0 ? t[0].b : NULL, f1 ? t[1].x : t[1].y,
+                                f1 ? t[1].a : NULL, f1 ? t[1].b : NULL, relu, got, sh->n, sh->c, sh->hw);
+          check_same(what, got, want, cnt);
+          /* in place over input 1 */
+          memcpy(got, f1 ? t[1].x : t[1].y, cnt * sizeof(float));
+          tk_ops_add_affine_fwd(f0 ? t[0].x : t[0].y, f0 ? t[0].a : NULL, f0 ? t[0].b : NULL, got, f1 ? t[1].a : NULL,
+                                f1 ? t[1].b : NULL, relu, got, sh->n, sh->c, sh->hw);
+          strncat(what, ", in place", sizeof what - strlen(what) - 1);
+          check_same(what, got, want, cnt);
+          cases++;
+        }
+      }
+      for (int q = 0; q < 4; q++) free(sv[q]);
+      free(want), free(got);
+      free_case(&t[0]), free_case(&t[1]);
+    }
+  printf("add_affine: %d cases\n", cases);
+  CHECK(cases == (int)(sizeof g_shapes / sizeof *g_shapes) * 2 * 2 * 3);
+}
+
 int main(void) {
   tk_rng_seed(&g_rng, 20240611);
   bn_bwd_mask();
+  add_affine();
   return check_done("test_ops");
 }

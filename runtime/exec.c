@@ -285,8 +285,10 @@ static void folds_bind(exec_engine *x) {
     if (b->l->op != TK_OP_BATCHNORM || !b->fold_on || b->relu_fused || x->readers[u] != 1 || x->alias[u] >= 0)
       continue;
     step *c = &x->steps[b->fold_with];
-    if (uo - 1 >= b->fold_with || !c->k || !(c->k->caps & TK_KCAP_FWD_RES) || !c->k->v->fwd_folded_res ||
-        s->out == c->in[0])
+    /* the other input must be written by then: not a batchnorm that leaves its affine to this add */
+    const step *bo = uo >= 1 ? &x->steps[uo - 1] : NULL;
+    if (uo - 1 >= b->fold_with || (bo && bo->bn_defer && !bo->fold_on) || !c->k || !(c->k->caps & TK_KCAP_FWD_RES) ||
+        !c->k->v->fwd_folded_res || s->out == c->in[0])
       continue;
     c->res_add = i, c->res_in = 1 - late;
     s->fused_into = b->fold_with;

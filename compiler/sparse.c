@@ -403,17 +403,25 @@ static tk_status conv_bwd_input_acc(tk_kernel *kb, const float *dy, const float 
   return TK_OK;
 }
 
-/* The optional calls a table kernel supports: every table forward form adds a residual (the
- * unrolled and value-baked code does not); the input gradient sums into dx where it runs as
- * the transposed layer's table forward or vectorised over the batch at stride 1.  Not the
- * strided batch form: its blocks read dx a row piece of 16 images at a time, a channel plane
- * apart, which the prefetchers do not follow (resnet18 at batch 128, 64->128 s2: 28 ms against
- * 23 ms for its own store and a pass of its own, ticket bench --layers). */
+/* The optional calls a table kernel supports: a residual in the forward's store, and the input
+ * gradient summed into dx through the transposed layer's forward -- on the per-image forms,
+ * which read the residual (dx) a channel row of one image at a time.  The batch-vectorised
+ * forms take one too (conv_batch.c.in), but read it as a row piece of 16 images a whole image
+ * apart, which the prefetchers do not follow: in resnet18 at batch 128 (ticket bench --layers,
+ * TICKET_FUSE=1 / 0, alternating runs) a 16x16 input gradient took 29.6 against 25.8 ms for
+ * its own store and a pass of its own, 64->128 stride 2 28 against 23, and the 8x8 and 4x4
+ * forwards with the add 0.6-0.7 ms more than without it, while the per-image forms gained
+ * 3-4 ms per layer (rows form, 32x32 and 16x16).  TICKET_RES_BATCH=1 lets the batch forms take
+ * it as well (A/B runs; the kernel tests check every form). */
 static unsigned conv_caps(const sparse_kernel *k) {
   if (k->g.linear || k->base.variant != TK_VARIANT_SPARSE_TABLE) return 0;
-  unsigned caps = TK_KCAP_FWD_RES;
-  if (k->training && ((k->tk && k->tk->base.variant == TK_VARIANT_SPARSE_TABLE) ||
-                      ((k->vb & TK_VB_BWD_INPUT) && k->g.NPH == 1)))
+  const char *e = getenv("TICKET_RES_BATCH");
+  const int batch_too = e && !strcmp(e, "1");
+  unsigned caps = 0;
+  if (batch_too || !(k->vb & TK_VB_FWD)) caps |= TK_KCAP_FWD_RES;
+  const sparse_kernel *t = k->tk;
+  if (k->training && ((t && t->base.variant == TK_VARIANT_SPARSE_TABLE && (batch_too || !(t->vb & TK_VB_FWD))) ||
+                      (batch_too && (k->vb & TK_VB_BWD_INPUT))))
     caps |= TK_KCAP_BWD_ACC;
   return caps;
 }

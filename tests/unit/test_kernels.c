@@ -183,7 +183,8 @@ static void check_fold(const kcase *c, tk_model *m, tk_kernel *k, const char *vn
   }
   /* the fusions (compile.h, TK_KCAP_*): every table conv adds a residual in its forward's store,
    * into another buffer and into y itself; a conv whose input gradient runs as the transposed
-   * layer's forward or over the batch sums it into dx, folded and not */
+   * layer's forward or over the batch sums it into dx, folded and not (TICKET_RES_BATCH=1:
+   * the batch forms too, which the executor does not use by default) */
   const int want_res = !c->linear && k->variant == TK_VARIANT_SPARSE_TABLE;
   CHECK_MSG(!!(k->caps & TK_KCAP_FWD_RES) == want_res, "%s [%s]: residual-add cap %u, expected %d", c->name, vname,
             k->caps, want_res);
@@ -583,6 +584,7 @@ int main(void) {
   if (!tk_jit_built(why, sizeof why) || !tk_cc_path(why, sizeof why)) check_skip(why);
   setenv("TICKET_NO_FALLBACK", "1", 1);
   setenv("TICKET_CLANG_EXTRA", "-Werror", 1);
+  setenv("TICKET_RES_BATCH", "1", 1); /* residual and summed input gradient in every form that has them */
   char cache[] = "/tmp/ticket-test-kernels-XXXXXX";
   if (!mkdtemp(cache)) check_skip("cannot create a temporary cache directory");
   tk_rng_seed(&g_rng, 12345);

@@ -404,15 +404,18 @@ static tk_status conv_bwd_input_acc(tk_kernel *kb, const float *dy, const float 
 }
 
 /* The optional calls a table kernel supports: a residual in the forward's store, and the input
- * gradient summed into dx through the transposed layer's forward -- on the per-image forms,
- * which read the residual (dx) a channel row of one image at a time.  The batch-vectorised
- * forms take one too (conv_batch.c.in), but read it as a row piece of 16 images a whole image
- * apart, which the prefetchers do not follow: in resnet18 at batch 128 (ticket bench --layers,
- * TICKET_FUSE=1 / 0, alternating runs) a 16x16 input gradient took 29.6 against 25.8 ms for
- * its own store and a pass of its own, 64->128 stride 2 28 against 23, and the 8x8 and 4x4
- * forwards with the add 0.6-0.7 ms more than without it, while the per-image forms gained
- * 3-4 ms per layer (rows form, 32x32 and 16x16).  TICKET_RES_BATCH=1 lets the batch forms take
- * it as well (A/B runs; the kernel tests check every form). */
+ * gradient summed into dx (through the transposed layer's forward, or the batch form) -- where
+ * that measured faster than a pass of its own.  The per-image forms read the residual a channel
+ * row of one image at a time: in resnet18 at batch 128 (ticket bench --layers, TICKET_FUSE=1 / 0
+ * alternating, ms per call) the rows-form forwards with the add took 29.3 vs 27.3 + 5.3 (32x32)
+ * and 24.5 vs 24.8 + 2.6 (16x16), the transposed 32x32 input gradient 26.7 vs 30.3.  The batch
+ * forms read it as 64-byte pieces of 16 images a whole image apart, which the prefetchers do
+ * not follow; with a software prefetch one block ahead (tk_prefetch_block) their summed input
+ * gradient gains on input maps up to 16x16 (TICKET_RES_BATCH=1 / 0 alternating: 8x8 16.3 vs
+ * 17.9 and 18.3 vs 19.5, stride 2 to 4x4 11.8 vs 13.6 and 12.6 vs 14.4, 16x16 about even) but
+ * not on 32x32 (stride 2: 19.0 vs 18.4 and 20.7 vs 19.0), and their forward with the add is
+ * even within the noise (8x8: 18.3 vs 18.7, 20.8 vs 20.1), so it keeps the add's own pass.
+ * TICKET_RES_BATCH=1 gives every batch form both (A/B runs; the kernel tests check every form). */
 static unsigned conv_caps(const sparse_kernel *k) {
   if (k->g.linear || k->base.variant != TK_VARIANT_SPARSE_TABLE) return 0;
   const char *e = getenv("TICKET_RES_BATCH");
@@ -421,7 +424,7 @@ static unsigned conv_caps(const sparse_kernel *k) {
   if (batch_too || !(k->vb & TK_VB_FWD)) caps |= TK_KCAP_FWD_RES;
   const sparse_kernel *t = k->tk;
   if (k->training && ((t && t->base.variant == TK_VARIANT_SPARSE_TABLE && (batch_too || !(t->vb & TK_VB_FWD))) ||
-                      (batch_too && (k->vb & TK_VB_BWD_INPUT))))
+                      ((k->vb & TK_VB_BWD_INPUT) && (batch_too || (int64_t)k->g.H * k->g.W <= 256))))
     caps |= TK_KCAP_BWD_ACC;
   return caps;
 }

@@ -297,12 +297,14 @@ static void conv_bwdi_image(sparse_kernel *k, const scratch_set *s, const float 
   k->bwd_input(&b, 0, g->I);
 }
 
-static void conv_run_bwd_input(sparse_kernel *k, const float *dy, const float *mask, float *dx, int n,
+/* acc: dx += the input gradient (the batch form only: TK_KCAP_BWD_ACC) */
+static void conv_run_bwd_input(sparse_kernel *k, const float *dy, const float *mask, float *dx, int acc, int n,
                                const float *wt) {
   if (k->vb & TK_VB_BWD_INPUT) {
-    conv_bwd_input_b(k, dy, mask, dx, 0, n, wt);
+    conv_bwd_input_b(k, dy, mask, dx, acc, n, wt);
     return;
   }
+  TK_ASSERT(!acc);
   const tk_geom *g = &k->g;
   int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
   int T = want_threads(k);
@@ -346,29 +348,29 @@ static tk_status check_training(const tk_kernel *kb) {
   return TK_OK;
 }
 
+/* dx (+= when acc) the input gradient of the layer's own values, or of the fold's with dy masked
+ * by mask: the transposed layer's forward (TK_VB_BWD_T) or the layer's own input gradient */
+static void conv_input_grad(sparse_kernel *k, const float *dy, const float *mask, float *dx, int acc, int n,
+                            int folded) {
+  if (k->tk) {
+    fwd_vals fv = {folded ? k->tk->wvf : k->tk->wv, NULL, 0, acc ? dx : NULL};
+    conv_run_fwd(k->tk, dy, mask, dx, n, &fv);
+  } else {
+    conv_run_bwd_input(k, dy, mask, dx, acc, n, folded ? k->wvtf : k->wvt);
+  }
+}
+
 static tk_status conv_bwd_input(tk_kernel *kb, const float *dy, float *dx, int n) {
-  sparse_kernel *k = (sparse_kernel *)kb;
   tk_status st = check_n(kb, n);
   if (st || (st = check_training(kb))) return st;
-  if (k->tk) {
-    fwd_vals fv = {k->tk->wv, NULL, 0, NULL};
-    conv_run_fwd(k->tk, dy, NULL, dx, n, &fv);
-  } else {
-    conv_run_bwd_input(k, dy, NULL, dx, n, k->wvt);
-  }
+  conv_input_grad((sparse_kernel *)kb, dy, NULL, dx, 0, n, 0);
   return TK_OK;
 }
 
 static tk_status conv_bwd_input_folded(tk_kernel *kb, const float *dy, const float *relu_y, float *dx, int n) {
-  sparse_kernel *k = (sparse_kernel *)kb;
   tk_status st = check_n(kb, n);
-  if (st || (st = check_training(kb)) || (st = check_folded(k))) return st;
-  if (k->tk) {
-    fwd_vals fv = {k->tk->wvf, NULL, 0, NULL};
-    conv_run_fwd(k->tk, dy, relu_y, dx, n, &fv);
-  } else {
-    conv_run_bwd_input(k, dy, relu_y, dx, n, k->wvtf);
-  }
+  if (st || (st = check_training(kb)) || (st = check_folded((sparse_kernel *)kb))) return st;
+  conv_input_grad((sparse_kernel *)kb, dy, relu_y, dx, 0, n, 1);
   return TK_OK;
 }
 
@@ -394,12 +396,7 @@ static tk_status conv_bwd_input_acc(tk_kernel *kb, const float *dy, const float 
   tk_status st = check_n(kb, n);
   if (st || (st = check_training(kb)) || (folded && (st = check_folded(k))) || (st = check_cap(kb, TK_KCAP_BWD_ACC)))
     return st;
-  if (k->tk) {
-    fwd_vals fv = {folded ? k->tk->wvf : k->tk->wv, NULL, 0, dx};
-    conv_run_fwd(k->tk, dy, relu_y, dx, n, &fv);
-  } else {
-    conv_bwd_input_b(k, dy, relu_y, dx, 1, n, folded ? k->wvtf : k->wvt);
-  }
+  conv_input_grad(k, dy, relu_y, dx, 1, n, folded);
   return TK_OK;
 }
 

@@ -703,6 +703,21 @@ static tk_status exec_forward(tk_engine *e, const float *xin, int n, tk_bn_mode 
 
 /* ---- backward --------------------------------------------------------------------------------------- */
 
+/* Conv/linear step s: its input gradient into din, of the fold's values with dy masked by mask
+ * when folded; summed in when din already holds a gradient (G_ACC): by the kernel's store where
+ * it can (TK_KCAP_BWD_ACC), else through gtmp and a pass of its own. */
+static tk_status kernel_dx(exec_engine *x, const step *s, const float *dy, const float *mask, float *din, int n,
+                           int folded) {
+  tk_kernel *k = s->k;
+  const int acc = s->gmode[0] == G_ACC;
+  if (acc && x->fuse_env && (k->caps & TK_KCAP_BWD_ACC) && k->v->bwd_input_acc)
+    return k->v->bwd_input_acc(k, dy, mask, din, n, folded);
+  float *d = acc ? x->gtmp : din;
+  tk_status st = folded ? k->v->bwd_input_folded(k, dy, mask, d, n) : k->v->bwd_input(k, dy, d, n);
+  if (st == TK_OK && acc) tk_ops_accumulate(din, x->gtmp, (size_t)n * s->in_elems);
+  return st;
+}
+
 /* folded: the last forward ran the folded pairs folded (and no parameter gradients are wanted) */
 static tk_status step_bwd(exec_engine *x, int i, int n, int want_dx, int param_grads, int folded) {
   tk_model *m = x->base.m;
@@ -717,8 +732,6 @@ static tk_status step_bwd(exec_engine *x, int i, int n, int want_dx, int param_g
   for (int k = 0; k < l->n_inputs; k++)
     if (s->gin[k] >= 0 && (l->inputs[k] != 0 || want_dx)) din[k] = x->slot[s->gin[k]];
   const int acc0 = s->gmode[0] == G_ACC, acc1 = s->gmode[1] == G_ACC;
-  /* a conv/linear input gradient summed in: by the kernel's store where it can */
-  const int acc_k = acc0 && x->fuse_env && s->k && (s->k->caps & TK_KCAP_BWD_ACC) && s->k->v->bwd_input_acc;
   tk_status st = TK_OK;
   switch (l->op) {
   case TK_OP_CONV2D:
@@ -729,13 +742,7 @@ static tk_status step_bwd(exec_engine *x, int i, int n, int want_dx, int param_g
                                          "kernels; compile with training = 1)", i, l->name);
     if (folded && s->fold_on) { /* dy is the batchnorm's output gradient, masked by its ReLU in the kernel */
       const step *b = &x->steps[s->fold_with];
-      const float *mask = b->relu_fused ? b->out : NULL;
-      if (din[0] && acc_k) {
-        st = k->v->bwd_input_acc(k, dy, mask, din[0], n, 1);
-      } else if (din[0]) {
-        st = k->v->bwd_input_folded(k, dy, mask, acc0 ? x->gtmp : din[0], n);
-        if (st == TK_OK && acc0) tk_ops_accumulate(din[0], x->gtmp, (size_t)n * s->in_elems);
-      }
+      if (din[0]) st = kernel_dx(x, s, dy, b->relu_fused ? b->out : NULL, din[0], n, 1);
       if (st != TK_OK) return tk_fail_prefix(st, "layer %d (%s)", i, l->name);
       break;
     }
@@ -743,12 +750,7 @@ static tk_status step_bwd(exec_engine *x, int i, int n, int want_dx, int param_g
     float *db = param_grads && l->bias >= 0 ? grads[l->bias] : NULL;
     if (dw) st = k->v->bwd_weight(k, s->in[0], dy, dw, db, n);
     else if (db) tk_ops_channel_sum(dy, db, n, l->out.c, l->out.h * l->out.w);
-    if (st == TK_OK && din[0] && acc_k) {
-      st = k->v->bwd_input_acc(k, dy, NULL, din[0], n, 0);
-    } else if (st == TK_OK && din[0]) {
-      st = k->v->bwd_input(k, dy, acc0 ? x->gtmp : din[0], n);
-      if (st == TK_OK && acc0) tk_ops_accumulate(din[0], x->gtmp, (size_t)n * s->in_elems);
-    }
+    if (st == TK_OK && din[0]) st = kernel_dx(x, s, dy, NULL, din[0], n, 0);
     if (st != TK_OK) return tk_fail_prefix(st, "layer %d (%s)", i, l->name);
     break;
   }

@@ -22,7 +22,11 @@
  * against the reference ops on the folded weights and bias (the mask taken from the reference's
  * own relu'd output, passed to the kernel as relu_y); update() must drop the fold.  The dense
  * oneDNN kernel (runtime/dense.c) is checked the same way, in both fold modes, on the cases
- * that run every variant and on the linear ones (relative error 1e-4, as for oneDNN elsewhere). */
+ * that run every variant and on the linear ones (relative error 1e-4, as for oneDNN elsewhere).
+ *
+ * The inputs the kernels read (x, dy and the ReLU mask) end where an unreadable page begins
+ * (galloc), so a prep that reads past the end of its input -- the vector tails of the row
+ * copies must stay inside it -- crashes the test instead of passing by luck. */
 #include "check.h"
 
 #include "compiler/compile.h"
@@ -35,7 +39,44 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
+
+/* n floats that end where a PROT_NONE page begins; gfree releases them.  The mapping's start
+ * (whole pages before the data) is kept in a small table. */
+static struct {
+  float *p;
+  void *base;
+  size_t len;
+} g_guarded[64];
+
+static float *galloc(int64_t n) {
+  const size_t page = (size_t)sysconf(_SC_PAGESIZE), bytes = (size_t)(n > 0 ? n : 1) * sizeof(float);
+  const size_t data_pages = (bytes + page - 1) / page, len = (data_pages + 1) * page;
+  void *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (base == MAP_FAILED) return NULL;
+  if (mprotect((char *)base + data_pages * page, page, PROT_NONE)) {
+    munmap(base, len);
+    return NULL;
+  }
+  float *p = (float *)((char *)base + data_pages * page - bytes);
+  for (size_t k = 0; k < sizeof g_guarded / sizeof *g_guarded; k++)
+    if (!g_guarded[k].p) {
+      g_guarded[k].p = p, g_guarded[k].base = base, g_guarded[k].len = len;
+      return p;
+    }
+  munmap(base, len);
+  return NULL;
+}
+
+static void gfree(float *p) {
+  for (size_t k = 0; p && k < sizeof g_guarded / sizeof *g_guarded; k++)
+    if (g_guarded[k].p == p) {
+      munmap(g_guarded[k].base, g_guarded[k].len);
+      g_guarded[k].p = NULL;
+      return;
+    }
+}
 
 /* the variants under test: X(variant, trains) */
 #define VARIANTS(X)                      \
@@ -150,8 +191,8 @@ static void check_fold(const kcase *c, tk_model *m, tk_kernel *k, const char *vn
   const int n = c->n, O = c->O;
   const int64_t xs = tk_shape_numel(l->in) * n, ys = tk_shape_numel(l->out) * n, per_o = w->numel / O;
   float *scale = malloc((size_t)O * 4), *shift = malloc((size_t)O * 4), *wf = malloc((size_t)w->numel * 4);
-  float *bf = malloc((size_t)O * 4), *x = malloc((size_t)xs * 4), *y = malloc((size_t)ys * 4);
-  float *yr = malloc((size_t)ys * 4), *yrr = malloc((size_t)ys * 4), *dy = malloc((size_t)ys * 4);
+  float *bf = malloc((size_t)O * 4), *x = galloc(xs), *y = malloc((size_t)ys * 4);
+  float *yr = malloc((size_t)ys * 4), *yrr = galloc(ys), *dy = galloc(ys);
   float *dym = malloc((size_t)ys * 4), *dx = malloc((size_t)xs * 4), *dxr = malloc((size_t)xs * 4);
   for (int o = 0; o < O; o++) {
     float u = (float)tk_rng_uniform(&g_rng);
@@ -236,7 +277,7 @@ static void check_fold(const kcase *c, tk_model *m, tk_kernel *k, const char *vn
   CHECK(k->v->fold(k, scale, shift) == TK_OK && k->v->fold(k, NULL, NULL) == TK_OK);
   CHECK_MSG(k->v->fwd_folded(k, x, y, n, relu_modes == 2) == TK_ERR_ARG, "%s [%s]: folded call after fold(NULL)",
             c->name, vname);
-  free(scale), free(shift), free(wf), free(bf), free(x), free(y), free(yr), free(yrr), free(dy), free(dym), free(dx),
+  free(scale), free(shift), free(wf), free(bf), gfree(x), free(y), free(yr), gfree(yrr), gfree(dy), free(dym), free(dx),
       free(dxr);
 }
 
@@ -310,8 +351,8 @@ static void run_variant(const kcase *c, tk_model *m, tk_variant v, int training,
   tk_kernel *k = ks[0];
   CHECK_MSG(k->variant == want, "%s [%s]: kernel variant %s", c->name, vname, tk_variant_name(k->variant));
   int64_t xs = tk_shape_numel(l->in) * c->n, ys = tk_shape_numel(l->out) * c->n;
-  float *x = malloc((size_t)xs * 4), *y = malloc((size_t)ys * 4), *yr = malloc((size_t)ys * 4);
-  float *dy = malloc((size_t)ys * 4), *dx = malloc((size_t)xs * 4), *dxr = malloc((size_t)xs * 4);
+  float *x = galloc(xs), *y = malloc((size_t)ys * 4), *yr = malloc((size_t)ys * 4);
+  float *dy = galloc(ys), *dx = malloc((size_t)xs * 4), *dxr = malloc((size_t)xs * 4);
   float *dw = malloc((size_t)w->numel * 4), *dwr = malloc((size_t)w->numel * 4);
   float *db = malloc((size_t)c->O * 4), *dbr = malloc((size_t)c->O * 4);
   fill(x, xs);
@@ -389,7 +430,7 @@ static void run_variant(const kcase *c, tk_model *m, tk_variant v, int training,
   }
   k->v->destroy(k);
   tk_plan_free(p);
-  free(x), free(y), free(yr), free(dy), free(dx), free(dxr), free(dw), free(dwr), free(db), free(dbr);
+  gfree(x), free(y), free(yr), gfree(dy), free(dx), free(dxr), free(dw), free(dwr), free(db), free(dbr);
   g_cases_run++;
 }
 

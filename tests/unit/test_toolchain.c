@@ -7,14 +7,63 @@
  * an unmapped address).  Kernels are therefore compiled with the large code model; this test
  * compiles a source that needs a constant pool (a vector shuffle mask), a call (memset) and
  * static data, walks the ELF relocation sections and fails on any other relocation type.
+ *
+ * Then the same object goes through the JIT with TICKET_PERF_MAP=1: each function looked up
+ * must appear in /tmp/perf-<pid>.map at the address the JIT returned, with a non-zero size,
+ * so that perf can name the generated kernels.
  */
 #include "check.h"
 
+#include "compiler/jit.h"
 #include "compiler/toolchain.h"
 
 #include <elf.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+/* the JIT's perf map names both probe functions at their addresses */
+static void check_perf_map(const tk_cc_unit *u) {
+  char why[256];
+  if (!tk_jit_built(why, sizeof why)) {
+    printf("perf map: skipped (%s)\n", why);
+    return;
+  }
+  char path[64];
+  snprintf(path, sizeof path, "/tmp/perf-%d.map", (int)getpid());
+  unlink(path);
+  setenv("TICKET_PERF_MAP", "1", 1);
+  tk_jit *j = NULL;
+  CHECK_MSG(tk_jit_create(&j) == TK_OK, "JIT: %s", tk_last_error());
+  unsetenv("TICKET_PERF_MAP");
+  if (!j) return;
+  CHECK_MSG(tk_jit_add_object(j, u->obj, u->obj_len, "relocation probe") == TK_OK, "add: %s", tk_last_error());
+  static const char *const fns[] = {"k_shuffle", "k_call"};
+  void *addr[2];
+  for (int f = 0; f < 2; f++) {
+    addr[f] = tk_jit_lookup(j, fns[f]);
+    CHECK_MSG(addr[f] != NULL, "lookup %s: %s", fns[f], tk_last_error());
+  }
+  FILE *fp = fopen(path, "r");
+  CHECK_MSG(fp != NULL, "TICKET_PERF_MAP=1 wrote no %s", path);
+  int found = 0;
+  unsigned long long a, size;
+  char name[64];
+  while (fp && fscanf(fp, "%llx %llx %63s", &a, &size, name) == 3)
+    for (int f = 0; f < 2; f++)
+      if (!strcmp(name, fns[f])) {
+        CHECK_MSG(a == (unsigned long long)(uintptr_t)addr[f] && size > 0, "%s: map says %llx size %llx, JIT %p",
+                  fns[f], a, size, addr[f]);
+        found |= 1 << f;
+      }
+  CHECK_MSG(found == 3, "perf map names %s%s", found & 1 ? "" : "no k_shuffle ", found & 2 ? "" : "no k_call");
+  if (fp) fclose(fp);
+  unlink(path);
+  tk_jit_release(j);
+  printf("perf map: both functions at their JIT addresses\n");
+}
 
 static const char g_src[] =
     "#include <string.h>\n"
@@ -78,6 +127,7 @@ int main(void) {
   CHECK_MSG(n_rel >= 3, "only %d relocations: the probe did not exercise what it should", n_rel);
   CHECK_MSG(n_bad == 0, "%d of %d relocations are not 64-bit absolute", n_bad, n_rel);
   printf("%d relocations, all 64-bit absolute\n", n_rel);
+  check_perf_map(&u);
   free(u.obj);
   return check_done("toolchain");
 }

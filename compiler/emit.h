@@ -153,8 +153,8 @@ void tk_tables_free(tk_tables *t);
  * BCH output channels of dzb.  FCH >= I / BCH >= O: no chunking.  (Chunks inside the weight
  * gradient's bands measured no clear gain at 16-32 channels, s=0.9/0.95, and lost on 4x4 maps:
  * not done.)  The tables are unchanged: a row's non-zeros are already in channel order, so the
- * kernel finds the chunk boundaries by walking the row (no reordering; update() repacks as
- * before). */
+ * host passes row pointers per chunk (compiler/sparse.c, chunk_rows; no reordering, update()
+ * repacks as before). */
 typedef struct {
   int QB, QR;                 /* forward: output columns (divides OW, <= 16) by rows (divides OH) per block */
   int IB, IR;                 /* input gradient, stride 1: input columns by rows per block */

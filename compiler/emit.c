@@ -703,13 +703,14 @@ void tk_batch_geom_make(const tk_geom *g, int64_t nnz, tk_batch_geom *bg) {
    * and each chunk boundary then serves only a few FMAs per non-zero.  512x512 2x2 (blocks of
    * 4), batch 128, one thread, chunked vs not: forward 15.9-16.7 vs 8.3-8.6 ms at s=0.9, 8.7 vs
    * 5.0 at 0.95, 2.1 vs 1.3 at 0.99; input gradient 14.5-14.7 vs 9.2-9.5, 7.9 vs 5.4, 2.1 vs 1.5.
-   * Nor for a stride-1 forward whose one register block is the whole output map (4x4): 512x512
-   * 4x4, batch 128, one thread, unchunked vs chunked: 48.4 vs 61.1 ms at s=0.8, 27.8 vs 34.7 at
-   * 0.9, 15.9 vs 19.2 at 0.95, equal at 0.99; batch 32 and 128 on 2 threads 20-30% faster at 0.9
-   * and 0.95.  (Its input gradient keeps chunks: 29 vs 45 ms at 0.9.  8x8 maps keep them too:
-   * 256x8x8 chunked 3-8% faster at 0.9 and 0.95.) */
-  const int fwd_whole_map = g->SH == 1 && g->SW == 1 && bg->QR * bg->QB == g->OH * g->OW;
-  const int fwd_chunks = bg->QR * bg->QB >= 8 && !fwd_whole_map, bwd_chunks = g->NPH == 1 && bg->IR * bg->IB >= 8;
+   * A stride-1 forward whose one register block is the whole output map (4x4) was once left
+   * unchunked too (512x512 4x4 unchunked 20-30% faster) while the kernel walked each row to
+   * find its chunks; with the row pointers per chunk passed in (sparse.c, chunk_rows) chunks of
+   * 16 win there as well (bench_layers --alt TICKET_BATCH_CHUNK=16, ms unchunked vs chunked:
+   * batch 128, 2 threads 15.1 / 17.7 vs 14.4 / 15.6 at s=0.9, 25.9 vs 23.7 at 0.8, 9.6 vs 9.2 at
+   * 0.95; batch 128, 1 thread 34.7 vs 31.2; batch 32, 2 threads 4.25 vs 4.01).  8x8 maps keep
+   * theirs: 256x8x8 chunked 3-8% faster at 0.9 and 0.95. */
+  const int fwd_chunks = bg->QR * bg->QB >= 8, bwd_chunks = g->NPH == 1 && bg->IR * bg->IB >= 8;
   if (g->G == 1) {
     double rows = ((bg->QR - 1) * g->SH + (g->KH - 1) * g->DH + 1.0) / g->SH;
     double cols = ((bg->QB - 1) * g->SW + (g->KW - 1) * g->DW + 1.0) / g->SW;

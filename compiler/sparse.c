@@ -1047,6 +1047,18 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
 }
 
 /* "layer N (name)" of an item, ", transposed" for a transposed layer (compile errors, JIT) */
+/* TICKET_DUMP_DIR=DIR: a freshly emitted layer's source (ext ".c") and its object (".o") as
+ * DIR/layerNNN[t]_<symbol hash>.ext -- best effort, a debugging aid (bench/README.md, "Inside
+ * a kernel"; bench/perf_annotate.py reads them) */
+static void dump_file(const build_item *items, const build_item *it, const char *ext, const void *data, size_t len) {
+  const char *dump = getenv("TICKET_DUMP_DIR");
+  if (!dump || !*dump) return;
+  char path[4200];
+  snprintf(path, sizeof path, "%s/layer%03d%s_%016" PRIx64 "%s", dump,
+           it->parent >= 0 ? items[it->parent].layer : it->layer, it->parent >= 0 ? "t" : "", it->sym, ext);
+  tk_write_file_atomic(path, data, len);
+}
+
 static void item_name(const build_item *items, int q, const tk_model *m, char *buf, size_t n) {
   const build_item *it = &items[q];
   const int layer = it->parent >= 0 ? items[it->parent].layer : it->layer;
@@ -1177,13 +1189,7 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
       if ((st = tk_cb_status(cb)) != TK_OK) goto done;
       item_name(items, objs[q].item, m, unames[n_units], sizeof unames[0]);
       units[n_units] = (tk_cc_unit){unames[n_units], cb->buf, cb->len, NULL, 0};
-      const char *dump = getenv("TICKET_DUMP_DIR");
-      if (dump && *dump) {
-        char path[4200];
-        snprintf(path, sizeof path, "%s/layer%03d%s_%016" PRIx64 ".c", dump,
-                 it->parent >= 0 ? items[it->parent].layer : it->layer, it->parent >= 0 ? "t" : "", it->sym);
-        tk_write_file_atomic(path, cb->buf, cb->len); /* best effort: a debugging aid */
-      }
+      dump_file(items, it, ".c", cb->buf, cb->len);
       n_units++;
     }
     double t1 = tk_now();
@@ -1196,6 +1202,7 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
         objs[q].obj = units[u].obj, objs[q].len = units[u].obj_len;
         units[u].obj = NULL;
         u++;
+        dump_file(items, &items[objs[q].item], ".o", objs[q].obj, objs[q].len);
         if (tk_cache_put(&cache, objs[q].key, objs[q].obj, objs[q].len) != TK_OK && o->verbose)
           fprintf(stderr, "ticket: warning: %s\n", tk_last_error()); /* a read-only cache still works */
       }

@@ -410,7 +410,8 @@ tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant,
   /* stride 1: the forward on KW column-shifted copies with rows padded to whole vectors, so
    * every load is aligned (DESIGN.md 4), in bands of output rows and input-channel chunks whose
    * window stays in L1.  TICKET_XS ("0"/"1") forces it off/on where it applies; TICKET_XS_RR,
-   * TICKET_XS_CH and TICKET_XS_L1 (bytes) override the band rows, the chunk and the L1 budget. */
+   * TICKET_XS_CH, TICKET_XS_L1 and TICKET_XS_BYTES (bytes) override the band rows, the chunk, the
+   * L1 budget and the copies' budget. */
   g->XS = g->XRS = g->XHR = g->XRV = g->XRR = g->XNBLK = 0;
   if (variant == TK_VARIANT_SPARSE_TABLE && g->SH == 1 && g->SW == 1 && g->OW >= 1 && g->OH >= 1 &&
       (g->OW + 15) / 16 <= 8) {
@@ -429,13 +430,20 @@ tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant,
      * two are equal.  On maps narrower than 12 the padding lanes lose to im2col.  In a whole
      * network (ticket bench resnet18, 1 thread) the copies are rewritten every call beside the
      * activations and weights: 64x32x32 (835 KB of copies) gained alone but lost in the model,
-     * 128x16x16 (442 KB) won in both, so the copies are kept within about a quarter of L2. */
+     * 128x16x16 (442 KB) won in both, so the copies are kept within about a quarter of L2.
+     * Since the copies are whole vectors (tk_copy_run) 64x32x32 wins inside the model at batch
+     * 128 (resnet18, 2 threads, PGD --layers, TICKET_XS=1 vs default alternating: its four 3x3
+     * convolutions 38-39 vs 41-44 ms per forward + input gradient each) but still loses at
+     * batch 1 (inference, 1 thread, --alt TICKET_XS_BYTES=512000: the model 5-6% faster
+     * without) and is even at batch 32 -- the choice would need the batch, which the geometry
+     * does not have yet.  TICKET_XS_BYTES overrides the budget (bytes of copies per image). */
     int64_t xhr = (int64_t)((g->OH + rr - 1) / rr) * rr + (int64_t)(g->KH - 1) * g->DH;
     double xbytes = (double)g->KW * g->I * xhr * 64.0 * rv;
     double fmas = (double)nnz_all * ((g->OH + rr - 1) / rr) * rr * rv;
     double copies = (double)g->KW * g->I * xhr * 16 * rv - (double)g->I * g->CS;
-    const char *force_xs = getenv("TICKET_XS");
-    int use = force_xs && *force_xs ? atoi(force_xs) != 0 : g->OW >= 12 && fmas >= copies && xbytes <= 512e3;
+    const char *force_xs = getenv("TICKET_XS"), *xs_bytes = getenv("TICKET_XS_BYTES");
+    const double budget_xs = xs_bytes && atof(xs_bytes) > 0 ? atof(xs_bytes) : 512e3;
+    int use = force_xs && *force_xs ? atoi(force_xs) != 0 : g->OW >= 12 && fmas >= copies && xbytes <= budget_xs;
     if (use) {
       g->XS = 1, g->XRV = rv, g->XRS = 16 * rv, g->XRR = rr;
       g->XNBLK = (g->OH + rr - 1) / rr;

@@ -491,6 +491,21 @@ void tk_tables_free(tk_tables *t) {
   memset(t, 0, sizeof *t);
 }
 
+int32_t *tk_chunk_rows(const int32_t *rp, const int32_t *off, int rows, int64_t per_ch, int nch, int ch) {
+  const int nchunks = (nch + ch - 1) / ch;
+  int32_t *out = tk_malloc(((size_t)rows * nchunks + 1) * sizeof *out);
+  if (!out) return NULL;
+  for (int r = 0; r < rows; r++) {
+    int32_t j = rp[r];
+    for (int c = 0; c < nchunks; c++) {
+      out[(int64_t)r * nchunks + c] = j;
+      while (j < rp[r + 1] && (int)(off[j] / per_ch % nch) < (c + 1) * ch) j++;
+    }
+  }
+  out[(int64_t)rows * nchunks] = rp[rows];
+  return out;
+}
+
 tk_status tk_tables_build(const tk_model *m, int layer, const tk_geom *g, int transposed, tk_tables *t) {
   memset(t, 0, sizeof *t);
   const tk_layer *l = &m->layers[layer];
@@ -606,23 +621,13 @@ tk_status tk_tables_build(const tk_model *m, int layer, const tk_geom *g, int tr
   if (g->NCH == 1) {
     t->rpc = t->rp;
   } else {
-    /* entries of a row are in input-channel order: chunk c of row o starts at the first entry
-     * whose channel is at least c*CH */
-    t->rpc = tk_malloc(((size_t)g->O * g->NCH + 1) * sizeof *t->rpc);
+    /* entries of a row are in input-channel order (off / CS % I is the channel) */
+    t->rpc = tk_chunk_rows(t->rp, t->off, g->O, g->CS, g->I, g->CH);
     if (!t->rpc) {
       free(trow);
       free(toff);
       goto nomem;
     }
-    int ig = g->I / g->G, kk = g->KH * g->KW;
-    for (int o = 0; o < g->O; o++) {
-      int64_t q = t->rp[o];
-      for (int c = 0; c < g->NCH; c++) {
-        t->rpc[(int64_t)o * g->NCH + c] = (int32_t)q;
-        while (q < t->rp[o + 1] && (o / (g->O / g->G)) * ig + (int)((t->pos[q] / kk) % ig) < (c + 1) * g->CH) q++;
-      }
-    }
-    t->rpc[(int64_t)g->O * g->NCH] = t->rp[g->O];
   }
   if (transposed) {
     int64_t rows = g->dx_rows;
@@ -713,7 +718,7 @@ void tk_batch_geom_make(const tk_geom *g, int64_t nnz, tk_batch_geom *bg) {
    * 5.0 at 0.95, 2.1 vs 1.3 at 0.99; input gradient 14.5-14.7 vs 9.2-9.5, 7.9 vs 5.4, 2.1 vs 1.5.
    * A stride-1 forward whose one register block is the whole output map (4x4) was once left
    * unchunked too (512x512 4x4 unchunked 20-30% faster) while the kernel walked each row to
-   * find its chunks; with the row pointers per chunk passed in (sparse.c, chunk_rows) chunks of
+   * find its chunks; with the row pointers per chunk passed in (tk_chunk_rows) chunks of
    * 16 win there as well (bench_layers --alt TICKET_BATCH_CHUNK=16, ms unchunked vs chunked:
    * batch 128, 2 threads 15.1 / 17.7 vs 14.4 / 15.6 at s=0.9, 25.9 vs 23.7 at 0.8, 9.6 vs 9.2 at
    * 0.95; batch 128, 1 thread 34.7 vs 31.2; batch 32, 2 threads 4.25 vs 4.01).  8x8 maps keep

@@ -142,6 +142,12 @@ typedef struct {
 } tk_tables;
 
 tk_status tk_tables_build(const tk_model *m, int layer, const tk_geom *g, int transposed, tk_tables *t);
+/* Row pointers by channel chunk, for tables whose rows hold their entries in channel order
+ * (channel of entry j: off[j] / per_ch % nch): out[r*nchunks + c] is row r's first entry of
+ * channel >= c*ch, out[rows*nchunks] = rp[rows], nchunks = ceil(nch / ch).  The per-image
+ * forward's rpc (chunks of CH input channels) and the batch forms' chunked forward and input
+ * gradient (sparse.c) use it; NULL when out of memory.  Caller frees. */
+int32_t *tk_chunk_rows(const int32_t *rp, const int32_t *off, int rows, int64_t per_ch, int nch, int ch);
 void tk_tables_free(tk_tables *t);
 
 /* ---- the batch-vectorised conv (conv_batch.c.in) --------------------------------------------
@@ -153,8 +159,8 @@ void tk_tables_free(tk_tables *t);
  * BCH output channels of dzb.  FCH >= I / BCH >= O: no chunking.  (Chunks inside the weight
  * gradient's bands measured no clear gain at 16-32 channels, s=0.9/0.95, and lost on 4x4 maps:
  * not done.)  The tables are unchanged: a row's non-zeros are already in channel order, so the
- * host passes row pointers per chunk (compiler/sparse.c, chunk_rows; no reordering, update()
- * repacks as before). */
+ * host passes row pointers per chunk (tk_chunk_rows; no reordering, update() repacks as
+ * before). */
 typedef struct {
   int QB, QR;                 /* forward: output columns (divides OW, <= 16) by rows (divides OH) per block */
   int IB, IR;                 /* input gradient, stride 1: input columns by rows per block */

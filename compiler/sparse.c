@@ -154,26 +154,6 @@ static int batch_threads(const sparse_kernel *k, int nblk) {
   return T > nblk ? nblk : T;
 }
 
-/* Row pointers by chunk: rows of `rp` (entries in channel order within a row, channel(off[j])
- * as the template computes it) split at every multiple of `ch` channels of `nch` in all:
- * out[r*nchunks + c] is row r's first entry of channel >= c*ch, out[rows*nchunks] = rp[rows].
- * Precomputed here so that the kernels do not walk the rows to find the chunk boundaries
- * (which took a fifth of the 8x8 forward's time). */
-static int32_t *chunk_rows(const int32_t *rp, const int32_t *off, int rows, int64_t per_ch, int nch, int ch) {
-  const int nchunks = (nch + ch - 1) / ch;
-  int32_t *out = tk_malloc(((size_t)rows * nchunks + 1) * sizeof *out);
-  if (!out) return NULL;
-  for (int r = 0; r < rows; r++) {
-    int32_t j = rp[r];
-    for (int c = 0; c < nchunks; c++) {
-      out[(int64_t)r * nchunks + c] = j;
-      while (j < rp[r + 1] && (int)(off[j] / per_ch % nch) < (c + 1) * ch) j++;
-    }
-  }
-  out[(int64_t)rows * nchunks] = rp[rows];
-  return out;
-}
-
 /* One pass of a batch-vectorised kernel over n images, blocks of 16 whole per thread: `prep`
  * moves rows [0, prep_rows) of a block of src (image stride ss) into the thread's grid (xb, or
  * dzb when from_dy; masked by `mask`, src's layout, when not NULL), then `run` computes rows
@@ -1014,9 +994,9 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
     zb = (bg.carry + 15) / 16 * 16;
     const tk_geom *g = &it->g;
     if ((vb & TK_VB_FWD) && bg.FCH < g->I)
-      chunks_ok &= (k->rpb_f = chunk_rows(k->t.rp, k->t.off, g->O, g->CS, g->I, bg.FCH)) != NULL;
+      chunks_ok &= (k->rpb_f = tk_chunk_rows(k->t.rp, k->t.off, g->O, g->CS, g->I, bg.FCH)) != NULL;
     if ((vb & TK_VB_BWD_INPUT) && g->NPH == 1 && bg.BCH < g->O)
-      chunks_ok &= (k->rpb_t = chunk_rows(k->t.rpt, k->t.offt, (int)g->dx_rows, g->SZ, g->O, bg.BCH)) != NULL;
+      chunks_ok &= (k->rpb_t = tk_chunk_rows(k->t.rpt, k->t.offt, (int)g->dx_rows, g->SZ, g->O, bg.BCH)) != NULL;
   }
   int64_t per = xq + z + dz + dwv + col + xb + dzb + zb;
   k->arena = tk_alloc_aligned((size_t)(per * threads) * sizeof(float));

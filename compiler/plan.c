@@ -314,14 +314,16 @@ done:
  * VEC_BATCH_MAX_SP, the stride-2 one of kernels larger than 1x1 on even input widths, the
  * weight gradient wherever the input gradient is, and at stride 2.
  * TICKET_VEC_BATCH overrides (experiments, tests): "0" none, "1" every pass, or letters of
- * the passes: f (forward), i (input gradient), w (weight gradient). */
+ * the passes: f (forward), i (input gradient), w (weight gradient) -- of the passes the plan
+ * has: without training, the forward alone. */
 static int vec_batch_rule(const tk_layer *l, double sp, int n, int training) {
   const char *e = getenv("TICKET_VEC_BATCH");
   if (e && *e) {
+    const int have = training ? TK_VB_ALL : TK_VB_FWD;
     if (!strcmp(e, "0")) return 0;
-    if (!strcmp(e, "1")) return TK_VB_ALL;
-    return (strchr(e, 'f') ? TK_VB_FWD : 0) | (strchr(e, 'i') ? TK_VB_BWD_INPUT : 0) |
-           (strchr(e, 'w') ? TK_VB_BWD_WEIGHT : 0);
+    if (!strcmp(e, "1")) return have;
+    return have & ((strchr(e, 'f') ? TK_VB_FWD : 0) | (strchr(e, 'i') ? TK_VB_BWD_INPUT : 0) |
+                   (strchr(e, 'w') ? TK_VB_BWD_WEIGHT : 0));
   }
   if (n < VEC_BATCH_MIN || l->in.c < 16) return 0;
   int64_t map = (int64_t)l->out.h * l->out.w;

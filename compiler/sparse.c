@@ -924,7 +924,7 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
   memset(&it->t, 0, sizeof it->t); /* owned by the kernel now */
   k->training = training;
   k->threads = threads;
-  k->vb = it->vb;
+  k->vb = training ? it->vb : it->vb & TK_VB_FWD; /* no gradient tables without training */
   k->jit = jit;
   tk_jit_retain(jit);
   char name[64];
@@ -983,7 +983,7 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
   int64_t xq = (it->g.xq_len + 15) / 16 * 16, z = (it->g.z_len + 15) / 16 * 16, col = (it->g.col_len + 15) / 16 * 16;
   int64_t dz = training ? (it->g.dz_len + 15) / 16 * 16 : 0, dwv = training ? (nz1 + 15) / 16 * 16 : 0;
   /* batch-vectorised: the grids with 16 images per cell */
-  const int vb = it->vb;
+  const int vb = k->vb;
   int64_t xb = vb & (TK_VB_FWD | TK_VB_BWD_WEIGHT) ? xq * 16 : 0, zb = 0;
   int64_t dzb = training && (vb & (TK_VB_BWD_INPUT | TK_VB_BWD_WEIGHT)) ? dz * 16 : 0;
   k->rpb_f = k->t.rp, k->rpb_t = k->t.rpt;

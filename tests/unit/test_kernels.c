@@ -599,6 +599,8 @@ static void check_plan_vec_batch(void) {
       {{"plan 4x4 batch 2, forced iw", 0, 16, 16, 4, 4, 3, 3, 1, 1, 1, 1, 0.9, 2, 0, 0}, 1, I | W, "iw", NULL},
       {{"plan 8x8 s2 batch 32, forced 1", 0, 16, 16, 8, 8, 3, 3, 2, 1, 1, 1, 0.9, 32, 0, 0}, 1, F | I | W, "1", NULL},
       {{"plan 8x8 batch 32, forced 0", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 1, 0, "0", NULL},
+      {{"plan 8x8 batch 32, forced 1 without training", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, F, "1", NULL},
+      {{"plan 8x8 batch 32, forced iw without training", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.9, 32, 0, 0}, 0, 0, "iw", NULL},
   };
   for (size_t i = 0; i < sizeof pc / sizeof *pc; i++) {
     tk_model *m = make_model(&pc[i].c);

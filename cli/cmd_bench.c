@@ -41,6 +41,7 @@
 
 #include "../compiler/compile.h"
 #include "../compiler/zoo.h"
+#include "../runtime/attack.h"
 #include "../runtime/dense.h"
 #include "../runtime/exec.h"
 
@@ -204,43 +205,35 @@ typedef struct {
   tk_engine *e;
   tk_model *m;
   const char *name;
-  float *logits, *dlogits, *g, *xadv;
+  float *logits, *dlogits, *xadv;
+  tk_attacker *atk; /* pgd and train modes */
   double *t;   /* per timed iteration */
   int nt;
   double create_s;
   double steal_j, total_j; /* the machine's steal and total CPU time over the timed turns (jiffies) */
 } runner;
 
-static tk_status pgd_attack(runner *r, const float *x, const int *y, int n, tk_bn_mode bn, tk_rng *rng) {
-  const tk_model *m = r->m;
-  const size_t nx = (size_t)n * m->in_c * m->in_h * m->in_w;
-  const float eps = 8.0f / 255.0f, alpha = 2.0f / 255.0f, lo = m->lo, hi = m->hi;
-  for (size_t i = 0; i < nx; i++) {
-    float v = x[i] + eps * (float)(2.0 * tk_rng_uniform(rng) - 1.0);
-    r->xadv[i] = v < lo ? lo : v > hi ? hi : v;
-  }
-  for (int s = 0; s < 10; s++) {
-    tk_status st = tk_engine_forward(r->e, r->xadv, n, bn, r->logits);
-    if (st != TK_OK) return st;
-    tk_softmax_xent(r->logits, y, n, m->classes, r->dlogits, NULL);
-    if ((st = tk_engine_backward(r->e, r->dlogits, r->g, 0)) != TK_OK) return st;
-    for (size_t i = 0; i < nx; i++) {
-      float v = r->xadv[i] + (r->g[i] > 0 ? alpha : r->g[i] < 0 ? -alpha : 0.0f);
-      v = fminf(fmaxf(v, x[i] - eps), x[i] + eps);
-      r->xadv[i] = v < lo ? lo : v > hi ? hi : v;
-    }
-  }
-  return TK_OK;
+/* The attacker of the pgd and train modes: PGD-10, eps 8/255, alpha 2/255, uniform start, the
+ * last iterate (no tracking: every example runs every step, as in the PyTorch loop), through
+ * the runtime's attacker -- in eval mode the parallel attack of attack.h on an executor engine
+ * with 2+ threads (TICKET_ATTACK_CHUNK=0 turns it off, e.g. through --alt); in train mode
+ * with batch statistics that the attack's forwards update, as a PGD-AT step's attack does. */
+static tk_status make_attacker(runner *r, bench_mode mode) {
+  if (mode == MODE_INFER) return TK_OK;
+  tk_attack_opts ao;
+  tk_attack_opts_default(&ao);
+  ao.steps = 10;
+  ao.final_iterate = 1;
+  ao.bn = mode == MODE_PGD ? TK_BN_EVAL : TK_BN_TRAIN;
+  ao.update_bn_stats = mode == MODE_TRAIN;
+  return tk_attacker_create(r->e, &ao, &r->atk);
 }
 
 static tk_status iteration(runner *r, bench_mode mode, const float *x, const int *y, int n, tk_rng *rng) {
   tk_status st;
   if (mode == MODE_INFER) return tk_engine_forward(r->e, x, n, TK_BN_EVAL, r->logits);
-  if (mode == MODE_PGD) {
-    if ((st = pgd_attack(r, x, y, n, TK_BN_EVAL, rng)) != TK_OK) return st;
-    return tk_engine_forward(r->e, r->xadv, n, TK_BN_EVAL, r->logits);
-  }
-  if ((st = pgd_attack(r, x, y, n, TK_BN_TRAIN, rng)) != TK_OK) return st;
+  if ((st = tk_attacker_run(r->atk, x, y, n, rng, r->xadv, NULL)) != TK_OK) return st;
+  if (mode == MODE_PGD) return tk_engine_forward(r->e, r->xadv, n, TK_BN_EVAL, r->logits);
   if ((st = tk_engine_forward(r->e, r->xadv, n, TK_BN_TRAIN, r->logits)) != TK_OK) return st;
   tk_softmax_xent(r->logits, y, n, r->m->classes, r->dlogits, NULL);
   if ((st = tk_engine_backward(r->e, r->dlogits, NULL, 1)) != TK_OK) return st;
@@ -821,11 +814,11 @@ static int quiesce(double limit_s) {
 /* ---- the command ----------------------------------------------------------------------------------------- */
 
 static void runner_free(runner *r) {
+  tk_attacker_free(r->atk);
   tk_engine_free(r->e);
   tk_model_free(r->m);
   free(r->logits);
   free(r->dlogits);
-  free(r->g);
   free(r->xadv);
   free(r->t);
 }
@@ -834,10 +827,9 @@ static tk_status runner_alloc(runner *r, const tk_model *m, int batch, int iters
   size_t nx = (size_t)batch * m->in_c * m->in_h * m->in_w, nl = (size_t)batch * m->classes;
   r->logits = tk_malloc(nl * sizeof(float));
   r->dlogits = tk_malloc(nl * sizeof(float));
-  r->g = tk_malloc(nx * sizeof(float));
   r->xadv = tk_malloc(nx * sizeof(float));
   r->t = tk_calloc((size_t)iters, sizeof(double));
-  return r->logits && r->dlogits && r->g && r->xadv && r->t ? TK_OK : TK_ERR_NOMEM;
+  return r->logits && r->dlogits && r->xadv && r->t ? TK_OK : TK_ERR_NOMEM;
 }
 
 static tk_status make_compiled(const bench_opts *o, tk_model *m, const char *cache_dir, tk_engine **e) {
@@ -973,16 +965,17 @@ int cmd_bench(int argc, char **argv) {
     tk_engine_free(rc.e);
     rc.e = NULL;
     t0 = tk_now();
-    if ((st = make_compiled(&o, rc.m, cache, &rc.e)) != TK_OK) goto fail;
+    if ((st = make_compiled(&o, rc.m, cache, &rc.e)) != TK_OK || (st = make_attacker(&rc, o.mode)) != TK_OK) goto fail;
     warm_s = rc.create_s = tk_now() - t0;
   } else {
     double t0 = tk_now();
-    if ((st = make_compiled(&o, rc.m, NULL, &rc.e)) != TK_OK) goto fail;
+    if ((st = make_compiled(&o, rc.m, NULL, &rc.e)) != TK_OK || (st = make_attacker(&rc, o.mode)) != TK_OK) goto fail;
     rc.create_s = tk_now() - t0;
   }
   if (o.vs_dense) {
     double t0 = tk_now();
-    if ((st = tk_dense_engine_create(rd.m, o.batch, &rd.e)) != TK_OK) goto fail;
+    if ((st = tk_dense_engine_create(rd.m, o.batch, &rd.e)) != TK_OK || (st = make_attacker(&rd, o.mode)) != TK_OK)
+      goto fail;
     rd.create_s = tk_now() - t0;
   }
   if (o.alt) { /* the same build under the --alt environment (its own objects: the cache keys differ where the code does) */
@@ -990,6 +983,7 @@ int cmd_bench(int argc, char **argv) {
     tk_env_push(o.alt, &saved);
     double t0 = tk_now();
     st = make_compiled(&o, ra.m, NULL, &ra.e);
+    if (st == TK_OK) st = make_attacker(&ra, o.mode);
     ra.create_s = tk_now() - t0;
     tk_env_pop(&saved);
     if (st != TK_OK) goto fail;

@@ -37,6 +37,19 @@
  * unless update_bn_stats is set.  In eval mode finished examples are dropped from the batch
  * (they cannot change the others); in train mode the batch is kept whole, because batch
  * statistics couple the examples.
+ *
+ * Parallel attacks (eval mode, o.chunk > 0, an executor engine with T >= 2 threads): an
+ * example's attack does not depend on the other examples of its batch, so tk_attacker_create
+ * makes T replicas of the engine (tk_exec_replicate: planned for one chunk on one thread) and a
+ * run cuts the batch into a multiple of T chunks of at most o.chunk examples, which the T
+ * threads attack at once, each on its replica: no synchronisation between layers, and each
+ * thread's activations are one chunk's.  The starts are drawn in the serial order and the CE
+ * gradient is still that of the mean over the whole batch, so every example follows the
+ * trajectory the serial attack gives it on the replicas' kernels (which may round differently
+ * from the engine's own, being planned for another batch).  The replicas follow the engine:
+ * a run first syncs them when the engine was synced or ran a train-mode forward since
+ * (tk_exec_generation).  TICKET_ATTACK_CHUNK overrides o.chunk ("0": off, for A/B runs).
+ * tk_attack_opts_default sets o.chunk = 32.
  */
 #ifndef TK_ATTACK_H
 #define TK_ATTACK_H
@@ -56,9 +69,14 @@ typedef struct {
   int final_iterate;         /* 1: x_adv is the last iterate (training, reference semantics);
                                 0: worst-case tracking (evaluation), see above */
   int update_bn_stats;       /* with bn = TK_BN_TRAIN: keep the running-statistics updates */
+  int chunk;                 /* eval mode on an executor engine with 2+ threads: the batch is cut
+                                into chunks of at most this many examples, attacked at once by
+                                one single-threaded replica of the engine per thread (see
+                                "Parallel attacks" above); 0: the engine alone, with its threads */
 } tk_attack_opts;
 
-/* eps 8/255, alpha 2/255, 10 steps, 1 restart, uniform start, CE, BatchNorm eval, tracking. */
+/* eps 8/255, alpha 2/255, 10 steps, 1 restart, uniform start, CE, BatchNorm eval, tracking,
+ * chunks of 32 for parallel attacks. */
 void tk_attack_opts_default(tk_attack_opts *o);
 
 typedef struct tk_attacker tk_attacker;

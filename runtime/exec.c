@@ -140,6 +140,9 @@ typedef struct {
   int n_folds;          /* pairs with fold_on */
   int fold_stale;       /* the kernels' folds do not match the weights and running statistics */
   int last_folded;      /* the last forward ran the folded pairs folded */
+  /* what changed since creation (tk_exec_generation): values counts syncs and train-mode
+   * forwards (running statistics), masks the syncs with masks_changed */
+  unsigned long gen_values, gen_masks;
 } exec_engine;
 
 static const tk_engine_vtbl g_compiled_vtbl, g_dense_vtbl;
@@ -680,6 +683,7 @@ static tk_status exec_forward(tk_engine *e, const float *xin, int n, tk_bn_mode 
   const int folded = bn == TK_BN_EVAL && x->n_folds > 0;
   if (folded && x->fold_stale) st = folds_refresh(x);
   if (bn == TK_BN_TRAIN && x->n_folds) x->fold_stale = 1; /* the running statistics change */
+  if (bn == TK_BN_TRAIN) x->gen_values++;
   if (st == TK_OK) tk_ops_normalize_fwd(xin, m->mean, m->std, x->act[0], n, m->in_c, m->in_h * m->in_w);
   for (int i = 0; i < m->n_layers && st == TK_OK; i++) {
     step *s = &x->steps[i];
@@ -860,6 +864,8 @@ static tk_status exec_sync(tk_engine *e, int masks_changed) {
   st = kernels_bind_and_update(x);
   if (masks_changed) folds_bind(x); /* new kernels */
   x->fold_stale = 1;                 /* new values */
+  x->gen_values++;
+  x->gen_masks += masks_changed != 0;
 done:
   threads_leave(x, old);
   return st;
@@ -941,6 +947,23 @@ tk_status tk_dense_engine_create(tk_model *m, int max_batch, tk_engine **out) {
   if (!tk_dense_available())
     return tk_fail(TK_ERR_UNSUPPORTED, "dense engine: this build has no oneDNN (configured with -DTICKET_DNNL=OFF)");
   return exec_create(m, max_batch, NULL, 1, out);
+}
+
+tk_status tk_exec_replicate(const tk_engine *e, int max_batch, int threads, tk_engine **out) {
+  *out = NULL;
+  const exec_engine *x = as_exec(e);
+  if (!x) return tk_fail(TK_ERR_ARG, "replicate: %s engine is not an executor engine", e ? e->v->name : "no");
+  if (threads < 1) return tk_fail(TK_ERR_ARG, "replicate: %d threads", threads);
+  tk_compile_opts o = x->opts;
+  o.batch = max_batch, o.threads = threads;
+  return exec_create(e->m, max_batch, &o, x->dense_only, out);
+}
+
+int tk_exec_generation(const tk_engine *e, unsigned long *values, unsigned long *masks) {
+  const exec_engine *x = as_exec(e);
+  if (!x) return 0;
+  *values = x->gen_values, *masks = x->gen_masks;
+  return 1;
 }
 
 /* ---- exec.h --------------------------------------------------------------------------------------- */

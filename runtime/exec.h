@@ -27,6 +27,17 @@ int tk_exec_res_fused(const tk_engine *e);
 /* Bytes of the engine's arena (activations, gradients, statistics, kernel scratch). */
 size_t tk_exec_arena_bytes(const tk_engine *e);
 
+/* A new engine of e's kind, options and model, for batches up to max_batch on `threads`
+ * OpenMP threads (planned for that batch and thread count).  It reads the model's tensors as
+ * they are now; see tk_exec_generation for keeping it in step with e. */
+tk_status tk_exec_replicate(const tk_engine *e, int max_batch, int threads, tk_engine **out);
+/* Counters of what changed e's results since it was created: *values counts its syncs and its
+ * train-mode forwards (which move the running statistics), *masks its syncs with changed
+ * masks.  A replica made at counters (v, m) is current while they are unchanged; otherwise
+ * it needs tk_engine_sync(replica, masks changed).  Returns 0 (counters untouched) for engines
+ * that are not executor engines. */
+int tk_exec_generation(const tk_engine *e, unsigned long *values, unsigned long *masks);
+
 /* Per-layer wall time of forward and backward, summed over calls since the last enable.
  * Timing costs two clock reads per layer and call; off by default.  An eval-mode batchnorm
  * folded into its conv/linear is timed with that layer (its own entry counts ~0). */

@@ -19,10 +19,18 @@
  *     and so does one TRADES-KL step from a given start;
  *   - a train-mode attack restores the running statistics bitwise (and keeps them changed
  *     with update_bn_stats), and differs from the eval-mode attack;
- *   - bad arguments are clean errors. */
+ *   - bad arguments are clean errors;
+ *   - the parallel attack (compiled engine, 2 and 3 threads, chunks of 8 and 40) gives the
+ *     serial attack's x_adv and fooled flags bit for bit -- tracking with restarts, the final
+ *     iterate with a given start, TRADES-KL -- and its replicas follow the engine's syncs
+ *     (new weights, a new mask).  Skipped, saying so, without the JIT. */
 #include "check.h"
 
+#include "compiler/compile.h"
+#include "compiler/jit.h"
+#include "compiler/toolchain.h"
 #include "runtime/attack.h"
+#include "runtime/exec.h"
 
 #include <math.h>
 #include <string.h>
@@ -491,6 +499,133 @@ static void test_errors(tk_engine *e) {
   tk_attacker_free(a);
 }
 
+/* One attack on the engine alone (chunk 0) and in parallel with chunks of `chunk`: x_adv and
+ * fooled must agree bit for bit (the replicas plan as the engine does here: every layer forced
+ * onto the sparse table kernels, whose per-image arithmetic does not depend on the batch). */
+static void parallel_case(tk_engine *e, const char *what, const tk_attack_opts *base, int chunk, int with_start) {
+  static float delta0[N * D];
+  tk_rng r;
+  tk_rng_seed(&r, 5);
+  for (size_t k = 0; k < (size_t)N * D; k++) delta0[k] = (float)(2 * tk_rng_uniform(&r) - 1) * (float)base->eps;
+  const int *y = base->loss == TK_ATTACK_LOSS_KL ? NULL : g_y;
+  for (int par = 0; par < 2; par++) {
+    tk_attack_opts o = *base;
+    o.chunk = par ? chunk : 0;
+    tk_attacker *a = NULL;
+    tk_status st = tk_attacker_create(e, &o, &a);
+    CHECK_MSG(st == TK_OK, "%s: create: %s", what, tk_last_error());
+    if (st != TK_OK) return;
+    tk_rng rng;
+    tk_rng_seed(&rng, 77);
+    int *fooled = y ? g_res[4 + par].fooled : NULL;
+    memset(g_res[4 + par].fooled, 0, sizeof g_res[4 + par].fooled);
+    st = with_start ? tk_attacker_run_from(a, g_x, y, N, delta0, &rng, g_res[4 + par].x_adv, fooled)
+                    : tk_attacker_run(a, g_x, y, N, &rng, g_res[4 + par].x_adv, fooled);
+    CHECK_MSG(st == TK_OK, "%s: run: %s", what, tk_last_error());
+    tk_attacker_free(a);
+  }
+  int nx = 0, nf = 0, nfooled = 0;
+  for (size_t k = 0; k < (size_t)N * D; k++) nx += memcmp(&g_res[4].x_adv[k], &g_res[5].x_adv[k], sizeof(float)) != 0;
+  for (int i = 0; i < N; i++) nf += g_res[4].fooled[i] != g_res[5].fooled[i], nfooled += g_res[4].fooled[i];
+  CHECK_MSG(nx == 0 && nf == 0, "%s: parallel vs serial: %d of %d pixels and %d of %d fooled flags differ", what, nx,
+            N * D, nf, N);
+  printf("  %-58s fooled %2d of %d, %s\n", what, nfooled, N, nx || nf ? "DIFFERENT" : "identical");
+}
+
+static void test_parallel(void) {
+  char why[256];
+  if (!tk_jit_built(why, sizeof why) || !tk_cc_path(why, sizeof why)) {
+    printf("parallel attack: SKIPPED, no compiled engine here (%s)\n", why);
+    return;
+  }
+  printf("parallel attack (compiled engine)\n");
+  tk_model *m = build_model(0.0f, 1.0f, 42);
+  for (int threads = 2; threads <= 3; threads++) {
+    tk_compile_opts co;
+    tk_compile_opts_default(&co);
+    co.threads = threads;
+    co.training = 1;
+    co.force = TK_VARIANT_SPARSE_TABLE;
+    tk_engine *e = NULL;
+    tk_status st = tk_compiled_engine_create(m, N, &co, &e);
+    CHECK_MSG(st == TK_OK, "compiled engine: %s", tk_last_error());
+    if (st != TK_OK) break;
+    tk_attack_opts o;
+    tk_attack_opts_default(&o);
+    o.eps = 0.03;
+    o.alpha = 0.01;
+    o.restarts = 2;
+    char what[128];
+    snprintf(what, sizeof what, "%d threads, chunks of 8: tracking, 2 restarts", threads);
+    parallel_case(e, what, &o, 8, 0);
+    snprintf(what, sizeof what, "%d threads, chunks of 40: tracking, 2 restarts", threads);
+    parallel_case(e, what, &o, 40, 0);
+    o.restarts = 1;
+    o.final_iterate = 1;
+    o.steps = 3;
+    snprintf(what, sizeof what, "%d threads, chunks of 8: final iterate from a start", threads);
+    parallel_case(e, what, &o, 8, 1);
+    tk_attack_opts_default(&o);
+    o.eps = 0.1;
+    o.alpha = 0.025;
+    o.steps = 3;
+    o.final_iterate = 1;
+    o.loss = TK_ATTACK_LOSS_KL;
+    o.start = TK_START_NORMAL_0001;
+    snprintf(what, sizeof what, "%d threads, chunks of 8: TRADES-KL", threads);
+    parallel_case(e, what, &o, 8, 0);
+    tk_engine_free(e);
+  }
+  /* the replicas follow the engine: one attacker kept across new weights and a new mask must
+   * agree with a fresh serial attack each time */
+  tk_compile_opts co;
+  tk_compile_opts_default(&co);
+  co.threads = 2;
+  co.training = 1;
+  co.force = TK_VARIANT_SPARSE_TABLE;
+  tk_engine *e = NULL;
+  CHECK(tk_compiled_engine_create(m, N, &co, &e) == TK_OK);
+  tk_attack_opts o;
+  tk_attack_opts_default(&o);
+  o.eps = 0.03;
+  o.alpha = 0.01;
+  o.chunk = 8;
+  tk_attacker *kept = NULL;
+  CHECK(e && tk_attacker_create(e, &o, &kept) == TK_OK);
+  tk_tensor *fc = &m->tensors[tk_model_find_tensor(m, "fc.weight")];
+  tk_tensor *cw = &m->tensors[tk_model_find_tensor(m, "conv1.weight")];
+  for (int change = 0; kept && change < 3; change++) {
+    if (change == 1) { /* new values */
+      for (int64_t k = 0; k < fc->numel; k++) fc->data[k] *= (k % 3) ? 1.5f : -0.5f;
+      CHECK(tk_engine_sync(e, 0) == TK_OK);
+    } else if (change == 2) { /* a new mask: every third conv weight pruned */
+      uint8_t *mask = tk_calloc((size_t)cw->numel, 1);
+      for (int64_t k = 0; k < cw->numel; k++) mask[k] = k % 3 != 0;
+      CHECK(tk_tensor_set_mask(cw, mask) == TK_OK);
+      free(mask);
+      CHECK(tk_engine_sync(e, 1) == TK_OK);
+    }
+    tk_rng rng;
+    tk_rng_seed(&rng, 3);
+    CHECK(tk_attacker_run(kept, g_x, g_y, N, &rng, g_res[6].x_adv, g_res[6].fooled) == TK_OK);
+    o.chunk = 0;
+    tk_attacker *serial = NULL;
+    CHECK(tk_attacker_create(e, &o, &serial) == TK_OK);
+    tk_rng_seed(&rng, 3);
+    CHECK(serial && tk_attacker_run(serial, g_x, g_y, N, &rng, g_res[7].x_adv, g_res[7].fooled) == TK_OK);
+    tk_attacker_free(serial);
+    o.chunk = 8;
+    static const char *const what[3] = {"as created", "after new weights (sync)", "after a new mask (sync)"};
+    CHECK_MSG(!memcmp(g_res[6].x_adv, g_res[7].x_adv, sizeof g_res[6].x_adv) &&
+                  !memcmp(g_res[6].fooled, g_res[7].fooled, sizeof g_res[6].fooled),
+              "kept parallel attacker %s: differs from a serial attack", what[change]);
+    printf("  kept attacker %-44s checked against a serial attack\n", what[change]);
+  }
+  tk_attacker_free(kept);
+  tk_engine_free(e);
+  tk_model_free(m);
+}
+
 int main(void) {
   tk_model *m = build_model(0.0f, 1.0f, 42);
   CHECK(tk_engine_create(m, TK_ENGINE_REFERENCE, N, &g_e) == TK_OK);
@@ -514,6 +649,7 @@ int main(void) {
   test_bn_modes(g_e);
   printf("errors\n");
   test_errors(g_e);
+  test_parallel();
 
   /* a model with pixel range [0.2, 0.8] and data inside it: projections respect the range */
   tk_model *m2 = build_model(0.2f, 0.8f, 43);

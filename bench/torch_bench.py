@@ -10,8 +10,8 @@ It runs the same network as Ticket, exported by `ticket bench` as a graph descri
          optimize_for_inference)
   pgd    "eager": PGD-10 evaluation, channels_last, torch.autograd.grad on the input only,
          BatchNorm in eval mode, then one forward on the adversarial batch
-  train  "eager": one PGD-10 training step: the attack with BatchNorm in train mode, then a
-         train-mode forward, backward and an SGD step
+  train  "eager": one PGD-10 training step: the attack with BatchNorm in train mode (or in eval
+         mode with --attack-bn eval), then a train-mode forward, backward and an SGD step
 
 torch.set_num_threads(T) is set explicitly; run under OMP_WAIT_POLICY=PASSIVE (ticket bench
 does), without which eager PyTorch at batch 1 on 2 threads is erratic, and so that its idle
@@ -164,10 +164,11 @@ def variants(model, a, x, y, lo, hi, gen):
     sgd = torch.optim.SGD(model.parameters(), lr=1e-4)
 
     def step():
-        model.train()
+        model.train(a.attack_bn == "train")
         for p in model.parameters():
             p.requires_grad_(False)
         xa = pgd(model, xcl, y, a.steps, a.eps, a.alpha, lo, hi, gen)
+        model.train()
         for p in model.parameters():
             p.requires_grad_(True)
         sgd.zero_grad(set_to_none=True)
@@ -188,6 +189,8 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mode", choices=["infer", "pgd", "train"], default="infer")
+    ap.add_argument("--attack-bn", choices=["train", "eval"], default="train",
+                    help="train mode: BatchNorm mode of the attack's forwards")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--eps", type=float, default=8 / 255)
     ap.add_argument("--alpha", type=float, default=2 / 255)

@@ -90,6 +90,9 @@ static void usage(FILE *f) {
           "  --mode M           infer (eval forward, default), pgd (PGD-10 evaluation: images/s of\n"
           "                     10 forward+input-gradient steps and a final forward) or train (one\n"
           "                     PGD-10 training step: attack, forward, backward, SGD, sync)\n"
+          "  --attack-bn B      train mode: the attack's BatchNorm, train (batch statistics, as\n"
+          "                     Madry's PGD-AT; default) or eval (running statistics, as HYDRA's\n"
+          "                     attacks and ticket train's default: runs as the parallel attack)\n"
           "  --random-mask S    first prune every prunable tensor uniformly at random to sparsity S\n"
           "  --seed S           seed of the zoo initialisation, the masks and the inputs (default 1)\n"
           "  --force VARIANT    every conv/linear of the compiled engine on one kernel variant\n"
@@ -138,6 +141,7 @@ typedef struct {
   int layers, compile_stats, json;
   const char *torch_dir; /* keep the PyTorch export here */
   const char *alt;       /* --alt: the environment of a second compiled engine */
+  int attack_bn_eval;    /* train mode: the attack in eval-mode BatchNorm */
 } bench_opts;
 
 static int parse_int(const char *s, int lo, int hi, int *out) {
@@ -216,16 +220,17 @@ typedef struct {
 /* The attacker of the pgd and train modes: PGD-10, eps 8/255, alpha 2/255, uniform start, the
  * last iterate (no tracking: every example runs every step, as in the PyTorch loop), through
  * the runtime's attacker -- in eval mode the parallel attack of attack.h on an executor engine
- * with 2+ threads (TICKET_ATTACK_CHUNK=0 turns it off, e.g. through --alt); in train mode
- * with batch statistics that the attack's forwards update, as a PGD-AT step's attack does. */
-static tk_status make_attacker(runner *r, bench_mode mode) {
+ * with 2+ threads (TICKET_ATTACK_CHUNK=0 turns it off, e.g. through --alt); a train step's
+ * attack with batch statistics that its forwards update (Madry's PGD-AT), or with
+ * --attack-bn eval in eval mode (HYDRA; ticket train's default). */
+static tk_status make_attacker(runner *r, bench_mode mode, int attack_bn_eval) {
   if (mode == MODE_INFER) return TK_OK;
   tk_attack_opts ao;
   tk_attack_opts_default(&ao);
   ao.steps = 10;
   ao.final_iterate = 1;
-  ao.bn = mode == MODE_PGD ? TK_BN_EVAL : TK_BN_TRAIN;
-  ao.update_bn_stats = mode == MODE_TRAIN;
+  ao.bn = mode == MODE_PGD || attack_bn_eval ? TK_BN_EVAL : TK_BN_TRAIN;
+  ao.update_bn_stats = ao.bn == TK_BN_TRAIN;
   return tk_attacker_create(r->e, &ao, &r->atk);
 }
 
@@ -636,7 +641,7 @@ static tk_status worker_start(torch_worker *w, const bench_opts *o, const tk_mod
   snprintf(b, sizeof b, "%d", o->batch);
   snprintf(t, sizeof t, "%d", o->threads);
   char *argv[] = {(char *)py, script, w->dir, "--batch", b, "--threads", t, "--mode", (char *)g_mode_names[o->mode],
-                  "--check", xp, lp, NULL};
+                  "--attack-bn", o->attack_bn_eval ? "eval" : "train", "--check", xp, lp, NULL};
 
   /* its environment: ours with OMP_WAIT_POLICY=PASSIVE */
   int ne = 0;
@@ -890,6 +895,11 @@ int cmd_bench(int argc, char **argv) {
       else if (!strcmp(v, "pgd")) o.mode = MODE_PGD;
       else if (!strcmp(v, "train")) o.mode = MODE_TRAIN;
       else return cli_usage_error("bench", "--mode: '%s' is not infer, pgd or train", v);
+    } else if (!strcmp(a, "--attack-bn")) {
+      NEED_VALUE();
+      if (!strcmp(v, "eval")) o.attack_bn_eval = 1;
+      else if (!strcmp(v, "train")) o.attack_bn_eval = 0;
+      else return cli_usage_error("bench", "--attack-bn: '%s' is not eval or train", v);
     } else if (!strcmp(a, "--random-mask")) {
       NEED_VALUE();
       if (!tk_parse_fraction(v, &o.random_mask) || !(o.random_mask >= 0 && o.random_mask <= 1))
@@ -965,16 +975,16 @@ int cmd_bench(int argc, char **argv) {
     tk_engine_free(rc.e);
     rc.e = NULL;
     t0 = tk_now();
-    if ((st = make_compiled(&o, rc.m, cache, &rc.e)) != TK_OK || (st = make_attacker(&rc, o.mode)) != TK_OK) goto fail;
+    if ((st = make_compiled(&o, rc.m, cache, &rc.e)) != TK_OK || (st = make_attacker(&rc, o.mode, o.attack_bn_eval)) != TK_OK) goto fail;
     warm_s = rc.create_s = tk_now() - t0;
   } else {
     double t0 = tk_now();
-    if ((st = make_compiled(&o, rc.m, NULL, &rc.e)) != TK_OK || (st = make_attacker(&rc, o.mode)) != TK_OK) goto fail;
+    if ((st = make_compiled(&o, rc.m, NULL, &rc.e)) != TK_OK || (st = make_attacker(&rc, o.mode, o.attack_bn_eval)) != TK_OK) goto fail;
     rc.create_s = tk_now() - t0;
   }
   if (o.vs_dense) {
     double t0 = tk_now();
-    if ((st = tk_dense_engine_create(rd.m, o.batch, &rd.e)) != TK_OK || (st = make_attacker(&rd, o.mode)) != TK_OK)
+    if ((st = tk_dense_engine_create(rd.m, o.batch, &rd.e)) != TK_OK || (st = make_attacker(&rd, o.mode, o.attack_bn_eval)) != TK_OK)
       goto fail;
     rd.create_s = tk_now() - t0;
   }
@@ -983,7 +993,7 @@ int cmd_bench(int argc, char **argv) {
     tk_env_push(o.alt, &saved);
     double t0 = tk_now();
     st = make_compiled(&o, ra.m, NULL, &ra.e);
-    if (st == TK_OK) st = make_attacker(&ra, o.mode);
+    if (st == TK_OK) st = make_attacker(&ra, o.mode, o.attack_bn_eval);
     ra.create_s = tk_now() - t0;
     tk_env_pop(&saved);
     if (st != TK_OK) goto fail;
@@ -1114,9 +1124,10 @@ int cmd_bench(int argc, char **argv) {
     cli_json_string(stdout, mname);
     printf(", \"arch\": ");
     cli_json_string(stdout, base->arch);
-    printf(", \"mode\": \"%s\", \"batch\": %d, \"threads\": %d, \"iters\": %d, \"warmup\": %d, \"sparsity\": %.6g, "
-           "\"omp_wait_policy\": ",
-           g_mode_names[o.mode], o.batch, o.threads, o.iters, o.warmup, tk_model_sparsity(base));
+    printf(", \"mode\": \"%s\", \"attack_bn\": \"%s\", \"batch\": %d, \"threads\": %d, \"iters\": %d, \"warmup\": %d, "
+           "\"sparsity\": %.6g, \"omp_wait_policy\": ",
+           g_mode_names[o.mode], o.mode == MODE_INFER ? "none" : o.mode == MODE_PGD || o.attack_bn_eval ? "eval" : "train",
+           o.batch, o.threads, o.iters, o.warmup, tk_model_sparsity(base));
     cli_json_string(stdout, wait_policy);
     printf(", \"load_average\": %.2f, \"interleaved\": true, \"rotated\": true, \"turns\": [%s], \"random_mask\": ", load1, turns);
     if (o.random_mask >= 0) printf("%.6g", o.random_mask);
@@ -1204,10 +1215,11 @@ int cmd_bench(int argc, char **argv) {
     }
     printf("}\n");
   } else {
-    printf("ticket bench: %s (%s), sparsity %.3f, batch %d, %d thread%s, mode %s: %d iterations after %d warm-up, "
+    printf("ticket bench: %s (%s), sparsity %.3f, batch %d, %d thread%s, mode %s%s: %d iterations after %d warm-up, "
            "turns interleaved and rotated\n",
            mname, base->arch, tk_model_sparsity(base), o.batch, o.threads, o.threads == 1 ? "" : "s",
-           g_mode_names[o.mode], o.iters, o.warmup);
+           g_mode_names[o.mode], o.mode != MODE_TRAIN ? "" : o.attack_bn_eval ? " (attack in eval mode)" : " (attack in train mode)",
+           o.iters, o.warmup);
     printf("OMP_WAIT_POLICY %s, load average %.2f at the start\n", wait_policy, load1);
     printf("compiled engine: %s; built in %.2f s\n", tk_exec_how(rc.e), rc.create_s);
     if (o.compile_stats)

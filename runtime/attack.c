@@ -65,7 +65,7 @@ void tk_attacker_free(tk_attacker *a) {
     if (a->w[t]) {
       tk_engine *we = a->w[t]->e;
       tk_attacker_free(a->w[t]);
-      we->v->destroy(we);
+      tk_engine_free(we);
     }
   free(a->w);
   free(a->start);
@@ -106,7 +106,7 @@ static tk_status make_workers(tk_attacker *a) {
   for (int t = 0; t < T; t++) {
     tk_engine *we = NULL;
     tk_status st = tk_exec_replicate(a->e, chunk, 1, &we);
-    if (st == TK_OK && (st = tk_attacker_create(we, &wo, &a->w[t])) != TK_OK) we->v->destroy(we);
+    if (st == TK_OK && (st = tk_attacker_create(we, &wo, &a->w[t])) != TK_OK) tk_engine_free(we);
     if (st != TK_OK) return tk_fail_prefix(st, "attack: worker %d of %d", t + 1, T);
   }
   return TK_OK;
@@ -177,6 +177,13 @@ tk_status tk_attacker_create(tk_engine *e, const tk_attack_opts *o, tk_attacker 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
 static inline float clampf(float v, float lo, float hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+/* one value of a random start (before the clamp to [lo, hi]) */
+static inline float start_value(const tk_attack_opts *o, tk_rng *rng) {
+  if (o->start == TK_START_UNIFORM) return (float)(2.0 * tk_rng_uniform(rng) - 1.0) * (float)o->eps;
+  if (o->start == TK_START_NORMAL_0001) return 0.001f * (float)tk_rng_normal(rng);
+  return 0.0f;
+}
 
 static int argmax_row(const float *z, int K) {
   int arg = 0;
@@ -306,11 +313,7 @@ static tk_status run_restart(tk_attacker *a, const float *x, const int *y, int n
     float *dj = a->delta + j * D;
     const float *given = delta0 ? delta0 + a->idx[j] * D : NULL;
     for (size_t k = 0; k < D; k++) {
-      float d;
-      if (given) d = given[k];
-      else if (o->start == TK_START_UNIFORM) d = (float)(2.0 * tk_rng_uniform(rng) - 1.0) * eps;
-      else if (o->start == TK_START_NORMAL_0001) d = 0.001f * (float)tk_rng_normal(rng);
-      else d = 0.0f;
+      const float d = given ? given[k] : start_value(o, rng);
       dj[k] = clampf(xj[k] + d, lo, hi) - xj[k];
     }
   }
@@ -417,10 +420,7 @@ static tk_status attack_parallel(tk_attacker *a, const float *x, const int *y, i
         float *si = a->start + i * D;
         if (rr == 0 && delta0) memcpy(si, delta0 + i * D, D * sizeof(float));
         else
-          for (size_t k = 0; k < D; k++)
-            si[k] = o->start == TK_START_UNIFORM     ? (float)(2.0 * tk_rng_uniform(rng) - 1.0) * (float)o->eps
-                    : o->start == TK_START_NORMAL_0001 ? 0.001f * (float)tk_rng_normal(rng)
-                                                       : 0.0f;
+          for (size_t k = 0; k < D; k++) si[k] = start_value(o, rng);
       }
       if (!active) break;
     }

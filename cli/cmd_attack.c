@@ -35,7 +35,9 @@ static void usage(FILE *f) {
         "  --seed S           seed of the random start (default 0)\n"
         "  --batch B          images per attack batch (default 100)\n"
         "  --engine E         auto (default: the fastest available), compiled, dense or reference\n"
-        "  --threads T        OpenMP threads (default: all)\n"
+        "  --threads T        OpenMP threads (default: all); with 2 or more and --bn eval each thread\n"
+        "                     attacks its own chunks of a batch on its own copy of the engine\n"
+        "                     (chunks of up to TICKET_ATTACK_CHUNK images, default 32; 0: off)\n"
         "  --save-adv F.npy   write the adversarial examples, (N, C, H, W) float32\n"
         "  --init-delta F.npy start from x + delta (N, C, H, W) instead of a random start (testing)\n"
         "  --progress         progress line on stderr even when it is not a terminal\n"
@@ -173,6 +175,8 @@ int cmd_attack(int argc, char **argv) {
     goto done;
   }
   const double ips = secs > 0 ? sc.n / secs : 0;
+  int chunk = 0;
+  const int nw = tk_attacker_workers(att, &chunk);
   const char *start = o.start == TK_START_ZERO ? "zero" : init_delta ? "given" : "uniform";
   char name[32];
   if (fgsm) snprintf(name, sizeof name, "FGSM");
@@ -188,10 +192,11 @@ int cmd_attack(int argc, char **argv) {
     cli_json_string(stdout, name);
     printf(",\"eps\":%.10g,\"alpha\":%.10g,\"steps\":%d,\"restarts\":%d,\"start\":\"%s\",\"bn\":\"%s\","
            "\"tracking\":%s,\"seed\":%llu,\"batch\":%ld,\"n\":%ld,\"sa\":%.10g,\"ra\":%.10g,"
-           "\"loss_clean\":%.10g,\"loss_adv\":%.10g,\"seconds\":%.6g,\"images_per_s\":%.6g,\"clean\":",
+           "\"loss_clean\":%.10g,\"loss_adv\":%.10g,\"seconds\":%.6g,\"images_per_s\":%.6g,",
            o.eps, o.alpha, o.steps, o.restarts, start, bn_name, last ? "false" : "true", (unsigned long long)seed,
            batch, sc.n, tk_eval_stats_accuracy(&sc), tk_eval_stats_accuracy(&sa), tk_eval_stats_loss(&sc),
            tk_eval_stats_loss(&sa), secs, ips);
+    printf("\"workers\":%d,\"chunk\":%d,\"clean\":", nw, chunk);
     tk_eval_stats_write_json(stdout, &sc, 0);
     printf(",\"adversarial\":");
     tk_eval_stats_write_json(stdout, &sa, 1);
@@ -201,8 +206,10 @@ int cmd_attack(int argc, char **argv) {
     }
     printf("}\n");
   } else {
-    printf("model %s, data %s (%d images from %ld), engine %s, batch %ld\n", model_path, d->name, d->n, offset,
+    printf("model %s, data %s (%d images from %ld), engine %s, batch %ld", model_path, d->name, d->n, offset,
            e->v->name, batch);
+    if (nw) printf(", attacked in parallel: %d threads, chunks of up to %d", nw, chunk);
+    printf("\n");
     printf("%s eps %.6g alpha %.6g, %d restart%s, %s start, BatchNorm %s, seed %llu, %s\n", name, o.eps, o.alpha,
            o.restarts, o.restarts == 1 ? "" : "s", start, bn_name, (unsigned long long)seed,
            last ? "last iterate" : "first fooling iterate");

@@ -496,6 +496,11 @@ static tk_status run(tk_attacker *a, const float *x, const int *y, int n, const 
   return st;
 }
 
+int tk_attacker_workers(const tk_attacker *a, int *chunk) {
+  if (chunk) *chunk = a && a->nw ? a->o.chunk : 0;
+  return a ? a->nw : 0;
+}
+
 tk_status tk_attacker_run(tk_attacker *a, const float *x, const int *y, int n, tk_rng *rng, float *x_adv,
                           int *fooled) {
   return run(a, x, y, n, NULL, rng, x_adv, fooled);

@@ -91,6 +91,8 @@ tk_status tk_attacker_run(tk_attacker *a, const float *x, const int *y, int n, t
  * for reproducing another implementation's trajectory. */
 tk_status tk_attacker_run_from(tk_attacker *a, const float *x, const int *y, int n, const float *delta0,
                                tk_rng *rng, float *x_adv, int *fooled);
+/* Threads of the parallel attack (0: the engine attacks alone) and *chunk, its largest chunk. */
+int tk_attacker_workers(const tk_attacker *a, int *chunk);
 void tk_attacker_free(tk_attacker *a);
 
 #endif

@@ -223,10 +223,11 @@ typedef struct {
  * with 2+ threads (TICKET_ATTACK_CHUNK=0 turns it off, e.g. through --alt); a train step's
  * attack with batch statistics that its forwards update (Madry's PGD-AT), or with
  * --attack-bn eval in eval mode (HYDRA; ticket train's default). */
-static tk_status make_attacker(runner *r, bench_mode mode, int attack_bn_eval) {
+static tk_status make_attacker(runner *r, bench_mode mode, int attack_bn_eval, int serial) {
   if (mode == MODE_INFER) return TK_OK;
   tk_attack_opts ao;
   tk_attack_opts_default(&ao);
+  if (serial) ao.chunk = 0;
   ao.steps = 10;
   ao.final_iterate = 1;
   ao.bn = mode == MODE_PGD || attack_bn_eval ? TK_BN_EVAL : TK_BN_TRAIN;
@@ -975,16 +976,16 @@ int cmd_bench(int argc, char **argv) {
     tk_engine_free(rc.e);
     rc.e = NULL;
     t0 = tk_now();
-    if ((st = make_compiled(&o, rc.m, cache, &rc.e)) != TK_OK || (st = make_attacker(&rc, o.mode, o.attack_bn_eval)) != TK_OK) goto fail;
+    if ((st = make_compiled(&o, rc.m, cache, &rc.e)) != TK_OK || (st = make_attacker(&rc, o.mode, o.attack_bn_eval, 0)) != TK_OK) goto fail;
     warm_s = rc.create_s = tk_now() - t0;
   } else {
     double t0 = tk_now();
-    if ((st = make_compiled(&o, rc.m, NULL, &rc.e)) != TK_OK || (st = make_attacker(&rc, o.mode, o.attack_bn_eval)) != TK_OK) goto fail;
+    if ((st = make_compiled(&o, rc.m, NULL, &rc.e)) != TK_OK || (st = make_attacker(&rc, o.mode, o.attack_bn_eval, 0)) != TK_OK) goto fail;
     rc.create_s = tk_now() - t0;
   }
   if (o.vs_dense) {
     double t0 = tk_now();
-    if ((st = tk_dense_engine_create(rd.m, o.batch, &rd.e)) != TK_OK || (st = make_attacker(&rd, o.mode, o.attack_bn_eval)) != TK_OK)
+    if ((st = tk_dense_engine_create(rd.m, o.batch, &rd.e)) != TK_OK || (st = make_attacker(&rd, o.mode, o.attack_bn_eval, 0)) != TK_OK)
       goto fail;
     rd.create_s = tk_now() - t0;
   }
@@ -993,7 +994,7 @@ int cmd_bench(int argc, char **argv) {
     tk_env_push(o.alt, &saved);
     double t0 = tk_now();
     st = make_compiled(&o, ra.m, NULL, &ra.e);
-    if (st == TK_OK) st = make_attacker(&ra, o.mode, o.attack_bn_eval);
+    if (st == TK_OK) st = make_attacker(&ra, o.mode, o.attack_bn_eval, 0);
     ra.create_s = tk_now() - t0;
     tk_env_pop(&saved);
     if (st != TK_OK) goto fail;
@@ -1084,7 +1085,8 @@ int cmd_bench(int argc, char **argv) {
   for (int v = 0; v < tw.nvar; v++)
     if (isfinite(st_torch[v].steal) && st_torch[v].steal > steal_max) steal_max = st_torch[v].steal;
 
-  /* per-layer profile: a separate pass, so that timing the layers does not touch the numbers above */
+  /* per-layer profile: a separate pass, so that timing the layers does not touch the numbers above;
+   * the attacks there run on the engine alone (a parallel attack's replicas are not profiled) */
   const int L = base->n_layers, kprof = o.iters < 5 ? o.iters : (o.iters + 1) / 2;
   if (o.layers) {
     pc = tk_calloc((size_t)L, sizeof *pc);
@@ -1096,11 +1098,19 @@ int cmd_bench(int argc, char **argv) {
     for (int k = 0; k < 2; k++) {
       runner *r = k ? (o.vs_dense ? &rd : NULL) : &rc;
       if (!r) continue;
+      tk_attacker *timed = r->atk;
+      r->atk = NULL;
+      if ((st = make_attacker(r, o.mode, o.attack_bn_eval, 1)) != TK_OK) {
+        r->atk = timed;
+        goto fail;
+      }
       tk_exec_profile_enable(r->e, 1);
-      for (int it = 0; it < kprof; it++)
-        if ((st = iteration(r, o.mode, x, y, o.batch, &arng[k])) != TK_OK) goto fail;
+      for (int it = 0; it < kprof && st == TK_OK; it++) st = iteration(r, o.mode, x, y, o.batch, &arng[k]);
       tk_exec_profile(r->e, k ? pd : pc, L);
       tk_exec_profile_enable(r->e, 0);
+      tk_attacker_free(r->atk);
+      r->atk = timed;
+      if (st != TK_OK) goto fail;
     }
   }
 
@@ -1256,8 +1266,8 @@ int cmd_bench(int argc, char **argv) {
              100 * steal_max);
     if (o.layers) {
       printf("\nper layer (ms per call, %d calls; a ReLU fused into the layer before it, and in eval mode a "
-             "batchnorm folded into its conv/linear, show 0):\n",
-             kprof);
+             "batchnorm folded into its conv/linear, show 0%s):\n",
+             kprof, o.mode == MODE_INFER ? "" : "; the attacks on the engine alone, not in parallel");
       printf("  %3s %-24s %-13s %-15s %10s %10s %8s", "#", "name", "op", "variant", "fwd", o.vs_dense ? "dense" : "",
              o.vs_dense ? "speedup" : "");
       if (o.mode != MODE_INFER) printf(" %10s %10s", "bwd", o.vs_dense ? "dense bwd" : "");

@@ -1026,7 +1026,6 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
   return TK_OK;
 }
 
-/* "layer N (name)" of an item, ", transposed" for a transposed layer (compile errors, JIT) */
 /* TICKET_DUMP_DIR=DIR: a freshly emitted layer's source (ext ".c") and its object (".o") as
  * DIR/layerNNN[t]_<symbol hash>.ext -- best effort, a debugging aid (bench/README.md, "Inside
  * a kernel"; bench/perf_annotate.py reads them) */
@@ -1039,6 +1038,7 @@ static void dump_file(const build_item *items, const build_item *it, const char 
   tk_write_file_atomic(path, data, len);
 }
 
+/* "layer N (name)" of an item, ", transposed" for a transposed layer (compile errors, JIT) */
 static void item_name(const build_item *items, int q, const tk_model *m, char *buf, size_t n) {
   const build_item *it = &items[q];
   const int layer = it->parent >= 0 ? items[it->parent].layer : it->layer;

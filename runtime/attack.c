@@ -30,7 +30,7 @@ struct tk_attacker {
   int *yc;        /* (B) label of the active row */
   int *hit;       /* (B) the active row was fooled at this iterate */
   int *done;      /* (B) example already has its adversarial example */
-  int judge_end;  /* the caller wants `fooled`: judge the last iterate too */
+  int judge_end;  /* the run's caller wants `fooled`: judge the last iterate too (set by run) */
   /* running statistics of every BatchNorm layer, saved around train-mode attacks */
   int n_bn;
   int *bn_tensor; /* (n_bn) tensor indices */
@@ -359,10 +359,10 @@ static tk_status run_restart(tk_attacker *a, const float *x, const int *y, int n
   return TK_OK;
 }
 
+/* The serial attack; a->done[i]: example i fooled. */
 static tk_status attack_batch(tk_attacker *a, const float *x, const int *y, int n, const float *delta0,
-                              tk_rng *rng, float *x_adv, int *fooled) {
+                              tk_rng *rng, float *x_adv) {
   tk_status st = TK_OK;
-  a->judge_end = fooled != NULL;
   memset(a->done, 0, (size_t)n * sizeof(int));
   if (!a->o.final_iterate && y && (st = clean_check(a, x, y, n, x_adv, a->done)) != TK_OK) return st;
   for (int r = 0; r < a->o.restarts; r++) {
@@ -370,8 +370,6 @@ static tk_status attack_batch(tk_attacker *a, const float *x, const int *y, int 
     if ((st = run_restart(a, x, y, n, n, r == 0 ? delta0 : NULL, rng, x_adv, a->done, &active)) != TK_OK) return st;
     if (!active) break;
   }
-  if (fooled)
-    for (int i = 0; i < n; i++) fooled[i] = a->done[i];
   return TK_OK;
 }
 
@@ -397,7 +395,7 @@ static tk_status workers_sync(tk_attacker *a) {
  * in the serial attack's order, and the loss is the mean over the whole batch, so a chunk's
  * examples follow the trajectories the serial attack computes on the replicas' kernels. */
 static tk_status attack_parallel(tk_attacker *a, const float *x, const int *y, int n, const float *delta0,
-                                 tk_rng *rng, float *x_adv, int *fooled) {
+                                 tk_rng *rng, float *x_adv) {
   const tk_attack_opts *o = &a->o;
   const size_t D = (size_t)a->D;
   const int T = a->nw;
@@ -407,7 +405,7 @@ static tk_status attack_parallel(tk_attacker *a, const float *x, const int *y, i
   nch = (n + len - 1) / len;
   tk_status st = workers_sync(a);
   if (st != TK_OK) return st;
-  for (int t = 0; t < T; t++) a->w[t]->judge_end = fooled != NULL;
+  for (int t = 0; t < T; t++) a->w[t]->judge_end = a->judge_end;
   memset(a->done, 0, (size_t)n * sizeof(int));
   const int clean = !o->final_iterate && y;
   for (int r = 0; r < o->restarts + clean; r++) {
@@ -457,6 +455,9 @@ static tk_status attack_parallel(tk_attacker *a, const float *x, const int *y, i
 #endif
           if (a->wst == TK_OK) {
             snprintf(a->werr, sizeof a->werr, "%s", tk_last_error());
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
             a->wst = (int)s;
           }
         }
@@ -464,8 +465,6 @@ static tk_status attack_parallel(tk_attacker *a, const float *x, const int *y, i
     }
     if (a->wst != TK_OK) return tk_fail((tk_status)a->wst, "attack: %s", a->werr);
   }
-  if (fooled)
-    for (int i = 0; i < n; i++) fooled[i] = a->done[i];
   return TK_OK;
 }
 
@@ -486,8 +485,11 @@ static tk_status run(tk_attacker *a, const float *x, const int *y, int n, const 
       if (y[i] < 0 || y[i] >= a->K) return tk_fail(TK_ERR_ARG, "attack: label %d of example %d outside 0..%d", y[i], i, a->K - 1);
   const int save_bn = a->o.bn == TK_BN_TRAIN && !a->o.update_bn_stats && a->n_bn > 0;
   if (save_bn) bn_snapshot(a, 0);
-  tk_status st = a->nw > 0 && n >= a->nw ? attack_parallel(a, x, y, n, delta0, rng, x_adv, fooled)
-                                         : attack_batch(a, x, y, n, delta0, rng, x_adv, fooled);
+  a->judge_end = fooled != NULL;
+  tk_status st = a->nw > 0 && n >= a->nw ? attack_parallel(a, x, y, n, delta0, rng, x_adv)
+                                         : attack_batch(a, x, y, n, delta0, rng, x_adv);
+  if (st == TK_OK && fooled)
+    for (int i = 0; i < n; i++) fooled[i] = a->done[i];
   if (save_bn) {
     bn_snapshot(a, 1);
     tk_status s2 = tk_engine_sync(a->e, 0);

@@ -412,7 +412,7 @@ tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant,
    * window stays in L1.  TICKET_XS ("0"/"1") forces it off/on where it applies; TICKET_XS_RR,
    * TICKET_XS_CH, TICKET_XS_L1 and TICKET_XS_BYTES (bytes) override the band rows, the chunk, the
    * L1 budget and the copies' budget. */
-  g->XS = g->XRS = g->XHR = g->XRV = g->XRR = g->XNBLK = 0;
+  g->XS = g->XRS = g->XHR = g->XRV = g->XRR = g->XNBLK = g->XL = g->XHL = 0;
   if (variant == TK_VARIANT_SPARSE_TABLE && g->SH == 1 && g->SW == 1 && g->OW >= 1 && g->OH >= 1 &&
       (g->OW + 15) / 16 <= 8) {
     /* bands of up to 8 rows and 16 accumulators, few padding rows, two vectors per band */
@@ -443,11 +443,25 @@ tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant,
     double copies = (double)g->KW * g->I * xhr * 16 * rv - (double)g->I * g->CS;
     const char *force_xs = getenv("TICKET_XS"), *xs_bytes = getenv("TICKET_XS_BYTES");
     const double budget_xs = xs_bytes && atof(xs_bytes) > 0 ? atof(xs_bytes) : 512e3;
-    int use = force_xs && *force_xs ? atoi(force_xs) != 0 : g->OW >= 12 && fmas >= copies && xbytes <= budget_xs;
+    /* Copies larger than the budget are made band by band (XL): the forward copies each band's
+     * window of each input-channel chunk into a buffer of its own thread just before every
+     * output channel reads it, so they never leave L1 (the whole-image copies of 64x32x32 crowd
+     * L2 at batch 1).  The band's KH-1 extra rows are copied again by the next band: (XRR +
+     * (KH-1)*DH) / XRR times the floats, which is why copies within the budget stay whole
+     * (128x16x16 at s=0.9, one thread: 120 us whole against 137-140 by band at batch 1, 4.3-4.4
+     * against 4.7-4.8 ms at batch 32).  64x32x32 at s=0.9 by band against the rows form it had
+     * before: 131-134 against 155-158 us at batch 1, 5.0-5.2 against 5.7 ms at batch 32.
+     * TICKET_XL=1 makes every shifted-copy forward band by band; TICKET_XL=0 none, and copies
+     * over the budget then go back to the other forms (unless TICKET_XS=1 forces them whole). */
+    const char *force_xl = getenv("TICKET_XL");
+    int local = force_xl && *force_xl ? atoi(force_xl) != 0 : xbytes > budget_xs;
+    int use = force_xs && *force_xs ? atoi(force_xs) != 0
+                                    : g->OW >= 12 && fmas >= copies && (local || xbytes <= budget_xs);
     if (use) {
       g->XS = 1, g->XRV = rv, g->XRS = 16 * rv, g->XRR = rr;
       g->XNBLK = (g->OH + rr - 1) / rr;
       g->XHR = g->XNBLK * rr + (g->KH - 1) * g->DH;
+      g->XL = local, g->XHL = local ? rr + (g->KH - 1) * g->DH : 0;
       /* chunk: the band's window (XRR + (KH-1)*DH rows of every copy) of CH channels */
       double budget = 65536.0;
       e = getenv("TICKET_XS_L1");
@@ -466,7 +480,7 @@ tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant,
       g->IM2COL = 0;
       g->RV = g->RR = g->RNBLK = 0;
       g->FNV = rr * rv, g->FNBLK = g->XNBLK, g->FPZ = (int64_t)g->XNBLK * rr * g->XRS;
-      g->col_len = (int64_t)g->KW * g->I * g->XHR * g->XRS + 16;
+      g->col_len = (int64_t)g->KW * (g->XL ? (int64_t)g->CH * g->XHL : (int64_t)g->I * g->XHR) * g->XRS + 16;
       int64_t zb = (int64_t)g->O * rr * g->XRS;
       if (zb > g->z_len) g->z_len = zb;
     }
@@ -610,7 +624,10 @@ tk_status tk_tables_build(const tk_model *m, int layer, const tk_geom *g, int tr
       int64_t p = t->pos[q];
       int o = (int)(p / ((int64_t)ig * kk)), il = (int)((p / kk) % ig), tap = (int)(p % kk);
       int i = (o / (g->O / g->G)) * ig + il;
-      if (g->XS)
+      if (g->XL)
+        t->offc[q] = (int32_t)((((int64_t)(tap % g->KW) * g->CH + i % g->CH) * g->XHL + (int64_t)(tap / g->KW) * g->DH) *
+                               g->XRS);
+      else if (g->XS)
         t->offc[q] = (int32_t)((((int64_t)(tap % g->KW) * g->I + i) * g->XHR + (int64_t)(tap / g->KW) * g->DH) * g->XRS);
       else
         t->offc[q] = (int32_t)(((int64_t)i * kk + tap) * g->P16);
@@ -758,14 +775,14 @@ static void emit_kargs(tk_codebuf *cb) {
 }
 
 typedef struct {
-  char names[48][16];
-  char values[48][24];
-  tk_tparam p[48];
+  char names[64][16];
+  char values[64][24];
+  tk_tparam p[64];
   int n;
 } param_set;
 
 static void pset(param_set *s, const char *name, int64_t v) {
-  TK_ASSERT(s->n < 48);
+  TK_ASSERT(s->n < 64);
   snprintf(s->names[s->n], sizeof s->names[0], "%s", name);
   snprintf(s->values[s->n], sizeof s->values[0], "%lld", (long long)v);
   s->p[s->n].name = s->names[s->n];
@@ -783,6 +800,7 @@ static void conv_params(param_set *s, const tk_geom *g) {
   pset(s, "FNBLK", g->FNBLK), pset(s, "FPZ", g->FPZ), pset(s, "KH", g->KH), pset(s, "KW", g->KW);
   pset(s, "DH", g->DH), pset(s, "DW", g->DW);
   pset(s, "XS", g->XS), pset(s, "XRS", g->XRS), pset(s, "XHR", g->XHR), pset(s, "XRV", g->XRV);
+  pset(s, "XL", g->XL), pset(s, "XHL", g->XHL), pset(s, "CH", g->CH);
   pset(s, "XRR", g->XRR), pset(s, "XNBLK", g->XNBLK), pset(s, "XNP", partials(g->XRR * g->XRV > 0 ? g->XRR * g->XRV : 1));
   pset(s, "RV", g->RV), pset(s, "RR", g->RR), pset(s, "RNBLK", g->RNBLK), pset(s, "RNP", partials(g->RV * g->RR > 0 ? g->RV * g->RR : 1));
   pset(s, "NVB", g->NVB), pset(s, "NPB", partials(g->NVB));
@@ -1014,10 +1032,10 @@ void tk_emit_layer(tk_codebuf *cb, const tk_model *m, int layer, const tk_geom *
   else
     tk_cb_printf(cb,
                  "\n * params:    I=%d O=%d groups=%d in=%dx%d out=%dx%d kernel=%dx%d stride=%dx%d pad=%dx%d "
-                 "dilation=%dx%d\n *            grid=%dx%d phases=%d im2col=%d NV=%d NBLK=%d rows=%dx%dx%d shifted=%dx%dx%d chunks=%dx%d "
+                 "dilation=%dx%d\n *            grid=%dx%d phases=%d im2col=%d NV=%d NBLK=%d rows=%dx%dx%d shifted=%dx%dx%d%s chunks=%dx%d "
                  "NVB=%d NBLKB=%d F=%lld SZ=%lld",
                  g->I, g->O, g->G, g->H, g->W, g->OH, g->OW, g->KH, g->KW, g->SH, g->SW, g->PH, g->PW, g->DH, g->DW,
-                 g->HQ, g->WQ, g->NPH, g->IM2COL, g->FNV, g->FNBLK, g->RV, g->RR, g->RNBLK, g->XRV, g->XRR, g->XNBLK, g->NCH, g->CH, g->NVB, g->NBLKB, (long long)g->F,
+                 g->HQ, g->WQ, g->NPH, g->IM2COL, g->FNV, g->FNBLK, g->RV, g->RR, g->RNBLK, g->XRV, g->XRR, g->XNBLK, g->XL ? " (by band)" : "", g->NCH, g->CH, g->NVB, g->NBLKB, (long long)g->F,
                  (long long)g->SZ);
   tk_cb_printf(cb, "\n * nnz:       %lld of %lld (sparsity %.4f)\n * key:       %016" PRIx64 "%016" PRIx64 "\n */\n",
                (long long)t->nnz, (long long)numel, numel ? 1.0 - (double)t->nnz / (double)numel : 0.0, k[0], k[1]);

@@ -41,7 +41,9 @@
   X(int, nb, "linear: images in this block (1..16)")                                         \
   X(const float *, mask, "conv preps: NULL, or the source is taken as 0 where mask <= 0 (its layout)") \
   X(int, relu, "fwd: 1 = max(., 0) at the final store (NaN passes)")                            \
-  X(const float *, res, "fwd, bwd_input_b: NULL, or added to every output before the ReLU (dst's layout; may be dst)")
+  X(const float *, res, "fwd, bwd_input_b: NULL, or added to every output before the ReLU (dst's layout; may be dst)") \
+  X(float *, buf, "fwd with band-local shifted copies (XL): the thread's window")              \
+  X(int, hint, "fwd with XL: 1 = prefetch the next window's input rows (src is not in L2)")
 
 typedef struct {
 #define X(t, n, c) t n;
@@ -110,6 +112,9 @@ typedef struct {
                                  col[((kw*I + i)*XHR + r)*XRS + c] = xpad[i][r][c + kw*DW], rows of XRS
                                  floats (OW rounded up to 16, XRV vectors), XHR rows per channel;
                                  bands of XRR output rows (XNBLK bands) over NCH input-channel chunks */
+  int XL, XHL;                /* XS made band by band (XL = 1): the forward itself copies each band's window
+                                 of each chunk into the thread's col, col[((kw*CH + i%CH)*XHL + rl)*XRS + c]
+                                 = xpad[i][b*XRR + rl][c + kw*DW], XHL = XRR + (KH-1)*DH rows; no prep */
   int64_t PZF;
   int NVB, NBLKB;             /* input gradient: per phase, PZB = NBLKB*NVB*16 */
   int64_t PZB;

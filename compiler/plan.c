@@ -109,7 +109,8 @@ static double est_sparse(const tk_geom *g, int64_t nnz, int n, int T) {
     elems = n < 4 ? 0 : (double)(g->I + g->O) * 16.0 * nblk * (T_ELEM_LINEAR / T_ELEM);
   } else {
     const int phases = read_phases(g);
-    double prep = g->XS       ? (double)g->KW * g->I * g->XHR * g->XRS
+    double prep = g->XL       ? (double)g->KW * g->I * g->XNBLK * g->XHL * g->XRS
+                  : g->XS     ? (double)g->KW * g->I * g->XHR * g->XRS
                   : g->IM2COL ? (double)g->I * g->KH * g->KW * g->P16
                               : (double)phases * g->I * g->CS;
     lanes = (double)g->FPZ * n;

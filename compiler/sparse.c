@@ -114,9 +114,11 @@ static tk_status check_n(const tk_kernel *k, int n) {
 /* ---- conv2d ------------------------------------------------------------------------------ */
 
 /* The forward's input: the grid (prep_x into xq) or the tap or shifted copies (prep_col into
- * col); x taken as 0 where mask <= 0 when mask is not NULL (x's layout). */
+ * col); x taken as 0 where mask <= 0 when mask is not NULL (x's layout).  Nothing with XL: the
+ * forward copies each band itself (fwd_args). */
 static void fwd_prep(const sparse_kernel *k, const scratch_set *s, const float *x, const float *mask, int c0,
                      int c1) {
+  if (k->g.XL) return;
   const int col = k->g.IM2COL || k->g.XS;
   tk_kargs a = {.src = x, .dst = col ? s->col : s->xq, .mask = mask};
   (col ? k->prep_col : k->prep_x)(&a, c0, c1);
@@ -131,19 +133,22 @@ typedef struct {
   const float *res;
 } fwd_vals;
 
-/* res_i: the residual of this call's outputs y (fv->res at y's image), or NULL */
-static tk_kargs fwd_args(const sparse_kernel *k, const scratch_set *in, const scratch_set *mine, float *y,
-                         const float *res_i, const fwd_vals *fv) {
+/* res_i: the residual of this call's outputs y (fv->res at y's image), or NULL; x, mask: this
+ * image's input and mask (fwd_prep's), read by the forward itself with XL (band by band into
+ * the calling thread's col; with prefetches when the call has n > 1 images) */
+static tk_kargs fwd_args(const sparse_kernel *k, const scratch_set *in, const scratch_set *mine, const float *x,
+                         const float *mask, float *y, const float *res_i, const fwd_vals *fv, int n) {
   tk_kargs f = {.src = k->g.IM2COL || k->g.XS ? in->col : in->xq, .dst = y, .w = fv->w, .rp = k->t.rpc,
                 .off = k->t.offc, .bias = fv->bias, .z = mine->z, .relu = fv->relu, .res = res_i};
+  if (k->g.XL) f.src = x, f.mask = mask, f.buf = mine->col, f.hint = n > 1;
   return f;
 }
 
-/* One image, one thread: prep and all rows. */
+/* One image of a call of n, one thread: prep and all rows. */
 static void conv_fwd_image(sparse_kernel *k, const scratch_set *s, const float *x, const float *mask, float *y,
-                           const float *res_i, const fwd_vals *fv) {
+                           const float *res_i, const fwd_vals *fv, int n) {
   fwd_prep(k, s, x, mask, 0, k->g.I);
-  tk_kargs f = fwd_args(k, s, s, y, res_i, fv);
+  tk_kargs f = fwd_args(k, s, s, x, mask, y, res_i, fv, n);
   k->fwd(&f, 0, k->g.O);
 }
 
@@ -234,7 +239,7 @@ static void conv_run_fwd(sparse_kernel *k, const float *x, const float *mask, fl
 #define RES_AT(i) (fv->res ? fv->res + (i) * ys : NULL)
   int T = want_threads(k);
   if (T == 1) {
-    for (int i = 0; i < n; i++) conv_fwd_image(k, &k->sets[0], x + i * xs, MASK_AT(i), y + i * ys, RES_AT(i), fv);
+    for (int i = 0; i < n; i++) conv_fwd_image(k, &k->sets[0], x + i * xs, MASK_AT(i), y + i * ys, RES_AT(i), fv, n);
     return;
   }
 #ifdef _OPENMP
@@ -243,7 +248,7 @@ static void conv_run_fwd(sparse_kernel *k, const float *x, const float *mask, fl
     {
       int t = thread_id(), nt = omp_get_num_threads();
       for (int i = n * t / nt; i < n * (t + 1) / nt; i++)
-        conv_fwd_image(k, &k->sets[t], x + i * xs, MASK_AT(i), y + i * ys, RES_AT(i), fv);
+        conv_fwd_image(k, &k->sets[t], x + i * xs, MASK_AT(i), y + i * ys, RES_AT(i), fv, n);
     }
     return;
   }
@@ -254,7 +259,7 @@ static void conv_run_fwd(sparse_kernel *k, const float *x, const float *mask, fl
     for (int i = 0; i < n; i++) {
       fwd_prep(k, &k->sets[0], x + i * xs, MASK_AT(i), g->I * t / nt, g->I * (t + 1) / nt);
 #pragma omp barrier
-      tk_kargs f = fwd_args(k, &k->sets[0], &k->sets[t], y + i * ys, RES_AT(i), fv);
+      tk_kargs f = fwd_args(k, &k->sets[0], &k->sets[t], x + i * xs, MASK_AT(i), y + i * ys, RES_AT(i), fv, n);
       k->fwd(&f, r0, r1);
 #pragma omp barrier
     }

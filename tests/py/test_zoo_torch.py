@@ -14,7 +14,9 @@
    logits and loss within 1e-4, the input gradient and every parameter gradient within 1e-3
    (max-abs-diff / max-abs-reference; masked tensors on their kept entries), dense and with
    random masks (50%, 90%), BatchNorm in eval mode (the model must come back unchanged) and in
-   train mode (running statistics compared too).  TICKET_ENGINE picks the engine (default
+   train mode (running statistics compared too).  Every case must be well-conditioned: PyTorch's
+   own gradients at inputs moved by 1e-7 stay within 1e-4 (a case near a ReLU kink fails as
+   such and gets another seed; see case()).  TICKET_ENGINE picks the engine (default
    reference); TICKET_HEAVY=1 runs every case on every model.
 """
 
@@ -201,6 +203,20 @@ def structure_and_init():
                                                                   (tp, pr, macs)))
 
 
+COND_NOISE, COND_K = 1e-7, 2
+
+
+def torch_grads(net, x64, y):
+    """PyTorch's float64 gradients of the mean cross-entropy at x64: {"input": ..., parameter: ...}."""
+    net.zero_grad()
+    xt = torch.tensor(x64, dtype=torch.float64, requires_grad=True)
+    F.cross_entropy(net(xt), torch.tensor(y)).backward()
+    g = {"input": xt.grad.numpy().copy()}
+    for n, q in net.named_parameters():
+        g[n] = q.grad.numpy().copy()
+    return g
+
+
 def case(arch, density=None, bn="eval", batch=2, encoding="plain", classes=10, inp=None, seed=1):
     name = "%s %s %s bn=%s B=%d%s%s" % (arch, "dense" if density is None else "density %.2g" % density, encoding, bn,
                                         batch, " classes=%d" % classes if classes != 10 else "",
@@ -237,6 +253,31 @@ def case(arch, density=None, bn="eval", batch=2, encoding="plain", classes=10, i
                      p("out.tkt"), "--engine", ENGINE, "--json")
         res = json.loads(r.stdout)
         net.train(bn == "train")
+        params = dict(net.named_parameters())
+        # The case must pin its gradients down: PyTorch's own float64 gradients at inputs moved
+        # by COND_NOISE (relative, about float32 rounding) must stay within a tenth of the
+        # gradient tolerance.  Near a ReLU kink, and more so through train-mode batchnorms over
+        # few values (batch 2 of 4x4 maps: 32 per channel), they do not: with wrn_28_4 at density
+        # 0.1, batch 2, seed 1, noise of 1e-7 moved PyTorch's own gradient of
+        # block3.layer.3.bn2.bias by 1.06e-2 of its largest element, and a float32 engine then
+        # differs from it by as much through its summation order alone (ours passed on one host
+        # and failed on another; the dense and reference engines on inputs moved by 1e-6 differ
+        # by 1-5%).  Such a case proves nothing either way: it fails here, and gets another seed.
+        state = {k: v.clone() for k, v in net.state_dict().items()}
+        g0 = torch_grads(net, x.astype(np.float64), y)
+        net.load_state_dict(state)  # running statistics back as they were
+        moved = {}
+        for k in range(COND_K):
+            xp = x.astype(np.float64) * (1 + COND_NOISE * np.random.default_rng(100 + k).standard_normal(x.shape))
+            gp = torch_grads(net, xp, y)
+            net.load_state_dict(state)
+            for n in gp:
+                r = float(np.abs(gp[n] - g0[n]).max() / max(np.abs(g0[n]).max(), 1e-30))
+                moved[n] = max(moved.get(n, 0.0), r)
+        worst_n = max(moved, key=moved.get)
+        C.check(moved[worst_n] <= 1e-4, "%s: ill-conditioned case: PyTorch's own gradient of %s moves by %.2g under "
+                "%.0e input noise (choose another seed)" % (name, worst_n, moved[worst_n], COND_NOISE))
+        net.zero_grad()
         xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
         logits = net(xt)
         loss = F.cross_entropy(logits, torch.tensor(y))
@@ -245,7 +286,6 @@ def case(arch, density=None, bn="eval", batch=2, encoding="plain", classes=10, i
         C.close("loss: " + name, res["loss"], loss.item(), 1e-4)
         C.close("input grad: " + name, np.load(p("dx.npy")), xt.grad.numpy(), 1e-3)
         g = tkt.load(p("g.tkt"))
-        params = dict(net.named_parameters())
         n_grads = 0
         for t in model.tensors:
             if not t.trainable:
@@ -277,11 +317,11 @@ try:
         dict(arch="lenet", classes=5, inp=(3, 32, 32), density=0.1),
         dict(arch="cifar_model", batch=3), dict(arch="cifar_model", density=0.1, encoding="torch-prune"),
         dict(arch="cifar_model_large", density=0.5),
-        dict(arch="resnet20", encoding="synflow", batch=3), dict(arch="resnet20", density=0.5, bn="train", encoding="synflow"),
+        dict(arch="resnet20", encoding="synflow", batch=3), dict(arch="resnet20", density=0.5, bn="train", encoding="synflow", seed=2),
         dict(arch="resnet20", density=0.1, bn="train", batch=4),
         dict(arch="vgg16_bn", batch=1), dict(arch="vgg16_bn", density=0.5), dict(arch="vgg16_bn", density=0.1, bn="train"),
         dict(arch="resnet18", batch=1), dict(arch="resnet18", density=0.5), dict(arch="resnet18", density=0.1, bn="train"),
-        dict(arch="wrn_28_4", batch=1), dict(arch="wrn_28_4", density=0.1, bn="train"),
+        dict(arch="wrn_28_4", batch=1), dict(arch="wrn_28_4", density=0.1, bn="train", seed=4),
     ]
     if U.heavy():
         cases += [

@@ -217,20 +217,25 @@ typedef struct {
   double steal_j, total_j; /* the machine's steal and total CPU time over the timed turns (jiffies) */
 } runner;
 
+/* the BatchNorm mode of the pgd and train modes' attacks */
+static tk_bn_mode attack_bn(const bench_opts *o) {
+  return o->mode == MODE_PGD || o->attack_bn_eval ? TK_BN_EVAL : TK_BN_TRAIN;
+}
+
 /* The attacker of the pgd and train modes: PGD-10, eps 8/255, alpha 2/255, uniform start, the
  * last iterate (no tracking: every example runs every step, as in the PyTorch loop), through
  * the runtime's attacker -- in eval mode the parallel attack of attack.h on an executor engine
  * with 2+ threads (TICKET_ATTACK_CHUNK=0 turns it off, e.g. through --alt); a train step's
  * attack with batch statistics that its forwards update (Madry's PGD-AT), or with
  * --attack-bn eval in eval mode (HYDRA; ticket train's default). */
-static tk_status make_attacker(runner *r, bench_mode mode, int attack_bn_eval, int serial) {
-  if (mode == MODE_INFER) return TK_OK;
+static tk_status make_attacker(runner *r, const bench_opts *o, int serial) {
+  if (o->mode == MODE_INFER) return TK_OK;
   tk_attack_opts ao;
   tk_attack_opts_default(&ao);
   if (serial) ao.chunk = 0;
   ao.steps = 10;
   ao.final_iterate = 1;
-  ao.bn = mode == MODE_PGD || attack_bn_eval ? TK_BN_EVAL : TK_BN_TRAIN;
+  ao.bn = attack_bn(o);
   ao.update_bn_stats = ao.bn == TK_BN_TRAIN;
   return tk_attacker_create(r->e, &ao, &r->atk);
 }
@@ -976,16 +981,16 @@ int cmd_bench(int argc, char **argv) {
     tk_engine_free(rc.e);
     rc.e = NULL;
     t0 = tk_now();
-    if ((st = make_compiled(&o, rc.m, cache, &rc.e)) != TK_OK || (st = make_attacker(&rc, o.mode, o.attack_bn_eval, 0)) != TK_OK) goto fail;
+    if ((st = make_compiled(&o, rc.m, cache, &rc.e)) != TK_OK || (st = make_attacker(&rc, &o, 0)) != TK_OK) goto fail;
     warm_s = rc.create_s = tk_now() - t0;
   } else {
     double t0 = tk_now();
-    if ((st = make_compiled(&o, rc.m, NULL, &rc.e)) != TK_OK || (st = make_attacker(&rc, o.mode, o.attack_bn_eval, 0)) != TK_OK) goto fail;
+    if ((st = make_compiled(&o, rc.m, NULL, &rc.e)) != TK_OK || (st = make_attacker(&rc, &o, 0)) != TK_OK) goto fail;
     rc.create_s = tk_now() - t0;
   }
   if (o.vs_dense) {
     double t0 = tk_now();
-    if ((st = tk_dense_engine_create(rd.m, o.batch, &rd.e)) != TK_OK || (st = make_attacker(&rd, o.mode, o.attack_bn_eval, 0)) != TK_OK)
+    if ((st = tk_dense_engine_create(rd.m, o.batch, &rd.e)) != TK_OK || (st = make_attacker(&rd, &o, 0)) != TK_OK)
       goto fail;
     rd.create_s = tk_now() - t0;
   }
@@ -994,7 +999,7 @@ int cmd_bench(int argc, char **argv) {
     tk_env_push(o.alt, &saved);
     double t0 = tk_now();
     st = make_compiled(&o, ra.m, NULL, &ra.e);
-    if (st == TK_OK) st = make_attacker(&ra, o.mode, o.attack_bn_eval, 0);
+    if (st == TK_OK) st = make_attacker(&ra, &o, 0);
     ra.create_s = tk_now() - t0;
     tk_env_pop(&saved);
     if (st != TK_OK) goto fail;
@@ -1100,7 +1105,7 @@ int cmd_bench(int argc, char **argv) {
       if (!r) continue;
       tk_attacker *timed = r->atk;
       r->atk = NULL;
-      if ((st = make_attacker(r, o.mode, o.attack_bn_eval, 1)) != TK_OK) {
+      if ((st = make_attacker(r, &o, 1)) != TK_OK) {
         r->atk = timed;
         goto fail;
       }
@@ -1136,7 +1141,7 @@ int cmd_bench(int argc, char **argv) {
     cli_json_string(stdout, base->arch);
     printf(", \"mode\": \"%s\", \"attack_bn\": \"%s\", \"batch\": %d, \"threads\": %d, \"iters\": %d, \"warmup\": %d, "
            "\"sparsity\": %.6g, \"omp_wait_policy\": ",
-           g_mode_names[o.mode], o.mode == MODE_INFER ? "none" : o.mode == MODE_PGD || o.attack_bn_eval ? "eval" : "train",
+           g_mode_names[o.mode], o.mode == MODE_INFER ? "none" : attack_bn(&o) == TK_BN_EVAL ? "eval" : "train",
            o.batch, o.threads, o.iters, o.warmup, tk_model_sparsity(base));
     cli_json_string(stdout, wait_policy);
     printf(", \"load_average\": %.2f, \"interleaved\": true, \"rotated\": true, \"turns\": [%s], \"random_mask\": ", load1, turns);

@@ -532,6 +532,19 @@ static void parallel_case(tk_engine *e, const char *what, const tk_attack_opts *
   printf("  %-58s fooled %2d of %d, %s\n", what, nfooled, N, nx || nf ? "DIFFERENT" : "identical");
 }
 
+/* the compiled engine of these checks: every layer on the sparse table kernels, gradients */
+static tk_engine *parallel_engine(tk_model *m, int threads) {
+  tk_compile_opts co;
+  tk_compile_opts_default(&co);
+  co.threads = threads;
+  co.training = 1;
+  co.force = TK_VARIANT_SPARSE_TABLE;
+  tk_engine *e = NULL;
+  tk_status st = tk_compiled_engine_create(m, N, &co, &e);
+  CHECK_MSG(st == TK_OK, "compiled engine: %s", tk_last_error());
+  return st == TK_OK ? e : NULL;
+}
+
 static void test_parallel(void) {
   char why[256];
   if (!tk_jit_built(why, sizeof why) || !tk_cc_path(why, sizeof why)) {
@@ -541,15 +554,8 @@ static void test_parallel(void) {
   printf("parallel attack (compiled engine)\n");
   tk_model *m = build_model(0.0f, 1.0f, 42);
   for (int threads = 2; threads <= 3; threads++) {
-    tk_compile_opts co;
-    tk_compile_opts_default(&co);
-    co.threads = threads;
-    co.training = 1;
-    co.force = TK_VARIANT_SPARSE_TABLE;
-    tk_engine *e = NULL;
-    tk_status st = tk_compiled_engine_create(m, N, &co, &e);
-    CHECK_MSG(st == TK_OK, "compiled engine: %s", tk_last_error());
-    if (st != TK_OK) break;
+    tk_engine *e = parallel_engine(m, threads);
+    if (!e) break;
     tk_attack_opts o;
     tk_attack_opts_default(&o);
     o.eps = 0.03;
@@ -578,13 +584,7 @@ static void test_parallel(void) {
   }
   /* the replicas follow the engine: one attacker kept across new weights and a new mask must
    * agree with a fresh serial attack each time */
-  tk_compile_opts co;
-  tk_compile_opts_default(&co);
-  co.threads = 2;
-  co.training = 1;
-  co.force = TK_VARIANT_SPARSE_TABLE;
-  tk_engine *e = NULL;
-  CHECK(tk_compiled_engine_create(m, N, &co, &e) == TK_OK);
+  tk_engine *e = parallel_engine(m, 2);
   tk_attack_opts o;
   tk_attack_opts_default(&o);
   o.eps = 0.03;

@@ -496,8 +496,6 @@ int cmd_train(int argc, char **argv) {
           tk_train_mode_name(o.mode), o.prune_scores ? " score training (HYDRA)" : "", train->n, val ? val->n : 0,
           engine_used, tk_schedule_name(o.sched.kind), o.epochs, o.batch);
   st = tk_train_run(e, train, val, &o, &r, &res);
-  signal(SIGINT, SIG_DFL);
-  signal(SIGTERM, SIG_DFL);
   if (st != TK_OK) {
     rc = cli_error(cmd, st);
     goto done;
@@ -557,6 +555,10 @@ int cmd_train(int argc, char **argv) {
     printf("]}\n");
   }
 done:
+  /* the handlers stay until the report is out: a signal after the run has finished (its files
+   * written) is ignored, instead of killing the process halfway through its JSON */
+  signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
   free(res.log);
   free(config);
   free(delta);

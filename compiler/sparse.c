@@ -120,7 +120,7 @@ static void fwd_prep(const sparse_kernel *k, const scratch_set *s, const float *
                      int c1) {
   if (k->g.XL) return;
   const int col = k->g.IM2COL || k->g.XS;
-  tk_kargs a = {.src = x, .dst = col ? s->col : s->xq, .mask = mask};
+  tk_kargs a = {.src = x, .dst = col ? s->col : s->xq, .mask = mask, .buf = s->xq}; /* im2col: via the grid */
   (col ? k->prep_col : k->prep_x)(&a, c0, c1);
 }
 

@@ -360,7 +360,7 @@ tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant,
   const tk_tensor *wt = &m->tensors[l->weight];
   int ch = g->I;
   const char *force_ch = getenv("TICKET_CHUNK");
-  if (force_ch && atoi(force_ch) > 0) ch = (atoi(force_ch) + 15) / 16 * 16;
+  if (force_ch && atoi(force_ch) > 0) ch = atoi(force_ch);
   if (g->G > 1 || ch >= g->I) ch = g->I;
   g->CH = ch;
   g->NCH = (g->I + ch - 1) / ch;
@@ -381,6 +381,18 @@ tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant,
   if (g->IM2COL) {
     g->FNV = fnv, g->FNBLK = fnblk, g->FPZ = fpz;
     g->col_len = (int64_t)g->I * kk * g->P16 + fpz + 16;
+    /* Input-channel chunks for im2col (TICKET_CHUNK=<channels>; the forward then keeps a whole
+     * block's sums in y between chunks) are not chosen by default.  Alone they pay:
+     * 256x256@8 at s=0.9, one thread, chunks of 28 (about 64 KB of copies): 132 against 154 us,
+     * 128->256@16 s2 73 against 80 (bench_layers), where the whole window (590 KB) is read from
+     * L2 at about 21 bytes a cycle, one line per vector FMA.  Inside ResNet-18 at batch 1 the
+     * same layers were 6-17% slower and the model 6-12% (ticket bench, in-process A/Bs: 2.98
+     * against 3.39 ms, and 1.057x): each chunk pass reads every output channel's piece of the table,
+     * so the table (472 KB) is walked NCH times, from L3 once the other layers have passed
+     * through L2 (output channels in blocks of 32 around the chunk loop: still 1.10x slower).
+     * A table stored chunk by chunk would be the next step.  Blocks of one vector
+     * (4x4 maps) lose even alone (512x512@4: 0.77-0.95x), the per-chunk load, reduction and
+     * store outweighing the ~29 FMAs per output channel and chunk. */
   } else {
     g->FNV = g->NV, g->FNBLK = g->NBLK, g->FPZ = g->PZF;
     g->col_len = 0;

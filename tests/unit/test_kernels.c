@@ -462,26 +462,31 @@ static void run_case(const kcase *c, const char *cache) {
    * of 3 (TICKET_BATCH_CHUNK: partial sums carried across chunks, empty chunks, a short last one);
    * and the stride-1 forward on column-shifted copies (TICKET_XS, where it applies), once with
    * input-channel chunks of 3 (TICKET_XS_CH: sums kept in y or z between chunks), whole-image
-   * copies and copies made band by band (TICKET_XL; a short last chunk, the padding rows) */
+   * copies and copies made band by band (TICKET_XL; a short last chunk, the padding rows); the
+   * im2col and grid forwards in input-channel chunks of 3 (TICKET_CHUNK: im2col's sums wait in y
+   * or z between chunks, the grid's in z) */
   if (!c->linear && c->all_variants) {
     static const struct {
-      const char *tag, *im2col, *rows, *vec_batch, *chunk, *xs, *xs_ch, *bwd_t, *xl;
-    } forms[] = {{"rows", "0", "1", "0", "", "0", "", "", ""},
-                 {"grid", "0", "0", "0", "", "0", "", "", ""},
-                 {"im2col", "1", "0", "0", "", "0", "", "", ""},
-                 {"shifted", "0", "0", "0", "", "1", "", "", "0"},
-                 {"shifted chunked", "0", "0", "0", "", "1", "3", "", "0"},
-                 {"shifted by band", "0", "0", "0", "", "1", "", "", "1"},
-                 {"shifted by band, chunked", "0", "0", "0", "", "1", "3", "", "1"},
-                 {"batch", "", "", "1", "0", "", "", "", ""},
-                 {"batch chunked", "", "", "1", "3", "", "", "", ""},
-                 {"batch gradients, spatial forward", "", "", "iw", "", "", "", "", ""},
-                 {"batch forward and weight gradient", "", "", "fw", "", "", "", "", ""},
-                 {"rows, transposed input gradient", "0", "1", "0", "", "0", "", "1", ""},
-                 {"im2col, transposed input gradient", "1", "0", "0", "", "0", "", "1", ""},
-                 {"shifted chunked, transposed input gradient", "0", "0", "0", "", "1", "3", "1", "0"},
-                 {"shifted by band, chunked, transposed input gradient", "0", "0", "0", "", "1", "3", "1", "1"},
-                 {"batch chunked, transposed input gradient", "", "", "fw", "3", "", "", "1", ""}};
+      const char *tag, *im2col, *rows, *vec_batch, *chunk, *xs, *xs_ch, *bwd_t, *xl, *ch;
+    } forms[] = {{"rows", "0", "1", "0", "", "0", "", "", "", ""},
+                 {"grid", "0", "0", "0", "", "0", "", "", "", ""},
+                 {"im2col", "1", "0", "0", "", "0", "", "", "", ""},
+                 {"im2col chunked", "1", "0", "0", "", "0", "", "", "", "3"},
+                 {"grid chunked", "0", "0", "0", "", "0", "", "", "", "3"},
+                 {"shifted", "0", "0", "0", "", "1", "", "", "0", ""},
+                 {"shifted chunked", "0", "0", "0", "", "1", "3", "", "0", ""},
+                 {"shifted by band", "0", "0", "0", "", "1", "", "", "1", ""},
+                 {"shifted by band, chunked", "0", "0", "0", "", "1", "3", "", "1", ""},
+                 {"batch", "", "", "1", "0", "", "", "", "", ""},
+                 {"batch chunked", "", "", "1", "3", "", "", "", "", ""},
+                 {"batch gradients, spatial forward", "", "", "iw", "", "", "", "", "", ""},
+                 {"batch forward and weight gradient", "", "", "fw", "", "", "", "", "", ""},
+                 {"rows, transposed input gradient", "0", "1", "0", "", "0", "", "1", "", ""},
+                 {"im2col, transposed input gradient", "1", "0", "0", "", "0", "", "1", "", ""},
+                 {"im2col chunked, transposed input gradient", "1", "0", "0", "", "0", "", "1", "", "3"},
+                 {"shifted chunked, transposed input gradient", "0", "0", "0", "", "1", "3", "1", "0", ""},
+                 {"shifted by band, chunked, transposed input gradient", "0", "0", "0", "", "1", "3", "1", "1", ""},
+                 {"batch chunked, transposed input gradient", "", "", "fw", "3", "", "", "1", "", ""}};
     for (size_t f = 0; f < sizeof forms / sizeof *forms; f++) {
       char name[160];
       snprintf(name, sizeof name, "%s (%s forced)", c->name, forms[f].tag);
@@ -495,6 +500,7 @@ static void run_case(const kcase *c, const char *cache) {
       setenv("TICKET_XS_CH", forms[f].xs_ch, 1);
       setenv("TICKET_BWD_T", forms[f].bwd_t, 1);
       setenv("TICKET_XL", forms[f].xl, 1);
+      setenv("TICKET_CHUNK", forms[f].ch ? forms[f].ch : "", 1);
       memcpy(m->tensors[m->layers[0].weight].data, w0, (size_t)m->tensors[m->layers[0].weight].numel * 4);
       /* the chunked batch form draws its data from a copy of the generator, so that it leaves
        * the later cases' data as it was */
@@ -510,6 +516,7 @@ static void run_case(const kcase *c, const char *cache) {
       unsetenv("TICKET_XS_CH");
       unsetenv("TICKET_BWD_T");
       unsetenv("TICKET_XL");
+      unsetenv("TICKET_CHUNK");
     }
   }
   free(w0);

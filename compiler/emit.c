@@ -387,10 +387,10 @@ tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant,
      * 128->256@16 s2 73 against 80 (bench_layers), where the whole window (590 KB) is read from
      * L2 at about 21 bytes a cycle, one line per vector FMA.  Inside ResNet-18 at batch 1 the
      * same layers were 6-17% slower and the model 6-12% (ticket bench, in-process A/Bs: 2.98
-     * against 3.39 ms, and 1.057x): each chunk pass reads every output channel's piece of the table,
-     * so the table (472 KB) is walked NCH times, from L3 once the other layers have passed
-     * through L2 (output channels in blocks of 32 around the chunk loop: still 1.10x slower).
-     * A table stored chunk by chunk would be the next step.  Blocks of one vector
+     * against 3.39 ms, and 1.057x): each chunk pass reads every output channel's piece of the
+     * table, so the table (472 KB) is walked NCH times, from L3 once the other layers have
+     * passed through L2 (output channels in blocks of 32 around the chunk loop: still 1.10x
+     * slower).  A table stored chunk by chunk would be the next step.  Blocks of one vector
      * (4x4 maps) lose even alone (512x512@4: 0.77-0.95x), the per-chunk load, reduction and
      * store outweighing the ~29 FMAs per output channel and chunk. */
   } else {

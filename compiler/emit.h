@@ -42,7 +42,7 @@
   X(const float *, mask, "conv preps: NULL, or the source is taken as 0 where mask <= 0 (its layout)") \
   X(int, relu, "fwd: 1 = max(., 0) at the final store (NaN passes)")                            \
   X(const float *, res, "fwd, bwd_input_b: NULL, or added to every output before the ReLU (dst's layout; may be dst)") \
-  X(float *, buf, "fwd with band-local shifted copies (XL): the thread's window; im2col prep_col: the grid (xq)")              \
+  X(float *, buf, "fwd with band-local shifted copies (XL): the thread's window; im2col's prep_col: the grid") \
   X(int, hint, "fwd with XL: 1 = prefetch the next window's input rows (src is not in L2)")
 
 typedef struct {

@@ -301,6 +301,13 @@ tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g) {
   return tk_geom_make_variant(m, layer, TK_VARIANT_SPARSE_TABLE, g);
 }
 
+int tk_geom_read_phases(const tk_geom *g) {
+  if (g->NPH > 64) return g->NPH;
+  int phases = 0;
+  for (int b = 0; b < g->NPH; b++) phases += (int)((g->PHMASK >> b) & 1);
+  return phases;
+}
+
 tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant, tk_geom *g) {
   memset(g, 0, sizeof *g);
   if (layer < 0 || layer >= m->n_layers) return tk_fail(TK_ERR_ARG, "layer %d out of range", layer);
@@ -356,7 +363,17 @@ tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant,
    * and serves every output channel).  On this machine the position-block-outer loop order
    * alone measured as fast (bench_layers, 64x64@32, 256x256@8, 512x512@4 at s=0.9), and short
    * chunks cost a load, a store and a reduction per output channel, so chunking is off unless
-   * TICKET_CHUNK=<channels> asks for it (for experiments). */
+   * TICKET_CHUNK=<channels> asks for it (for experiments).  On im2col (the sums waiting in y
+   * between chunks) they pay alone: 256x256@8 at s=0.9, one thread, chunks of 28 (about 64 KB
+   * of copies): 132 against 154 us, 128->256@16 s2 73 against 80 (bench_layers), where the
+   * whole window (590 KB) is read from L2 at about 21 bytes a cycle, one line per vector FMA.
+   * Inside ResNet-18 at batch 1 the same layers were 6-17% slower and the model 6-12% (ticket
+   * bench, in-process A/Bs: 2.98 against 3.39 ms, and 1.057x): each chunk pass reads every
+   * output channel's piece of the table, so the table (472 KB) is walked NCH times, from L3
+   * once the other layers have passed through L2 (output channels in blocks of 32 around the
+   * chunk loop: still 1.10x slower).  A table stored chunk by chunk would be the next step.
+   * Blocks of one vector (4x4 maps) lose even alone (512x512@4: 0.77-0.95x), the per-chunk
+   * load, reduction and store outweighing the ~29 FMAs per output channel and chunk. */
   const tk_tensor *wt = &m->tensors[l->weight];
   int ch = g->I;
   const char *force_ch = getenv("TICKET_CHUNK");
@@ -374,25 +391,12 @@ tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant,
   double saved = (double)nnz_all * (double)(g->PZF - fpz) / 16.0;
   /* the grid holds only the phases some tap reads (a strided 1x1: one, whose grid is the tap copy
    * itself: the copy saves nothing and costs a second pass, 256->512@8 1x1 s2 0.76-0.91x) */
-  int nph_read = g->NPH > 64 ? g->NPH : __builtin_popcountll(g->PHMASK);
-  double extra = 2.0 * (double)(kk * g->I * g->P16 - (int64_t)nph_read * g->I * g->CS) / 16.0;
+  double extra = 2.0 * (double)(kk * g->I * g->P16 - (int64_t)tk_geom_read_phases(g) * g->I * g->CS) / 16.0;
   const char *force_col = getenv("TICKET_IM2COL"); /* "0"/"1": override, for experiments */
   g->IM2COL = force_col && *force_col ? atoi(force_col) != 0 : saved > extra;
   if (g->IM2COL) {
     g->FNV = fnv, g->FNBLK = fnblk, g->FPZ = fpz;
     g->col_len = (int64_t)g->I * kk * g->P16 + fpz + 16;
-    /* Input-channel chunks for im2col (TICKET_CHUNK=<channels>; the forward then keeps a whole
-     * block's sums in y between chunks) are not chosen by default.  Alone they pay:
-     * 256x256@8 at s=0.9, one thread, chunks of 28 (about 64 KB of copies): 132 against 154 us,
-     * 128->256@16 s2 73 against 80 (bench_layers), where the whole window (590 KB) is read from
-     * L2 at about 21 bytes a cycle, one line per vector FMA.  Inside ResNet-18 at batch 1 the
-     * same layers were 6-17% slower and the model 6-12% (ticket bench, in-process A/Bs: 2.98
-     * against 3.39 ms, and 1.057x): each chunk pass reads every output channel's piece of the
-     * table, so the table (472 KB) is walked NCH times, from L3 once the other layers have
-     * passed through L2 (output channels in blocks of 32 around the chunk loop: still 1.10x
-     * slower).  A table stored chunk by chunk would be the next step.  Blocks of one vector
-     * (4x4 maps) lose even alone (512x512@4: 0.77-0.95x), the per-chunk load, reduction and
-     * store outweighing the ~29 FMAs per output channel and chunk. */
   } else {
     g->FNV = g->NV, g->FNBLK = g->NBLK, g->FPZ = g->PZF;
     g->col_len = 0;

@@ -133,6 +133,8 @@ tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g);
 /* The same for a given variant: the shifted-copy forward (XS) is a table-variant form only
  * (the unrolled and value-baked code reads the grid or im2col); tk_geom_make is the table's. */
 tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant, tk_geom *g);
+/* stride phases of the input that some tap reads (the phase grids prep_x writes) */
+int tk_geom_read_phases(const tk_geom *g);
 
 /* Pattern tables built from the mask (all of the weight when it has none).
  * Packed index j follows the weight's own element order (o, i, kh, kw), so pos[j] is the

@@ -92,14 +92,6 @@ static double est_dense(const tk_model *m, const tk_layer *l, int n, int T) {
   return (flops / (R_DENSE * eff) + stream) / T + C_DENSE;
 }
 
-/* stride phases of the input that some tap reads (the phase grids prep writes) */
-static int read_phases(const tk_geom *g) {
-  if (g->NPH > 64) return g->NPH;
-  int phases = 0;
-  for (int b = 0; b < g->NPH; b++) phases += (int)((g->PHMASK >> b) & 1);
-  return phases;
-}
-
 static double est_sparse(const tk_geom *g, int64_t nnz, int n, int T) {
   double lanes, blocks, elems, stream = 0;
   if (g->linear) {
@@ -108,7 +100,7 @@ static double est_sparse(const tk_geom *g, int64_t nnz, int n, int T) {
     blocks = nblk;
     elems = n < 4 ? 0 : (double)(g->I + g->O) * 16.0 * nblk * (T_ELEM_LINEAR / T_ELEM);
   } else {
-    const int phases = read_phases(g);
+    const int phases = tk_geom_read_phases(g);
     double prep = g->XL       ? (double)g->KW * g->I * g->XNBLK * g->XHL * g->XRS
                   : g->XS     ? (double)g->KW * g->I * g->XHR * g->XRS
                   : g->IM2COL ? (double)g->I * g->KH * g->KW * g->P16 + (double)phases * g->I * g->CS /* via the grid */
@@ -139,7 +131,7 @@ static double est_sparse(const tk_geom *g, int64_t nnz, int n, int T) {
  * than oneDNN there at s=0.9 even chunked (input gradient 11.3 vs 21.6 ms, weight gradient
  * 18.9 vs 104), 3.7x unchunked. */
 static double est_sparse_batch(const tk_geom *g, int64_t nnz, int n, int T) {
-  const int phases = read_phases(g);
+  const int phases = tk_geom_read_phases(g);
   tk_batch_geom bg;
   tk_batch_geom_make(g, nnz, &bg);
   const double nblk = ceil(n / 16.0), pos = (double)g->OH * g->OW, na = (double)bg.QR * bg.QB;

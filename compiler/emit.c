@@ -297,6 +297,29 @@ static int partials(int nv) {
 
 static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+/* Input channels per chunk of the im2col forward (I: none).  A block's copies of all the input
+ * channels (KH*KW*FNV vectors each; 590 KB for 256x256@8) are read from L2 at about 21 bytes a
+ * cycle, one line per vector FMA; a chunk's window of about 64 KB stays near L1 while every
+ * output channel uses it, with the table chunk-major (CM) so that each chunk's pass reads its
+ * part in order.  But each output channel's sums are loaded, reduced and stored once per chunk:
+ * chunks only where that leaves at least 12 non-zeros and 48 vector FMAs per output channel and
+ * chunk within twice the window.  Measured (bench_layers, one thread, batch 1, TICKET_CHUNK=n
+ * against none): 256x256@8 s=0.9 116 against 158 us at 16-32 channels (110 KB: 126, 147 KB:
+ * 133), s=0.95 67-73 against 79, s=0.99 (2-4 non-zeros per chunk) 1.15-1.5x slower; 512x512@4
+ * (one vector) s=0.9 137 against 167 at 128 channels (74 KB), 1.08x at 32, s=0.95 75 against 85
+ * at 128 but 0.96x at 48, s=0.99 0.90x even at 128; 128->256@16 s2 s=0.9 60 against 74 at
+ * 16-24, s=0.95 1.05-1.09x at 24-32, 0.99x at 16. */
+static int im2col_chunk(const tk_geom *g, int64_t nnz) {
+  const double window = 65536.0, per_ch = (double)g->KH * g->KW * g->FNV * 64.0;
+  const double nzo = (double)nnz / (g->O > 0 ? g->O : 1), smin = 48.0 / g->FNV > 12.0 ? 48.0 / g->FNV : 12.0;
+  double ch_w = floor(window / per_ch), ch = nzo > 0 ? ceil(smin * g->I / nzo) : g->I;
+  if (ch_w < 1) ch_w = 1;
+  if (ch < ch_w) ch = ch_w;
+  if (ch > 2 * ch_w || ch >= g->I) return g->I;
+  const int nch = (int)ceil(g->I / ch);
+  return (g->I + nch - 1) / nch; /* the chunks balanced */
+}
+
 tk_status tk_geom_make(const tk_model *m, int layer, tk_geom *g) {
   return tk_geom_make_variant(m, layer, TK_VARIANT_SPARSE_TABLE, g);
 }
@@ -359,21 +382,10 @@ tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant,
   g->dz_len = (int64_t)g->O * g->SZ;
   g->z_len = g->PZF > g->NPH * g->PZB ? g->PZF : g->NPH * g->PZB;
   g->dx_rows = (int64_t)g->I * g->NPH;
-  /* input-channel chunks (DESIGN.md 4: the chunk's window of one position block stays in L1
-   * and serves every output channel).  On this machine the position-block-outer loop order
-   * alone measured as fast (bench_layers, 64x64@32, 256x256@8, 512x512@4 at s=0.9), and short
-   * chunks cost a load, a store and a reduction per output channel, so chunking is off unless
-   * TICKET_CHUNK=<channels> asks for it (for experiments).  On im2col (the sums waiting in y
-   * between chunks) they pay alone: 256x256@8 at s=0.9, one thread, chunks of 28 (about 64 KB
-   * of copies): 132 against 154 us, 128->256@16 s2 73 against 80 (bench_layers), where the
-   * whole window (590 KB) is read from L2 at about 21 bytes a cycle, one line per vector FMA.
-   * Inside ResNet-18 at batch 1 the same layers were 6-17% slower and the model 6-12% (ticket
-   * bench, in-process A/Bs: 2.98 against 3.39 ms, and 1.057x): each chunk pass reads every
-   * output channel's piece of the table, so the table (472 KB) is walked NCH times, from L3
-   * once the other layers have passed through L2 (output channels in blocks of 32 around the
-   * chunk loop: still 1.10x slower).  A table stored chunk by chunk would be the next step.
-   * Blocks of one vector (4x4 maps) lose even alone (512x512@4: 0.77-0.95x), the per-chunk
-   * load, reduction and store outweighing the ~29 FMAs per output channel and chunk. */
+  /* input-channel chunks (DESIGN.md 4): im2col by im2col_chunk's rule (after the choice of
+   * im2col); the grid forms only when asked (the position-block-outer order alone measured as
+   * fast there).  TICKET_CHUNK=<channels> forces a chunk on either, TICKET_CHUNK=0 none (for
+   * experiments and tests). */
   const tk_tensor *wt = &m->tensors[l->weight];
   int ch = g->I;
   const char *force_ch = getenv("TICKET_CHUNK");
@@ -397,6 +409,8 @@ tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant,
   if (g->IM2COL) {
     g->FNV = fnv, g->FNBLK = fnblk, g->FPZ = fpz;
     g->col_len = (int64_t)g->I * kk * g->P16 + fpz + 16;
+    if (!(force_ch && *force_ch) && variant == TK_VARIANT_SPARSE_TABLE && g->G == 1)
+      g->CH = im2col_chunk(g, nnz_all), g->NCH = (g->I + g->CH - 1) / g->CH;
   } else {
     g->FNV = g->NV, g->FNBLK = g->NBLK, g->FPZ = g->PZF;
     g->col_len = 0;
@@ -504,6 +518,7 @@ tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant,
       if (zb > g->z_len) g->z_len = zb;
     }
   }
+  g->CM = variant == TK_VARIANT_SPARSE_TABLE && g->IM2COL && g->NCH > 1;
   if (g->xq_len > INT32_MAX || g->dz_len > INT32_MAX || g->col_len > INT32_MAX)
     return tk_fail(TK_ERR_UNSUPPORTED, "layer %d (%s): scratch of %lld floats exceeds the 32-bit offsets", layer,
                    l->name, (long long)(g->xq_len > g->dz_len ? g->xq_len : g->dz_len));
@@ -537,6 +552,43 @@ int32_t *tk_chunk_rows(const int32_t *rp, const int32_t *off, int rows, int64_t 
   }
   out[(int64_t)rows * nchunks] = rp[rows];
   return out;
+}
+
+/* Reorders the packed entries (pos, off, offc and trow, toff when set) chunk by chunk: chunk c's
+ * entries of output channels 0 .. O-1, then chunk c + 1's.  On entry t->rpc holds the o-major
+ * row pointers per chunk (tk_chunk_rows); on return the chunk-major ones, row c*O + o.  -1 when
+ * out of memory (the tables as they were). */
+static int chunk_major(const tk_geom *g, tk_tables *t, int32_t *trow, int32_t *toff) {
+  const int64_t nnz = t->nnz, rows = (int64_t)g->O * g->NCH;
+  int32_t *rpc = tk_malloc((size_t)(rows + 1) * sizeof *rpc), *src = tk_malloc((size_t)(nnz ? nnz : 1) * sizeof *src);
+  int64_t *pos = tk_malloc((size_t)(nnz ? nnz : 1) * sizeof *pos);
+  int32_t *i32 = tk_malloc((size_t)(nnz ? nnz : 1) * sizeof *i32);
+  if (!rpc || !src || !pos || !i32) {
+    free(rpc), free(src), free(pos), free(i32);
+    return -1;
+  }
+  int32_t q = 0; /* new index; src[q]: the entry's index in the o-major order */
+  for (int c = 0; c < g->NCH; c++)
+    for (int o = 0; o < g->O; o++) {
+      rpc[(int64_t)c * g->O + o] = q;
+      for (int32_t j = t->rpc[(int64_t)o * g->NCH + c]; j < t->rpc[(int64_t)o * g->NCH + c + 1]; j++) src[q++] = j;
+    }
+  rpc[rows] = q;
+  TK_ASSERT(q == nnz);
+  for (int64_t k = 0; k < nnz; k++) pos[k] = t->pos[src[k]];
+  free(t->pos);
+  t->pos = pos;
+  int32_t *arrays[] = {t->off, t->offc != t->off ? t->offc : NULL, trow, toff};
+  for (size_t a = 0; a < sizeof arrays / sizeof *arrays; a++) {
+    if (!arrays[a]) continue;
+    for (int64_t k = 0; k < nnz; k++) i32[k] = arrays[a][src[k]];
+    memcpy(arrays[a], i32, (size_t)nnz * sizeof *i32);
+  }
+  free(t->rpc);
+  t->rpc = rpc;
+  free(src);
+  free(i32);
+  return 0;
 }
 
 tk_status tk_tables_build(const tk_model *m, int layer, const tk_geom *g, int transposed, tk_tables *t) {
@@ -659,7 +711,7 @@ tk_status tk_tables_build(const tk_model *m, int layer, const tk_geom *g, int tr
   } else {
     /* entries of a row are in input-channel order (off / CS % I is the channel) */
     t->rpc = tk_chunk_rows(t->rp, t->off, g->O, g->CS, g->I, g->CH);
-    if (!t->rpc) {
+    if (!t->rpc || (g->CM && chunk_major(g, t, trow, toff))) {
       free(trow);
       free(toff);
       goto nomem;
@@ -814,7 +866,7 @@ static void conv_params(param_set *s, const tk_geom *g) {
   pset(s, "OH", g->OH), pset(s, "OW", g->OW), pset(s, "SH", g->SH), pset(s, "SW", g->SW);
   pset(s, "PH", g->PH), pset(s, "PW", g->PW), pset(s, "HQ", g->HQ), pset(s, "WQ", g->WQ);
   pset(s, "CS", g->CS), pset(s, "NPH", g->NPH), pset(s, "PHMASK", (int64_t)g->PHMASK), pset(s, "NV", g->NV), pset(s, "NP", partials(g->NV));
-  pset(s, "NBLK", g->NBLK), pset(s, "PZF", g->PZF), pset(s, "NCH", g->NCH);
+  pset(s, "NBLK", g->NBLK), pset(s, "PZF", g->PZF), pset(s, "NCH", g->NCH), pset(s, "CM", g->CM);
   pset(s, "IM2COL", g->IM2COL), pset(s, "P16", g->P16), pset(s, "FNV", g->FNV), pset(s, "FNP", partials(g->FNV));
   pset(s, "FNBLK", g->FNBLK), pset(s, "FPZ", g->FPZ), pset(s, "KH", g->KH), pset(s, "KW", g->KW);
   pset(s, "DH", g->DH), pset(s, "DW", g->DW);
@@ -1051,10 +1103,10 @@ void tk_emit_layer(tk_codebuf *cb, const tk_model *m, int layer, const tk_geom *
   else
     tk_cb_printf(cb,
                  "\n * params:    I=%d O=%d groups=%d in=%dx%d out=%dx%d kernel=%dx%d stride=%dx%d pad=%dx%d "
-                 "dilation=%dx%d\n *            grid=%dx%d phases=%d im2col=%d NV=%d NBLK=%d rows=%dx%dx%d shifted=%dx%dx%d%s chunks=%dx%d "
+                 "dilation=%dx%d\n *            grid=%dx%d phases=%d im2col=%d NV=%d NBLK=%d rows=%dx%dx%d shifted=%dx%dx%d%s chunks=%dx%d%s "
                  "NVB=%d NBLKB=%d F=%lld SZ=%lld",
                  g->I, g->O, g->G, g->H, g->W, g->OH, g->OW, g->KH, g->KW, g->SH, g->SW, g->PH, g->PW, g->DH, g->DW,
-                 g->HQ, g->WQ, g->NPH, g->IM2COL, g->FNV, g->FNBLK, g->RV, g->RR, g->RNBLK, g->XRV, g->XRR, g->XNBLK, g->XL ? " (by band)" : "", g->NCH, g->CH, g->NVB, g->NBLKB, (long long)g->F,
+                 g->HQ, g->WQ, g->NPH, g->IM2COL, g->FNV, g->FNBLK, g->RV, g->RR, g->RNBLK, g->XRV, g->XRR, g->XNBLK, g->XL ? " (by band)" : "", g->NCH, g->CH, g->CM ? " (chunk-major)" : "", g->NVB, g->NBLKB, (long long)g->F,
                  (long long)g->SZ);
   tk_cb_printf(cb, "\n * nnz:       %lld of %lld (sparsity %.4f)\n * key:       %016" PRIx64 "%016" PRIx64 "\n */\n",
                (long long)t->nnz, (long long)numel, numel ? 1.0 - (double)t->nnz / (double)numel : 0.0, k[0], k[1]);

@@ -100,6 +100,9 @@ typedef struct {
   int64_t CS;                 /* channel stride of xq */
   int NV, NBLK;               /* forward: vectors per block, blocks; PZF = NBLK*NV*16 */
   int CH, NCH;                /* forward: input channels per chunk, chunks (NCH*CH >= I) */
+  int CM;                     /* the forward's table is chunk-major (im2col with NCH > 1, table variant):
+                                 row c*O + o of rpc is output channel o's entries in chunk c, and the
+                                 packed order (pos, off, offc, the values) is chunk by chunk */
   int IM2COL;                 /* forward reads tap copies col[(i*KH*KW + t)*P16 + oh*OW + ow]
                                  instead of the grid (small maps: no wasted columns, aligned) */
   int64_t P16, col_len;       /* im2col: OH*OW rounded up to 16; floats of col per image */
@@ -137,14 +140,18 @@ tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant,
 int tk_geom_read_phases(const tk_geom *g);
 
 /* Pattern tables built from the mask (all of the weight when it has none).
- * Packed index j follows the weight's own element order (o, i, kh, kw), so pos[j] is the
- * position in the weight tensor, w[j] = data[pos[j]]. */
+ * Packed index j follows the weight's own element order (o, i, kh, kw) -- or, when g->CM,
+ * that order chunk by chunk of CH input channels (all output channels' entries of chunk 0,
+ * then chunk 1, ...), so that a forward pass over one chunk reads its part of the table in one
+ * run; pos[j] is the position in the weight tensor, w[j] = data[pos[j]] either way. */
 typedef struct {
   int64_t nnz;
   int64_t *pos;               /* nnz: element index in the weight */
-  int32_t *rp, *off;          /* forward CSR: O+1, nnz (grid offsets: weight gradient, grid forward) */
+  int32_t *rp, *off;          /* forward CSR: O+1, nnz (grid offsets: weight gradient, grid forward);
+                                 with CM rp[o] only counts the entries of the channels before o */
   int32_t *offc;              /* forward offsets into col (== off unless IM2COL or XS) */
-  int32_t *rpc;               /* forward CSR split by input-channel chunk: O*NCH+1 (== rp when NCH = 1) */
+  int32_t *rpc;               /* forward CSR split by input-channel chunk: O*NCH+1, row o*NCH + c
+                                 (c*O + o when CM); == rp when NCH = 1 */
   int32_t *rpt, *offt, *perm; /* transposed CSR: dx_rows+1, nnz, nnz (wt[k] = w[perm[k]]) */
 } tk_tables;
 

@@ -105,6 +105,10 @@ static void row_range(const int32_t *rp, int rows, int stride, double a, double 
   *r1 = t == T - 1 ? rows : split_rows(rp, rows, stride, a, c, total * (t + 1) / T);
 }
 
+/* row_range's first three arguments for the output channels, by their non-zeros: rpc per
+ * chunk, or with a chunk-major table (CM) rp, whose counts are still per output channel */
+#define OUT_ROWS(k) ((k)->g.CM ? (k)->t.rp : (k)->t.rpc), (k)->g.O, ((k)->g.CM ? 1 : (k)->g.NCH)
+
 static tk_status check_n(const tk_kernel *k, int n) {
   if (n < 1 || n > k->max_batch)
     return tk_fail(TK_ERR_ARG, "layer %d (%s): batch %d outside 1..%d", k->layer, klayer(k)->name, n, k->max_batch);
@@ -255,7 +259,7 @@ static void conv_run_fwd(sparse_kernel *k, const float *x, const float *mask, fl
 #pragma omp parallel num_threads(T)
   {
     int t = thread_id(), nt = omp_get_num_threads(), r0, r1;
-    row_range(k->t.rpc, g->O, g->NCH, (double)g->FPZ, (double)g->OH * g->OW, t, nt, &r0, &r1);
+    row_range(OUT_ROWS(k), (double)g->FPZ, (double)g->OH * g->OW, t, nt, &r0, &r1);
     for (int i = 0; i < n; i++) {
       fwd_prep(k, &k->sets[0], x + i * xs, MASK_AT(i), g->I * t / nt, g->I * (t + 1) / nt);
 #pragma omp barrier
@@ -496,7 +500,7 @@ static tk_status conv_bwd_weight(tk_kernel *kb, const float *x, const float *dy,
 #pragma omp parallel num_threads(T)
     {
       int t = thread_id(), nt = omp_get_num_threads(), r0, r1;
-      row_range(k->t.rpc, g->O, g->NCH, (double)g->PZF, 0.0, t, nt, &r0, &r1);
+      row_range(OUT_ROWS(k), (double)g->PZF, 0.0, t, nt, &r0, &r1);
       for (int i = 0; i < n; i++) {
         tk_kargs a = {.src = x + i * xs, .dst = k->sets[0].xq};
         k->prep_x(&a, g->I * t / nt, g->I * (t + 1) / nt);
@@ -818,6 +822,14 @@ static tk_status empty_create(const tk_model *m, int layer, int max_batch, tk_ke
 
 /* ---- building -------------------------------------------------------------------------------- */
 
+/* A layer with the batch forms (vec_batch) keeps its table in o-major order: they find their
+ * own chunks in each output channel's run (tk_chunk_rows).  Its per-image im2col forward then
+ * runs unchunked (o-major chunks walk the table once per chunk: slower in a network, emit.c). */
+static void unchunk(tk_geom *g) {
+  if (!g->CM) return;
+  g->CM = 0, g->NCH = 1, g->CH = g->I;
+}
+
 static int is_generated(tk_variant v) {
   return v == TK_VARIANT_SPARSE_TABLE || v == TK_VARIANT_SPARSE_UNROLLED || v == TK_VARIANT_VALUE_BAKED;
 }
@@ -1109,6 +1121,7 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
       it->training = o->training;
       if ((st = tk_geom_make_variant(m, i, v, &it->g)) != TK_OK) goto done;
       it->vb = !it->g.linear && v == TK_VARIANT_SPARSE_TABLE ? p->layers[i].vec_batch & TK_VB_ALL : 0;
+      if (it->vb) unchunk(&it->g);
       if ((st = tk_tables_build(m, i, &it->g, o->training || v == TK_VARIANT_SPARSE_UNROLLED, &it->t)) != TK_OK)
         goto done;
       if (wants_transposed(m, p, o, i)) {
@@ -1119,7 +1132,8 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
         tt->vb = it->vb & TK_VB_FWD; /* stride 1: the same map, so the forward's form */
         if ((st = transposed_model(m, i, &tt->own_m, &tt->own_map)) != TK_OK) goto done;
         tt->m = tt->own_m;
-        if ((st = tk_geom_make_variant(tt->m, 0, tt->variant, &tt->g)) != TK_OK ||
+        if ((st = tk_geom_make_variant(tt->m, 0, tt->variant, &tt->g)) == TK_OK && tt->vb) unchunk(&tt->g);
+        if (st != TK_OK ||
             (st = tk_tables_build(tt->m, 0, &tt->g, 0, &tt->t)) != TK_OK) {
           tk_fail_prefix(st, "layer %d (%s), transposed", i, m->layers[i].name);
           goto done;

@@ -464,7 +464,8 @@ static void run_case(const kcase *c, const char *cache) {
    * input-channel chunks of 3 (TICKET_XS_CH: sums kept in y or z between chunks), whole-image
    * copies and copies made band by band (TICKET_XL; a short last chunk, the padding rows); the
    * im2col and grid forwards in input-channel chunks of 3 (TICKET_CHUNK: im2col's sums wait in y
-   * or z between chunks, the grid's in z) */
+   * or z between chunks, the grid's in z; im2col's table chunk-major), and once beside the batch
+   * forms (which keep the table o-major: the per-image forward then runs unchunked) */
   if (!c->linear && c->all_variants) {
     static const struct {
       const char *tag, *im2col, *rows, *vec_batch, *chunk, *xs, *xs_ch, *bwd_t, *xl, *ch;
@@ -486,7 +487,8 @@ static void run_case(const kcase *c, const char *cache) {
                  {"im2col chunked, transposed input gradient", "1", "0", "0", "", "0", "", "1", "", "3"},
                  {"shifted chunked, transposed input gradient", "0", "0", "0", "", "1", "3", "1", "0", ""},
                  {"shifted by band, chunked, transposed input gradient", "0", "0", "0", "", "1", "3", "1", "1", ""},
-                 {"batch chunked, transposed input gradient", "", "", "fw", "3", "", "", "1", "", ""}};
+                 {"batch chunked, transposed input gradient", "", "", "fw", "3", "", "", "1", "", ""},
+                 {"batch beside im2col chunked", "1", "0", "1", "", "0", "", "", "", "3"}};
     for (size_t f = 0; f < sizeof forms / sizeof *forms; f++) {
       char name[160];
       snprintf(name, sizeof name, "%s (%s forced)", c->name, forms[f].tag);
@@ -502,9 +504,9 @@ static void run_case(const kcase *c, const char *cache) {
       setenv("TICKET_XL", forms[f].xl, 1);
       setenv("TICKET_CHUNK", forms[f].ch ? forms[f].ch : "", 1);
       memcpy(m->tensors[m->layers[0].weight].data, w0, (size_t)m->tensors[m->layers[0].weight].numel * 4);
-      /* the chunked batch form draws its data from a copy of the generator, so that it leaves
+      /* the forms added last draw their data from a copy of the generator, so that they leave
        * the later cases' data as it was */
-      const int own_rng = !strcmp(forms[f].tag, "batch chunked");
+      const int own_rng = !strcmp(forms[f].tag, "batch chunked") || !strcmp(forms[f].tag, "batch beside im2col chunked");
       tk_rng keep_rng = g_rng;
       run_variant(&cf, m, TK_VARIANT_SPARSE_TABLE, 1, cache);
       if (own_rng) g_rng = keep_rng;

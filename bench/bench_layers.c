@@ -83,6 +83,14 @@ static tk_model *make_layer(const shape *s, double sparsity, uint64_t seed) {
 /* Wall clock, or (--clock cpu, single thread only) the calling thread's CPU time, which a
  * busy machine disturbs much less. */
 static int g_cpu_clock, g_use_min;
+/* --cold MB: before every timed call, untimed, write a buffer of that size, so that the call
+ * finds its tables, values and scratch where a network leaves them (L3 or memory) rather than
+ * hot from its previous repetition; samples are then single calls */
+static float *g_cold;
+static size_t g_cold_n;
+static void evict(void) {
+  for (size_t i = 0; i < g_cold_n; i += 16) g_cold[i] += 1.0f;
+}
 static double now(void) {
   if (!g_cpu_clock) return tk_now();
   struct timespec ts;
@@ -121,7 +129,7 @@ static void time_interleaved(tk_kernel **ks, int nk, int what, const float *x, f
           per[i] = 0;
           break;
         }
-      if (!per[i] || now() - t0 > 1e-3 || per[i] >= 1 << 16) break;
+      if (!per[i] || g_cold || now() - t0 > 1e-3 || per[i] >= 1 << 16) break;
     }
     live += per[i] > 0;
   }
@@ -131,6 +139,7 @@ static void time_interleaved(tk_kernel **ks, int nk, int what, const float *x, f
   while (ns < 64 && (ns < 7 || now() - start < min_time * live)) {
     for (int i = 0; i < nk; i++) {
       if (!per[i]) continue;
+      if (g_cold) evict();
       double t0 = now();
       for (int r = 0; r < per[i]; r++) call(ks[i], what, x, y, dy, dx, dw, db, n);
       samples[i][ns] = (now() - t0) / per[i];
@@ -169,10 +178,12 @@ int main(int argc, char **argv) {
       printf("usage: bench_layers [--sparsity 0.9,0.95,0.99] [--batch 1,32] [--threads 1]\n"
              "                    [--variants table,batch,unchunked,unrolled] [--bwd] [--shapes resnet18|I,O,H,K,S[;...]]\n"
              "                    [--min-time SECONDS] [--clock wall|cpu] [--stat median|min]\n"
-             "                    [--alt NAME=VALUE[,NAME=VALUE...]] [--json]\n"
+             "                    [--alt NAME=VALUE[,NAME=VALUE...]] [--cold MB] [--json]\n"
              "Per-layer medians of the generated kernels and oneDNN, GF/s of non-zero work; the kernels'\n"
              "samples interleaved.  --alt adds the table kernel built under that environment as a column\n"
-             "(an A/B of a TICKET_* setting within one run).\n");
+             "(an A/B of a TICKET_* setting within one run).  --cold MB writes an MB-sized buffer before\n"
+             "each timed call (one call per sample): tables and scratch then come from L3 or memory,\n"
+             "as inside a network, instead of hot from the previous repetition.\n");
       return 0;
     } else if (!strcmp(a, "--sparsity") && v) {
       nsp = parse_list(v, sp, 16), i++;
@@ -187,6 +198,12 @@ int main(int argc, char **argv) {
       do_batch = strstr(v, "batch") != NULL, do_nc = strstr(v, "unchunked") != NULL;
     } else if (!strcmp(a, "--clock") && v) {
       g_cpu_clock = !strcmp(v, "cpu"), i++;
+    } else if (!strcmp(a, "--cold") && v) {
+      g_cold_n = (size_t)(atof(v) * (1 << 20) / sizeof(float)), i++;
+      if (!g_cold_n || !(g_cold = calloc(g_cold_n, sizeof(float)))) {
+        fprintf(stderr, "bench_layers: --cold: '%s' is not a size in MB that can be allocated\n", v);
+        return 2;
+      }
     } else if (!strcmp(a, "--stat") && v) {
       g_use_min = !strcmp(v, "min"), i++;
     } else if (!strcmp(a, "--alt") && v) {

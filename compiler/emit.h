@@ -43,7 +43,8 @@
   X(int, relu, "fwd: 1 = max(., 0) at the final store (NaN passes)")                            \
   X(const float *, res, "fwd, bwd_input_b: NULL, or added to every output before the ReLU (dst's layout; may be dst)") \
   X(float *, buf, "fwd with band-local shifted copies (XL): the thread's window; im2col's prep_col: the grid") \
-  X(int, hint, "fwd with XL: 1 = prefetch the next window's input rows (src is not in L2)")
+  X(int, hint, "fwd with XL: 1 = prefetch the next window's input rows (src is not in L2)") \
+  X(int, pf, "fwd, bwd_input: 1 = prefetch the table ahead (one image per call: the table is not in L2)")
 
 typedef struct {
 #define X(t, n, c) t n;

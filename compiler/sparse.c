@@ -36,6 +36,24 @@ typedef struct {
   float *zb;                      /* batch-vectorised: partial sums carried between channel chunks */
 } scratch_set;
 
+/* The tap copies (im2col's col) of one build's table kernels, shared: the kernels of an engine
+ * run one at a time, and each forward rewrites every lane of col it reads before it reads it
+ * (prep_col; the lanes past OH*OW, which it does not write, only reach outputs that are
+ * dropped).  One buffer per thread set, the largest any kernel needs: the copies of one layer
+ * after another stay in L2 instead of each layer's own copies coming from L3 or memory
+ * (ResNet-18's eleven im2col layers had 3.7 MB of them at batch 1). */
+typedef struct {
+  int refs;
+  int64_t per;  /* floats per thread set */
+  float *buf;   /* threads x per, 64-byte aligned */
+} col_pool;
+
+static void col_pool_release(col_pool *p) {
+  if (!p || --p->refs > 0) return;
+  free(p->buf);
+  free(p);
+}
+
 typedef struct sparse_kernel {
   tk_kernel base;
   tk_geom g;
@@ -58,6 +76,7 @@ typedef struct sparse_kernel {
   tk_model *tm;
   int64_t *tpos;
   int nsets;
+  col_pool *pool; /* col from the build's shared pool (NULL: in the arena) */
   scratch_set *sets;
   float *arena;
 } sparse_kernel;
@@ -145,6 +164,7 @@ static tk_kargs fwd_args(const sparse_kernel *k, const scratch_set *in, const sc
   tk_kargs f = {.src = k->g.IM2COL || k->g.XS ? in->col : in->xq, .dst = y, .w = fv->w, .rp = k->t.rpc,
                 .off = k->t.offc, .bias = fv->bias, .z = mine->z, .relu = fv->relu, .res = res_i};
   if (k->g.XL) f.src = x, f.mask = mask, f.buf = mine->col, f.hint = n > 1;
+  f.pf = n == 1; /* the table's only pass in this call (n > 1: it stays in L2 for the next images) */
   return f;
 }
 
@@ -301,11 +321,11 @@ static tk_status conv_fwd_folded(tk_kernel *kb, const float *x, float *y, int n,
 
 /* mask: NULL, or dy is taken as 0 where mask <= 0 (dy's layout) */
 static void conv_bwdi_image(sparse_kernel *k, const scratch_set *s, const float *dy, const float *mask, float *dx,
-                            const float *wt) {
+                            const float *wt, int n) {
   const tk_geom *g = &k->g;
   tk_kargs a = {.src = dy, .dst = s->dz, .mask = mask};
   k->prep_dy(&a, 0, g->O);
-  tk_kargs b = {.src = s->dz, .dst = dx, .w = wt, .rp = k->t.rpt, .off = k->t.offt, .z = s->z};
+  tk_kargs b = {.src = s->dz, .dst = dx, .w = wt, .rp = k->t.rpt, .off = k->t.offt, .z = s->z, .pf = n == 1};
   k->bwd_input(&b, 0, g->I);
 }
 
@@ -322,7 +342,7 @@ static void conv_run_bwd_input(sparse_kernel *k, const float *dy, const float *m
   int T = want_threads(k);
 #define MASK_AT(i) (mask ? mask + (i) * ys : NULL)
   if (T == 1) {
-    for (int i = 0; i < n; i++) conv_bwdi_image(k, &k->sets[0], dy + i * ys, MASK_AT(i), dx + i * xs, wt);
+    for (int i = 0; i < n; i++) conv_bwdi_image(k, &k->sets[0], dy + i * ys, MASK_AT(i), dx + i * xs, wt, n);
     return;
   }
 #ifdef _OPENMP
@@ -331,7 +351,7 @@ static void conv_run_bwd_input(sparse_kernel *k, const float *dy, const float *m
     {
       int t = thread_id(), nt = omp_get_num_threads();
       for (int i = n * t / nt; i < n * (t + 1) / nt; i++)
-        conv_bwdi_image(k, &k->sets[t], dy + i * ys, MASK_AT(i), dx + i * xs, wt);
+        conv_bwdi_image(k, &k->sets[t], dy + i * ys, MASK_AT(i), dx + i * xs, wt, n);
     }
     return;
   }
@@ -344,7 +364,7 @@ static void conv_run_bwd_input(sparse_kernel *k, const float *dy, const float *m
       k->prep_dy(&a, g->O * t / nt, g->O * (t + 1) / nt);
 #pragma omp barrier
       tk_kargs b = {.src = k->sets[0].dz, .dst = dx + i * xs, .w = wt, .rp = k->t.rpt, .off = k->t.offt,
-                    .z = k->sets[t].z};
+                    .z = k->sets[t].z, .pf = n == 1};
       k->bwd_input(&b, r0, r1);
 #pragma omp barrier
     }
@@ -696,6 +716,7 @@ static void sk_destroy(tk_kernel *kb) {
   free(k->bf);
   free(k->sets);
   free(k->arena);
+  col_pool_release(k->pool);
   tk_jit_release(k->jit);
   free(k);
 }
@@ -929,8 +950,17 @@ static int wants_transposed(const tk_model *m, const tk_plan *p, const tk_compil
          tk_conv_transposable(&m->layers[i]);
 }
 
+/* whether the kernel's col comes from the build's pool: the table variant's im2col (the
+ * shifted copies' padding must stay zero; the unrolled forms are left as they were).
+ * TICKET_SHARED_COL=0: every kernel its own (A/B runs). */
+static int pooled_col(const build_item *it) {
+  const char *e = getenv("TICKET_SHARED_COL");
+  if (e && *e && !atoi(e)) return 0;
+  return !it->g.linear && it->variant == TK_VARIANT_SPARSE_TABLE && it->g.IM2COL && !it->g.XS;
+}
+
 static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int training, int max_batch, int threads,
-                             tk_kernel **out) {
+                             col_pool *pool, tk_kernel **out) {
   const tk_layer *l = &m->layers[it->layer];
   sparse_kernel *k = tk_calloc(1, sizeof *k);
   if (!k) return TK_ERR_NOMEM;
@@ -998,6 +1028,11 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
   k->sets = tk_calloc((size_t)threads, sizeof *k->sets);
   /* one arena: per thread xq, z, and (training) dz, dwv; 64-byte aligned pieces */
   int64_t xq = (it->g.xq_len + 15) / 16 * 16, z = (it->g.z_len + 15) / 16 * 16, col = (it->g.col_len + 15) / 16 * 16;
+  if (col && pool && pooled_col(it)) {
+    TK_ASSERT(col <= pool->per);
+    k->pool = pool, pool->refs++;
+    col = 0;
+  }
   int64_t dz = training ? (it->g.dz_len + 15) / 16 * 16 : 0, dwv = training ? (nz1 + 15) / 16 * 16 : 0;
   /* batch-vectorised: the grids with 16 images per cell */
   const int vb = k->vb;
@@ -1029,7 +1064,7 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
     k->sets[t].z = b + xq;
     k->sets[t].dz = training ? b + xq + z : NULL;
     k->sets[t].dwv = training ? b + xq + z + dz : NULL;
-    k->sets[t].col = col ? b + xq + z + dz + dwv : NULL;
+    k->sets[t].col = k->pool ? k->pool->buf + k->pool->per * t : col ? b + xq + z + dz + dwv : NULL;
     k->sets[t].xb = xb ? b + xq + z + dz + dwv + col : NULL;
     k->sets[t].dzb = dzb ? b + xq + z + dz + dwv + col + xb : NULL;
     k->sets[t].zb = zb ? b + xq + z + dz + dwv + col + xb + dzb : NULL;
@@ -1086,6 +1121,7 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
   tk_codebuf *srcs = tk_calloc((size_t)(n_items ? n_items : 1), sizeof *srcs);
   char (*unames)[96] = tk_calloc((size_t)(n_items ? n_items : 1), sizeof *unames);
   tk_jit *jit = NULL;
+  col_pool *pool = NULL;
   int n_objs = 0, n_units = 0;
   if (!made_k || !items || !objs || !units || !srcs || !unames) {
     st = TK_ERR_NOMEM;
@@ -1214,15 +1250,27 @@ tk_status tk_sparse_build(const tk_model *m, const tk_plan *p, const tk_compile_
       item_name(items, objs[q].item, m, what, sizeof what);
       if ((st = tk_jit_add_object(jit, objs[q].obj, objs[q].len, what)) != TK_OK) goto done;
     }
+    int64_t per = 0;
+    for (int q = 0; q < n; q++) {
+      int64_t c = (items[q].g.col_len + 15) / 16 * 16;
+      if (pooled_col(&items[q]) && c > per) per = c;
+    }
+    if (per > 0) {
+      if (!(pool = tk_calloc(1, sizeof *pool)) || !(pool->buf = tk_alloc_aligned((size_t)(per * threads) * sizeof(float)))) {
+        st = tk_fail(TK_ERR_NOMEM, "out of memory for the shared tap copies (%lld floats per thread)", (long long)per);
+        goto done;
+      }
+      pool->refs = 1, pool->per = per;
+    }
     for (int q = 0; q < n; q++) {
       build_item *it = &items[q];
       if (it->parent < 0) {
-        if ((st = make_kernel(m, it, jit, o->training, max_batch, threads, &made_k[it->layer])) != TK_OK) goto done;
+        if ((st = make_kernel(m, it, jit, o->training, max_batch, threads, pool, &made_k[it->layer])) != TK_OK) goto done;
         continue;
       }
       /* a transposed layer: its forward becomes its parent's input gradient */
       tk_kernel *tkb = NULL;
-      if ((st = make_kernel(it->m, it, jit, 0, max_batch, threads, &tkb)) != TK_OK) {
+      if ((st = make_kernel(it->m, it, jit, 0, max_batch, threads, pool, &tkb)) != TK_OK) {
         tk_fail_prefix(st, "layer %d (%s), transposed", items[it->parent].layer, m->layers[items[it->parent].layer].name);
         goto done;
       }
@@ -1265,7 +1313,8 @@ done:
   for (int q = 0; objs && q < n_objs; q++) free(objs[q].obj);
   for (int u = 0; units && u < n_items; u++) free(units[u].obj);
   for (int u = 0; srcs && u < n_items; u++) tk_cb_free(&srcs[u]);
-  tk_jit_release(jit); /* the kernels hold their own references */
+  tk_jit_release(jit); /* the kernels hold their own references (to the pool too) */
+  col_pool_release(pool);
   free(made_k);
   free(items);
   free(objs);

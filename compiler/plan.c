@@ -43,6 +43,13 @@
                                * flops; 1x1 stride 2 (64 -> 128) 20-29 ms for 4.7 (fit low, so a
                                * doubt goes to oneDNN) */
 #define T_ELEM_LINEAR 0.5e-9 /* linear: per element of the transposes into and out of lanes (s) */
+#define W_CACHED 8e6        /* a model with more bytes of dense weights than this streams each layer's
+                               weights (or table) from memory on every call (about 16 MB of L3 is
+                               effective here, shared with activations and scratch) */
+#define BW_MEM 15e9         /* ... at this rate (bytes/s).  In vgg16_bn at batch 1, oneDNN's 512x512@2
+                               convolutions took 0.90 ms each against 0.20 alone (9.4 MB of weights);
+                               our 512x512@4 at s=0.9 219 us with its 1.9 MB table cold (bench_layers
+                               --cold) against 137 hot */
 #define UNROLL_BUDGET 20000 /* most non-zeros per layer for unrolled / value-baked code */
 #define VEC_BATCH_MIN 16    /* conv: images from which the batch-vectorised kernel is used */
 #define VEC_BATCH_MAX_MAP 256 /* ... for the gradients on stride-1 output maps of at most this many positions */
@@ -90,6 +97,12 @@ static double est_dense(const tk_model *m, const tk_layer *l, int n, int T) {
                               T_STREAM_DENSE
                         : 0.0;
   return (flops / (R_DENSE * eff) + stream) / T + C_DENSE;
+}
+
+/* Seconds per call to read `bytes` of a layer's weights or table from memory, in a model whose
+ * dense weights (`model_bytes`) do not stay in cache between calls; 0 in one that fits. */
+static double est_stream(double bytes, double model_bytes) {
+  return model_bytes > W_CACHED ? bytes / BW_MEM : 0.0;
 }
 
 static double est_sparse(const tk_geom *g, int64_t nnz, int n, int T) {
@@ -398,6 +411,10 @@ tk_status tk_plan_make(const tk_model *m, const tk_compile_opts *o, tk_plan **ou
   int strict = no_fallback();
   tk_status st = TK_OK;
   const int n = p->batch, T = p->threads;
+  double model_bytes = 0; /* dense weights of the conv and linear layers */
+  for (int i = 0; i < m->n_layers; i++)
+    if (m->layers[i].op == TK_OP_CONV2D || m->layers[i].op == TK_OP_LINEAR)
+      model_bytes += 4.0 * (double)m->tensors[m->layers[i].weight].numel;
   for (int i = 0; i < m->n_layers && st == TK_OK; i++) {
     const tk_layer *l = &m->layers[i];
     tk_layer_plan *lp = &p->layers[i];
@@ -417,12 +434,16 @@ tk_status tk_plan_make(const tk_model *m, const tk_compile_opts *o, tk_plan **ou
       gen_ok = 1;
     }
     lp->vec_batch = l->op == TK_OP_LINEAR ? TK_VB_ALL : 0;
-    lp->est_dense_us = est_dense(m, l, n, T) * 1e6;
+    /* both read their weights once per call: oneDNN 4 bytes per weight, the table 8 per kept one
+     * (offset and value) */
+    lp->est_dense_us = (est_dense(m, l, n, T) + est_stream(4.0 * (double)w->numel, model_bytes)) * 1e6;
     /* the passes the table kernel would run over the batch; the forward's layout decides which
      * estimate applies */
     const int vb = l->op == TK_OP_CONV2D ? vec_batch_passes(l, sp, n, o->training) : 0;
-    lp->est_sparse_us =
-        !gen_ok ? NAN : ((vb & TK_VB_FWD) ? est_sparse_batch(&g, nnz, n, T) : est_sparse(&g, nnz, n, T)) * 1e6;
+    lp->est_sparse_us = !gen_ok ? NAN
+                                : (((vb & TK_VB_FWD) ? est_sparse_batch(&g, nnz, n, T) : est_sparse(&g, nnz, n, T)) +
+                                   est_stream(8.0 * (double)nnz, model_bytes)) *
+                                      1e6;
     tk_variant v;
     if (nnz == 0 && (o->force < 0 || o->force == TK_VARIANT_EMPTY || o->force == TK_VARIANT_SPARSE_TABLE)) {
       v = TK_VARIANT_EMPTY;

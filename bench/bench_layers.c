@@ -199,7 +199,8 @@ int main(int argc, char **argv) {
     } else if (!strcmp(a, "--clock") && v) {
       g_cpu_clock = !strcmp(v, "cpu"), i++;
     } else if (!strcmp(a, "--cold") && v) {
-      g_cold_n = (size_t)(atof(v) * (1 << 20) / sizeof(float)), i++;
+      const double mb = atof(v);
+      g_cold_n = mb > 0 && mb <= 65536 ? (size_t)(mb * (1 << 20) / sizeof(float)) : 0, i++;
       if (!g_cold_n || !(g_cold = calloc(g_cold_n, sizeof(float)))) {
         fprintf(stderr, "bench_layers: --cold: '%s' is not a size in MB that can be allocated\n", v);
         return 2;

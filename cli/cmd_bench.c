@@ -1040,9 +1040,12 @@ int cmd_bench(int argc, char **argv) {
   double spin_wait = 0.05; /* how long to wait for our threads to fall asleep before PyTorch's turn */
   double tsteal[TORCH_MAX_VARIANTS] = {0}, ttotal[TORCH_MAX_VARIANTS] = {0}; /* PyTorch's turns' jiffies */
   /* the turns of an iteration: our engines, then PyTorch's variants; iteration `it` starts at
-   * turn it % nturns (a rotation), so that every engine follows every other equally often and
-   * none always comes first after PyTorch's memory-hungry turn (in a fixed order, two engines
-   * running the same oneDNN kernels differed by 3-9%) */
+   * turn it % nturns (a rotation), so that no engine always comes first after PyTorch's
+   * memory-hungry turn (in a fixed order, two engines running the same oneDNN kernels differed
+   * by 3-9%).  With two turns each follows the other equally often; with three the predecessors
+   * are uneven (the first follows the third two times in three), but an order shuffled anew
+   * every iteration measured the same (an --alt engine identical to the compiled one: 0.98-1.00
+   * either way; bench/README.md) */
   const int nturns = nours + tw.nvar;
   int prev_ours = 0; /* the turn before was one of ours */
   for (int it = 0; it < o.warmup + o.iters; it++) {

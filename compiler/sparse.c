@@ -124,9 +124,12 @@ static void row_range(const int32_t *rp, int rows, int stride, double a, double 
   *r1 = t == T - 1 ? rows : split_rows(rp, rows, stride, a, c, total * (t + 1) / T);
 }
 
-/* row_range's first three arguments for the output channels, by their non-zeros: rpc per
- * chunk, or with a chunk-major table (CM) rp, whose counts are still per output channel */
-#define OUT_ROWS(k) ((k)->g.CM ? (k)->t.rp : (k)->t.rpc), (k)->g.O, ((k)->g.CM ? 1 : (k)->g.NCH)
+/* row_range over the output channels, by their non-zeros: rpc per chunk, or with a
+ * chunk-major table (CM) rp, whose counts are still per output channel */
+static void out_rows(const sparse_kernel *k, double a, double c, int t, int T, int *r0, int *r1) {
+  if (k->g.CM) row_range(k->t.rp, k->g.O, 1, a, c, t, T, r0, r1);
+  else row_range(k->t.rpc, k->g.O, k->g.NCH, a, c, t, T, r0, r1);
+}
 
 static tk_status check_n(const tk_kernel *k, int n) {
   if (n < 1 || n > k->max_batch)
@@ -279,7 +282,7 @@ static void conv_run_fwd(sparse_kernel *k, const float *x, const float *mask, fl
 #pragma omp parallel num_threads(T)
   {
     int t = thread_id(), nt = omp_get_num_threads(), r0, r1;
-    row_range(OUT_ROWS(k), (double)g->FPZ, (double)g->OH * g->OW, t, nt, &r0, &r1);
+    out_rows(k, (double)g->FPZ, (double)g->OH * g->OW, t, nt, &r0, &r1);
     for (int i = 0; i < n; i++) {
       fwd_prep(k, &k->sets[0], x + i * xs, MASK_AT(i), g->I * t / nt, g->I * (t + 1) / nt);
 #pragma omp barrier
@@ -520,7 +523,7 @@ static tk_status conv_bwd_weight(tk_kernel *kb, const float *x, const float *dy,
 #pragma omp parallel num_threads(T)
     {
       int t = thread_id(), nt = omp_get_num_threads(), r0, r1;
-      row_range(OUT_ROWS(k), (double)g->PZF, 0.0, t, nt, &r0, &r1);
+      out_rows(k, (double)g->PZF, 0.0, t, nt, &r0, &r1);
       for (int i = 0; i < n; i++) {
         tk_kargs a = {.src = x + i * xs, .dst = k->sets[0].xq};
         k->prep_x(&a, g->I * t / nt, g->I * (t + 1) / nt);

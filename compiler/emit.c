@@ -310,7 +310,9 @@ static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
  * at 128 but 0.96x at 48, s=0.99 0.90x even at 128; 128->256@16 s2 s=0.9 60 against 74 at
  * 16-24, s=0.95 1.05-1.09x at 24-32, 0.99x at 16. */
 static int im2col_chunk(const tk_geom *g, int64_t nnz) {
-  const double window = 65536.0, per_ch = (double)g->KH * g->KW * g->FNV * 64.0;
+  const double window = 65536.0,
+               per_ch = g->PK ? (double)g->KW * (g->FNV * 16 + (g->KH - 1) * g->DH * g->OW) * 4.0
+                              : (double)g->KH * g->KW * g->FNV * 64.0;
   const double nzo = (double)nnz / (g->O > 0 ? g->O : 1), smin = 48.0 / g->FNV > 12.0 ? 48.0 / g->FNV : 12.0;
   double ch_w = floor(window / per_ch), ch = nzo > 0 ? ceil(smin * g->I / nzo) : g->I;
   if (ch_w < 1) ch_w = 1;
@@ -403,12 +405,25 @@ tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant,
   double saved = (double)nnz_all * (double)(g->PZF - fpz) / 16.0;
   /* the grid holds only the phases some tap reads (a strided 1x1: one, whose grid is the tap copy
    * itself: the copy saves nothing and costs a second pass, 256->512@8 1x1 s2 0.76-0.91x) */
-  double extra = 2.0 * (double)(kk * g->I * g->P16 - (int64_t)tk_geom_read_phases(g) * g->I * g->CS) / 16.0;
+  /* At stride 1 with no partial vector, the KW column-shifted copies with rows OW wide (PK) hold
+   * every tap's row: tap (kh, kw) is copy kw from row kh*DH on, KW copies of OH + (KH-1)*DH rows
+   * instead of KH*KW of OH, made from x directly (not via the grid).  Rows a multiple of 8
+   * wide, so that every load sits in whole 32-byte halves: on 4x4 maps (a row 16 bytes) the
+   * loads of the middle kernel row straddle lines, 512x512@4 s=0.9 174 against 144 us.
+   * TICKET_PK ("0"/"1") overrides where it applies. */
+  const char *force_pk = getenv("TICKET_PK");
+  const int pk_ok = variant == TK_VARIANT_SPARSE_TABLE && g->G == 1 && g->SH == 1 && g->SW == 1 &&
+                    g->OW % 8 == 0 && (int64_t)g->OH * g->OW % 16 == 0;
+  const int pk = pk_ok && (force_pk && *force_pk ? atoi(force_pk) != 0 : 1);
+  const int64_t xhp = g->OH + (int64_t)(g->KH - 1) * g->DH;
+  const double col_floats = pk ? (double)g->KW * g->I * xhp * g->OW : (double)kk * g->I * g->P16;
+  double extra = 2.0 * (col_floats - (double)tk_geom_read_phases(g) * g->I * g->CS) / 16.0;
   const char *force_col = getenv("TICKET_IM2COL"); /* "0"/"1": override, for experiments */
   g->IM2COL = force_col && *force_col ? atoi(force_col) != 0 : saved > extra;
   if (g->IM2COL) {
     g->FNV = fnv, g->FNBLK = fnblk, g->FPZ = fpz;
-    g->col_len = (int64_t)g->I * kk * g->P16 + fpz + 16;
+    g->PK = pk, g->XHP = pk ? (int)xhp : 0;
+    g->col_len = (pk ? (int64_t)g->I * g->KW * xhp * g->OW : (int64_t)g->I * kk * g->P16) + fpz + 16;
     if (!(force_ch && *force_ch) && variant == TK_VARIANT_SPARSE_TABLE && g->G == 1)
       g->CH = im2col_chunk(g, nnz_all), g->NCH = (g->I + g->CH - 1) / g->CH;
   } else {
@@ -510,7 +525,7 @@ tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant,
       if (xch < 1) xch = 1;
       if (xch > g->I) xch = g->I;
       g->CH = xch, g->NCH = (g->I + xch - 1) / xch;
-      g->IM2COL = 0;
+      g->IM2COL = g->PK = g->XHP = 0;
       g->RV = g->RR = g->RNBLK = 0;
       g->FNV = rr * rv, g->FNBLK = g->XNBLK, g->FPZ = (int64_t)g->XNBLK * rr * g->XRS;
       g->col_len = (int64_t)g->KW * (g->XL ? (int64_t)g->CH * g->XHL : (int64_t)g->I * g->XHR) * g->XRS + 16;
@@ -700,6 +715,8 @@ tk_status tk_tables_build(const tk_model *m, int layer, const tk_geom *g, int tr
                                g->XRS);
       else if (g->XS)
         t->offc[q] = (int32_t)((((int64_t)(tap % g->KW) * g->I + i) * g->XHR + (int64_t)(tap / g->KW) * g->DH) * g->XRS);
+      else if (g->PK)
+        t->offc[q] = (int32_t)((((int64_t)i * g->KW + tap % g->KW) * g->XHP + (int64_t)(tap / g->KW) * g->DH) * g->OW);
       else
         t->offc[q] = (int32_t)(((int64_t)i * kk + tap) * g->P16);
     }
@@ -867,7 +884,7 @@ static void conv_params(param_set *s, const tk_geom *g) {
   pset(s, "PH", g->PH), pset(s, "PW", g->PW), pset(s, "HQ", g->HQ), pset(s, "WQ", g->WQ);
   pset(s, "CS", g->CS), pset(s, "NPH", g->NPH), pset(s, "PHMASK", (int64_t)g->PHMASK), pset(s, "NV", g->NV), pset(s, "NP", partials(g->NV));
   pset(s, "NBLK", g->NBLK), pset(s, "PZF", g->PZF), pset(s, "NCH", g->NCH), pset(s, "CM", g->CM);
-  pset(s, "IM2COL", g->IM2COL), pset(s, "P16", g->P16), pset(s, "FNV", g->FNV), pset(s, "FNP", partials(g->FNV));
+  pset(s, "IM2COL", g->IM2COL), pset(s, "PK", g->PK), pset(s, "XHP", g->XHP), pset(s, "P16", g->P16), pset(s, "FNV", g->FNV), pset(s, "FNP", partials(g->FNV));
   pset(s, "FNBLK", g->FNBLK), pset(s, "FPZ", g->FPZ), pset(s, "KH", g->KH), pset(s, "KW", g->KW);
   pset(s, "DH", g->DH), pset(s, "DW", g->DW);
   pset(s, "XS", g->XS), pset(s, "XRS", g->XRS), pset(s, "XHR", g->XHR), pset(s, "XRV", g->XRV);
@@ -1103,10 +1120,10 @@ void tk_emit_layer(tk_codebuf *cb, const tk_model *m, int layer, const tk_geom *
   else
     tk_cb_printf(cb,
                  "\n * params:    I=%d O=%d groups=%d in=%dx%d out=%dx%d kernel=%dx%d stride=%dx%d pad=%dx%d "
-                 "dilation=%dx%d\n *            grid=%dx%d phases=%d im2col=%d NV=%d NBLK=%d rows=%dx%dx%d shifted=%dx%dx%d%s chunks=%dx%d%s "
+                 "dilation=%dx%d\n *            grid=%dx%d phases=%d im2col=%d%s NV=%d NBLK=%d rows=%dx%dx%d shifted=%dx%dx%d%s chunks=%dx%d%s "
                  "NVB=%d NBLKB=%d F=%lld SZ=%lld",
                  g->I, g->O, g->G, g->H, g->W, g->OH, g->OW, g->KH, g->KW, g->SH, g->SW, g->PH, g->PW, g->DH, g->DW,
-                 g->HQ, g->WQ, g->NPH, g->IM2COL, g->FNV, g->FNBLK, g->RV, g->RR, g->RNBLK, g->XRV, g->XRR, g->XNBLK, g->XL ? " (by band)" : "", g->NCH, g->CH, g->CM ? " (chunk-major)" : "", g->NVB, g->NBLKB, (long long)g->F,
+                 g->HQ, g->WQ, g->NPH, g->IM2COL, g->PK ? " (shifted copies)" : "", g->FNV, g->FNBLK, g->RV, g->RR, g->RNBLK, g->XRV, g->XRR, g->XNBLK, g->XL ? " (by band)" : "", g->NCH, g->CH, g->CM ? " (chunk-major)" : "", g->NVB, g->NBLKB, (long long)g->F,
                  (long long)g->SZ);
   tk_cb_printf(cb, "\n * nnz:       %lld of %lld (sparsity %.4f)\n * key:       %016" PRIx64 "%016" PRIx64 "\n */\n",
                (long long)t->nnz, (long long)numel, numel ? 1.0 - (double)t->nnz / (double)numel : 0.0, k[0], k[1]);

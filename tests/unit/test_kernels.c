@@ -465,30 +465,36 @@ static void run_case(const kcase *c, const char *cache) {
    * copies and copies made band by band (TICKET_XL; a short last chunk, the padding rows); the
    * im2col and grid forwards in input-channel chunks of 3 (TICKET_CHUNK: im2col's sums wait in y
    * or z between chunks, the grid's in z; im2col's table chunk-major), and once beside the batch
-   * forms (which keep the table o-major: the per-image forward then runs unchunked) */
+   * forms (which keep the table o-major: the per-image forward then runs unchunked); im2col by
+   * default reads the KW column-shifted copies with rows OW wide where they apply (stride 1,
+   * OW a multiple of 8: the 8x8, 8x16 and dilated cases), so it runs once more with one copy
+   * per tap (TICKET_PK=0) */
   if (!c->linear && c->all_variants) {
     static const struct {
-      const char *tag, *im2col, *rows, *vec_batch, *chunk, *xs, *xs_ch, *bwd_t, *xl, *ch;
-    } forms[] = {{"rows", "0", "1", "0", "", "0", "", "", "", ""},
-                 {"grid", "0", "0", "0", "", "0", "", "", "", ""},
-                 {"im2col", "1", "0", "0", "", "0", "", "", "", ""},
-                 {"im2col chunked", "1", "0", "0", "", "0", "", "", "", "3"},
-                 {"grid chunked", "0", "0", "0", "", "0", "", "", "", "3"},
-                 {"shifted", "0", "0", "0", "", "1", "", "", "0", ""},
-                 {"shifted chunked", "0", "0", "0", "", "1", "3", "", "0", ""},
-                 {"shifted by band", "0", "0", "0", "", "1", "", "", "1", ""},
-                 {"shifted by band, chunked", "0", "0", "0", "", "1", "3", "", "1", ""},
-                 {"batch", "", "", "1", "0", "", "", "", "", ""},
-                 {"batch chunked", "", "", "1", "3", "", "", "", "", ""},
-                 {"batch gradients, spatial forward", "", "", "iw", "", "", "", "", "", ""},
-                 {"batch forward and weight gradient", "", "", "fw", "", "", "", "", "", ""},
-                 {"rows, transposed input gradient", "0", "1", "0", "", "0", "", "1", "", ""},
-                 {"im2col, transposed input gradient", "1", "0", "0", "", "0", "", "1", "", ""},
-                 {"im2col chunked, transposed input gradient", "1", "0", "0", "", "0", "", "1", "", "3"},
-                 {"shifted chunked, transposed input gradient", "0", "0", "0", "", "1", "3", "1", "0", ""},
-                 {"shifted by band, chunked, transposed input gradient", "0", "0", "0", "", "1", "3", "1", "1", ""},
-                 {"batch chunked, transposed input gradient", "", "", "fw", "3", "", "", "1", "", ""},
-                 {"batch beside im2col chunked", "1", "0", "1", "", "0", "", "", "", "3"}};
+      const char *tag, *im2col, *rows, *vec_batch, *chunk, *xs, *xs_ch, *bwd_t, *xl, *ch, *pk;
+    } forms[] = {{"rows", "0", "1", "0", "", "0", "", "", "", "", ""},
+                 {"grid", "0", "0", "0", "", "0", "", "", "", "", ""},
+                 {"im2col", "1", "0", "0", "", "0", "", "", "", "", ""},
+                 {"im2col chunked", "1", "0", "0", "", "0", "", "", "", "3", ""},
+                 {"im2col tap copies", "1", "0", "0", "", "0", "", "", "", "", "0"},
+                 {"im2col tap copies chunked", "1", "0", "0", "", "0", "", "", "", "3", "0"},
+                 {"im2col tap copies, transposed input gradient", "1", "0", "0", "", "0", "", "1", "", "", "0"},
+                 {"grid chunked", "0", "0", "0", "", "0", "", "", "", "3", ""},
+                 {"shifted", "0", "0", "0", "", "1", "", "", "0", "", ""},
+                 {"shifted chunked", "0", "0", "0", "", "1", "3", "", "0", "", ""},
+                 {"shifted by band", "0", "0", "0", "", "1", "", "", "1", "", ""},
+                 {"shifted by band, chunked", "0", "0", "0", "", "1", "3", "", "1", "", ""},
+                 {"batch", "", "", "1", "0", "", "", "", "", "", ""},
+                 {"batch chunked", "", "", "1", "3", "", "", "", "", "", ""},
+                 {"batch gradients, spatial forward", "", "", "iw", "", "", "", "", "", "", ""},
+                 {"batch forward and weight gradient", "", "", "fw", "", "", "", "", "", "", ""},
+                 {"rows, transposed input gradient", "0", "1", "0", "", "0", "", "1", "", "", ""},
+                 {"im2col, transposed input gradient", "1", "0", "0", "", "0", "", "1", "", "", ""},
+                 {"im2col chunked, transposed input gradient", "1", "0", "0", "", "0", "", "1", "", "3", ""},
+                 {"shifted chunked, transposed input gradient", "0", "0", "0", "", "1", "3", "1", "0", "", ""},
+                 {"shifted by band, chunked, transposed input gradient", "0", "0", "0", "", "1", "3", "1", "1", "", ""},
+                 {"batch chunked, transposed input gradient", "", "", "fw", "3", "", "", "1", "", "", ""},
+                 {"batch beside im2col chunked", "1", "0", "1", "", "0", "", "", "", "3", ""}};
     for (size_t f = 0; f < sizeof forms / sizeof *forms; f++) {
       char name[160];
       snprintf(name, sizeof name, "%s (%s forced)", c->name, forms[f].tag);
@@ -503,6 +509,7 @@ static void run_case(const kcase *c, const char *cache) {
       setenv("TICKET_BWD_T", forms[f].bwd_t, 1);
       setenv("TICKET_XL", forms[f].xl, 1);
       setenv("TICKET_CHUNK", forms[f].ch ? forms[f].ch : "", 1);
+      setenv("TICKET_PK", forms[f].pk ? forms[f].pk : "", 1);
       memcpy(m->tensors[m->layers[0].weight].data, w0, (size_t)m->tensors[m->layers[0].weight].numel * 4);
       /* the forms added last draw their data from a copy of the generator, so that they leave
        * the later cases' data as it was */
@@ -519,6 +526,7 @@ static void run_case(const kcase *c, const char *cache) {
       unsetenv("TICKET_BWD_T");
       unsetenv("TICKET_XL");
       unsetenv("TICKET_CHUNK");
+      unsetenv("TICKET_PK");
     }
   }
   free(w0);
@@ -674,6 +682,9 @@ int main(void) {
       {"2x2 map (vgg16_bn's last convs), batch 17", 0, 32, 16, 2, 2, 3, 3, 1, 1, 1, 1, 0.9, 17, 0, 1},
       {"large map 33x33", 0, 4, 8, 33, 33, 3, 3, 1, 1, 1, 1, 0.5, 1, 0, 0},
       {"dilation 2", 0, 8, 8, 12, 12, 3, 3, 1, 2, 2, 1, 0.5, 3, 0, 1},
+      {"dilation 2 8x8", 0, 8, 8, 8, 8, 3, 3, 1, 2, 2, 1, 0.5, 3, 0, 1},
+      {"3x3 no pad 10x10 -> 8x8", 0, 8, 8, 10, 10, 3, 3, 1, 0, 1, 1, 0.5, 3, 0, 1},
+      {"5x5 pad 2 8x16", 0, 6, 8, 8, 16, 5, 5, 1, 2, 1, 1, 0.5, 3, 0, 1},
       {"groups 2", 0, 8, 12, 8, 8, 3, 3, 1, 1, 1, 2, 0.5, 3, 0, 1},
       {"depthwise", 0, 8, 8, 8, 8, 3, 3, 1, 1, 1, 8, 0.3, 3, 0, 0},
       {"batch 1", 0, 16, 16, 8, 8, 3, 3, 1, 1, 1, 1, 0.9, 1, 0, 1},

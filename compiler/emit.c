@@ -308,16 +308,19 @@ static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
  * 133), s=0.95 67-73 against 79, s=0.99 (2-4 non-zeros per chunk) 1.15-1.5x slower; 512x512@4
  * (one vector) s=0.9 137 against 167 at 128 channels (74 KB), 1.08x at 32, s=0.95 75 against 85
  * at 128 but 0.96x at 48, s=0.99 0.90x even at 128; 128->256@16 s2 s=0.9 60 against 74 at
- * 16-24, s=0.95 1.05-1.09x at 24-32, 0.99x at 16. */
+ * 16-24, s=0.95 1.05-1.09x at 24-32, 0.99x at 16.  The packed copies (PK) want about 32 KB:
+ * 256x256@8 s=0.9 110-112 us at 24-43 channels (23-41 KB), 118 at 64; 64->128@32 s2 67.5 at
+ * 16 (55 KB), 73 at 43; chunks still up to 128 KB's worth (64->128@32 s2 s=0.95: 43.8 us at
+ * 24 channels against 46.4 without). */
 static int im2col_chunk(const tk_geom *g, int64_t nnz) {
-  const double window = 65536.0,
-               per_ch = g->PK ? (double)g->KW * (g->FNV * 16 + (g->KH - 1) * g->DH * g->OW) * 4.0
+  const double window = g->PK ? 32768.0 : 65536.0,
+               per_ch = g->PK ? (double)g->KW * g->SH * (g->FNV * 16 + (g->KH - 1) * g->DH / g->SH * g->OW) * 4.0
                               : (double)g->KH * g->KW * g->FNV * 64.0;
   const double nzo = (double)nnz / (g->O > 0 ? g->O : 1), smin = 48.0 / g->FNV > 12.0 ? 48.0 / g->FNV : 12.0;
-  double ch_w = floor(window / per_ch), ch = nzo > 0 ? ceil(smin * g->I / nzo) : g->I;
+  double ch_w = floor(window / per_ch), ch_max = floor(131072.0 / per_ch), ch = nzo > 0 ? ceil(smin * g->I / nzo) : g->I;
   if (ch_w < 1) ch_w = 1;
   if (ch < ch_w) ch = ch_w;
-  if (ch > 2 * ch_w || ch >= g->I) return g->I;
+  if (ch > (ch_max > ch_w ? ch_max : ch_w) || ch >= g->I) return g->I;
   const int nch = (int)ceil(g->I / ch);
   return (g->I + nch - 1) / nch; /* the chunks balanced */
 }
@@ -403,27 +406,29 @@ tk_status tk_geom_make_variant(const tk_model *m, int layer, tk_variant variant,
   choose_blocks(g->P16 / 16, &fnv, &fnblk);
   int64_t fpz = (int64_t)fnv * fnblk * 16;
   double saved = (double)nnz_all * (double)(g->PZF - fpz) / 16.0;
+  /* With no partial vector, the column-shifted copies with rows OW wide (PK) hold every tap's
+   * row: tap (kh, kw) is copy (kw, kh*DH % SH) from row kh*DH / SH on -- KW*SH copies of OH +
+   * (KH-1)*DH/SH rows instead of KH*KW of OH, made from x directly at stride 1, from the grid
+   * otherwise (strided: only where every row phase is read).  Rows a multiple of 8 wide, so that
+   * every load sits in whole 32-byte halves: on 4x4 maps (a row 16 bytes) the loads of the
+   * middle kernel row straddle lines, 512x512@4 s=0.9 174 against 144 us.  TICKET_PK ("0"/"1")
+   * overrides where it applies. */
+  const char *force_pk = getenv("TICKET_PK");
+  const int64_t xhp = g->OH + (int64_t)(g->KH - 1) * g->DH / g->SH;
+  const int pk_ok = variant == TK_VARIANT_SPARSE_TABLE && g->G == 1 && g->OW % 8 == 0 &&
+                    (int64_t)g->OH * g->OW % 16 == 0 &&
+                    (g->SH == 1 || (g->DH == 1 && g->KH >= g->SH && xhp <= g->HQ));
+  const int pk = pk_ok && (force_pk && *force_pk ? atoi(force_pk) != 0 : 1);
+  const double col_floats = pk ? (double)g->KW * g->SH * g->I * xhp * g->OW : (double)kk * g->I * g->P16;
   /* the grid holds only the phases some tap reads (a strided 1x1: one, whose grid is the tap copy
    * itself: the copy saves nothing and costs a second pass, 256->512@8 1x1 s2 0.76-0.91x) */
-  /* At stride 1 with no partial vector, the KW column-shifted copies with rows OW wide (PK) hold
-   * every tap's row: tap (kh, kw) is copy kw from row kh*DH on, KW copies of OH + (KH-1)*DH rows
-   * instead of KH*KW of OH, made from x directly (not via the grid).  Rows a multiple of 8
-   * wide, so that every load sits in whole 32-byte halves: on 4x4 maps (a row 16 bytes) the
-   * loads of the middle kernel row straddle lines, 512x512@4 s=0.9 174 against 144 us.
-   * TICKET_PK ("0"/"1") overrides where it applies. */
-  const char *force_pk = getenv("TICKET_PK");
-  const int pk_ok = variant == TK_VARIANT_SPARSE_TABLE && g->G == 1 && g->SH == 1 && g->SW == 1 &&
-                    g->OW % 8 == 0 && (int64_t)g->OH * g->OW % 16 == 0;
-  const int pk = pk_ok && (force_pk && *force_pk ? atoi(force_pk) != 0 : 1);
-  const int64_t xhp = g->OH + (int64_t)(g->KH - 1) * g->DH;
-  const double col_floats = pk ? (double)g->KW * g->I * xhp * g->OW : (double)kk * g->I * g->P16;
   double extra = 2.0 * (col_floats - (double)tk_geom_read_phases(g) * g->I * g->CS) / 16.0;
   const char *force_col = getenv("TICKET_IM2COL"); /* "0"/"1": override, for experiments */
   g->IM2COL = force_col && *force_col ? atoi(force_col) != 0 : saved > extra;
   if (g->IM2COL) {
     g->FNV = fnv, g->FNBLK = fnblk, g->FPZ = fpz;
     g->PK = pk, g->XHP = pk ? (int)xhp : 0;
-    g->col_len = (pk ? (int64_t)g->I * g->KW * xhp * g->OW : (int64_t)g->I * kk * g->P16) + fpz + 16;
+    g->col_len = (pk ? (int64_t)g->I * g->KW * g->SH * xhp * g->OW : (int64_t)g->I * kk * g->P16) + fpz + 16;
     if (!(force_ch && *force_ch) && variant == TK_VARIANT_SPARSE_TABLE && g->G == 1)
       g->CH = im2col_chunk(g, nnz_all), g->NCH = (g->I + g->CH - 1) / g->CH;
   } else {
@@ -715,8 +720,10 @@ tk_status tk_tables_build(const tk_model *m, int layer, const tk_geom *g, int tr
                                g->XRS);
       else if (g->XS)
         t->offc[q] = (int32_t)((((int64_t)(tap % g->KW) * g->I + i) * g->XHR + (int64_t)(tap / g->KW) * g->DH) * g->XRS);
-      else if (g->PK)
-        t->offc[q] = (int32_t)((((int64_t)i * g->KW + tap % g->KW) * g->XHP + (int64_t)(tap / g->KW) * g->DH) * g->OW);
+      else if (g->PK) {
+        const int64_t kh = tap / g->KW, kw = tap % g->KW;
+        t->offc[q] = (int32_t)(((((int64_t)i * g->KW + kw) * g->SH + kh * g->DH % g->SH) * g->XHP + kh * g->DH / g->SH) * g->OW);
+      }
       else
         t->offc[q] = (int32_t)(((int64_t)i * kk + tap) * g->P16);
     }

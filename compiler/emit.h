@@ -107,10 +107,11 @@ typedef struct {
   int IM2COL;                 /* forward reads tap copies col[(i*KH*KW + t)*P16 + oh*OW + ow]
                                  instead of the grid (small maps: no wasted columns, aligned) */
   int64_t P16, col_len;       /* im2col: OH*OW rounded up to 16; floats of col per image */
-  int PK, XHP;                /* im2col as KW column-shifted copies with rows OW wide (PK = 1; stride 1,
-                                 OH*OW a multiple of 16): col[((i*KW + kw)*XHP + r)*OW + ow] =
-                                 xpad[i][r][ow + kw*DW], XHP = OH + (KH-1)*DH rows; tap (kh, kw) of
-                                 output p is float kh*DH*OW + p of copy kw, read as an im2col row */
+  int PK, XHP;                /* im2col as column-shifted copies with rows OW wide (PK = 1; OW a multiple
+                                 of 8, OH*OW of 16): col[(((i*KW + kw)*SH + a)*XHP + r)*OW + ow] =
+                                 xpad[i][r*SH + a][ow*SW + kw*DW], XHP = OH + (KH-1)*DH/SH rows; tap
+                                 (kh, kw) of output p is float (kh*DH/SH)*OW + p of copy (kw,
+                                 kh*DH % SH), read as an im2col row */
   int FNV, FNBLK;             /* the forward's blocks: NV/NBLK on the grid, or over P16 */
   int64_t FPZ;                /* FNBLK*FNV*16 */
   int RV, RR, RNBLK;          /* table forward on the grid with one chunk (RV > 0): by whole output rows,

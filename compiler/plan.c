@@ -116,7 +116,7 @@ static double est_sparse(const tk_geom *g, int64_t nnz, int n, int T) {
     const int phases = tk_geom_read_phases(g);
     double prep = g->XL       ? (double)g->KW * g->I * g->XNBLK * g->XHL * g->XRS
                   : g->XS     ? (double)g->KW * g->I * g->XHR * g->XRS
-                  : g->PK     ? (double)g->KW * g->I * g->XHP * g->OW
+                  : g->PK     ? (double)g->KW * g->SH * g->I * g->XHP * g->OW + (g->SH > 1 ? (double)phases * g->I * g->CS : 0.0)
                   : g->IM2COL ? (double)g->I * g->KH * g->KW * g->P16 + (double)phases * g->I * g->CS /* via the grid */
                               : (double)phases * g->I * g->CS;
     lanes = (double)g->FPZ * n;

@@ -22,6 +22,7 @@
 #include "toolchain.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -54,6 +55,51 @@ static void col_pool_release(col_pool *p) {
   free(p);
 }
 
+/* One image over several threads, or on one.  A call with fewer images than threads splits
+ * every image's rows between them: one OpenMP region and two barriers per image.  Where idle
+ * threads sleep (OMP_WAIT_POLICY=PASSIVE) each wakes them: about 40 us per region and 18 per
+ * barrier on a 2-core EPYC host, against about 1 with libgomp's default spinning -- more than
+ * half a small layer's whole forward at batch 1 (resnet18 s=0.9, 2 threads, passive: 3.3 ms
+ * against 2.5 on one thread).  So each kernel measures: calls with fewer images than threads
+ * alternate between the split and one thread, SPLIT_TRIES of each, and the faster is kept
+ * (the fastest call of each: a preempted call is an outlier, not a measure) for the next
+ * SPLIT_KEEP such calls, then measured again (a neighbour that took the other core for a
+ * while, or came back).  Both compute every output the same way: the results are identical.
+ * TICKET_SPLIT=1 always splits, TICKET_SPLIT=0 never (tests, A/B runs). */
+enum { SPLIT_TRIES = 4, SPLIT_KEEP = 1024 };
+typedef struct {
+  double best[2]; /* the fastest call of this round: [0] one thread, [1] split */
+  int tries[2];
+  int choice; /* -1: measuring; 0: one thread; 1: split */
+  int fixed;  /* TICKET_SPLIT set: choice never changes */
+  int kept;   /* calls since the choice */
+} split_pick;
+
+static void split_init(split_pick *s) {
+  const char *e = getenv("TICKET_SPLIT");
+  memset(s, 0, sizeof *s);
+  s->best[0] = s->best[1] = INFINITY;
+  s->fixed = e && *e;
+  s->choice = s->fixed ? atoi(e) != 0 : -1;
+}
+
+/* this call's way: 1 split, 0 one thread (measuring: the split first, then in turns) */
+static int split_mode(const split_pick *s) { return s->choice >= 0 ? s->choice : s->tries[1] <= s->tries[0]; }
+
+static void split_done(split_pick *s, int mode, double seconds) {
+  if (s->fixed) return;
+  if (s->choice >= 0) {
+    if (++s->kept >= SPLIT_KEEP) {
+      s->choice = -1, s->kept = 0;
+      s->tries[0] = s->tries[1] = 0;
+      s->best[0] = s->best[1] = INFINITY;
+    }
+    return;
+  }
+  if (seconds < s->best[mode]) s->best[mode] = seconds;
+  if (++s->tries[mode] >= SPLIT_TRIES && s->tries[1 - mode] >= SPLIT_TRIES) s->choice = s->best[1] < s->best[0];
+}
+
 typedef struct sparse_kernel {
   tk_kernel base;
   tk_geom g;
@@ -76,6 +122,7 @@ typedef struct sparse_kernel {
   tk_model *tm;
   int64_t *tpos;
   int nsets;
+  split_pick fsplit, bsplit; /* forward, input gradient: calls of fewer images than threads */
   col_pool *pool; /* col from the build's shared pool (NULL: in the arena) */
   scratch_set *sets;
   float *arena;
@@ -265,8 +312,11 @@ static void conv_run_fwd(sparse_kernel *k, const float *x, const float *mask, fl
 #define MASK_AT(i) (mask ? mask + (i) * xs : NULL)
 #define RES_AT(i) (fv->res ? fv->res + (i) * ys : NULL)
   int T = want_threads(k);
-  if (T == 1) {
+  const int split = T > 1 && n < T ? split_mode(&k->fsplit) : 1;
+  if (T == 1 || !split) {
+    const double t0 = tk_now();
     for (int i = 0; i < n; i++) conv_fwd_image(k, &k->sets[0], x + i * xs, MASK_AT(i), y + i * ys, RES_AT(i), fv, n);
+    if (T > 1) split_done(&k->fsplit, 0, tk_now() - t0);
     return;
   }
 #ifdef _OPENMP
@@ -279,6 +329,7 @@ static void conv_run_fwd(sparse_kernel *k, const float *x, const float *mask, fl
     }
     return;
   }
+  const double t0 = tk_now();
 #pragma omp parallel num_threads(T)
   {
     int t = thread_id(), nt = omp_get_num_threads(), r0, r1;
@@ -291,6 +342,7 @@ static void conv_run_fwd(sparse_kernel *k, const float *x, const float *mask, fl
 #pragma omp barrier
     }
   }
+  split_done(&k->fsplit, 1, tk_now() - t0);
 #endif
 #undef MASK_AT
 #undef RES_AT
@@ -344,8 +396,11 @@ static void conv_run_bwd_input(sparse_kernel *k, const float *dy, const float *m
   int64_t xs = (int64_t)g->I * g->H * g->W, ys = (int64_t)g->O * g->OH * g->OW;
   int T = want_threads(k);
 #define MASK_AT(i) (mask ? mask + (i) * ys : NULL)
-  if (T == 1) {
+  const int split = T > 1 && n < T ? split_mode(&k->bsplit) : 1;
+  if (T == 1 || !split) {
+    const double t0 = tk_now();
     for (int i = 0; i < n; i++) conv_bwdi_image(k, &k->sets[0], dy + i * ys, MASK_AT(i), dx + i * xs, wt, n);
+    if (T > 1) split_done(&k->bsplit, 0, tk_now() - t0);
     return;
   }
 #ifdef _OPENMP
@@ -358,6 +413,7 @@ static void conv_run_bwd_input(sparse_kernel *k, const float *dy, const float *m
     }
     return;
   }
+  const double t0 = tk_now();
 #pragma omp parallel num_threads(T)
   {
     int t = thread_id(), nt = omp_get_num_threads(), r0, r1;
@@ -372,6 +428,7 @@ static void conv_run_bwd_input(sparse_kernel *k, const float *dy, const float *m
 #pragma omp barrier
     }
   }
+  split_done(&k->bsplit, 1, tk_now() - t0);
 #endif
 #undef MASK_AT
 }
@@ -974,6 +1031,8 @@ static tk_status make_kernel(const tk_model *m, build_item *it, tk_jit *jit, int
   memset(&it->t, 0, sizeof it->t); /* owned by the kernel now */
   k->training = training;
   k->threads = threads;
+  split_init(&k->fsplit);
+  split_init(&k->bsplit);
   k->vb = training ? it->vb : it->vb & TK_VB_FWD; /* no gradient tables without training */
   k->jit = jit;
   tk_jit_retain(jit);

@@ -533,6 +533,67 @@ static void run_case(const kcase *c, const char *cache) {
   tk_model_free(m);
 }
 
+/* Calls with fewer images than threads: with TICKET_SPLIT unset each kernel runs them in
+ * turns split between the threads and on one thread (timing both, sparse.c split_pick), then
+ * the faster.  Every call's output must be the same, bit for bit, whichever way it ran; and
+ * the same as with TICKET_SPLIT=0 and =1. */
+static void check_split_auto(const char *cache) {
+  kcase c = {"split", 0, 16, 24, 8, 8, 3, 3, 1, 1, 1, 1, 0.5, 1, 0, 0};
+  tk_model *m = make_model(&c);
+  const tk_layer *l = &m->layers[0];
+  const int64_t xs = tk_shape_numel(l->in), ys = tk_shape_numel(l->out);
+  float *x = galloc(xs), *dy = galloc(ys);
+  fill(x, xs);
+  fill(dy, ys);
+  float *y[3], *dx[3];
+  const char *modes[3] = {"", "0", "1"};
+  for (int mode = 0; mode < 3; mode++) {
+    y[mode] = malloc((size_t)ys * 4), dx[mode] = malloc((size_t)xs * 4);
+    setenv("TICKET_SPLIT", modes[mode], 1);
+    tk_compile_opts o;
+    tk_compile_opts_default(&o);
+    o.batch = 1, o.threads = 2, o.training = 1, o.force = TK_VARIANT_SPARSE_TABLE, o.cache_dir = cache;
+    tk_plan *p = NULL;
+    tk_kernel *ks[2] = {NULL, NULL};
+    if (tk_plan_make(m, &o, &p) != TK_OK || tk_sparse_build(m, p, &o, 1, ks) != TK_OK || !ks[0]) {
+      fprintf(stderr, "split: build: %s\n", tk_last_error());
+      check_failures++;
+      tk_plan_free(p);
+      continue;
+    }
+    tk_kernel *k = ks[0];
+    float *yc = malloc((size_t)ys * 4), *dxc = malloc((size_t)xs * 4);
+    /* more calls than the measuring takes (4 of each way), so that both ways and the choice run */
+    for (int call = 0; call < 12; call++) {
+      CHECK(k->v->fwd(k, x, call ? yc : y[mode], 1) == TK_OK);
+      CHECK(k->v->bwd_input(k, dy, call ? dxc : dx[mode], 1) == TK_OK);
+      if (call) {
+        CHECK_MSG(!memcmp(yc, y[mode], (size_t)ys * 4), "split (TICKET_SPLIT=%s): forward call %d differs from the first",
+                  modes[mode], call);
+        CHECK_MSG(!memcmp(dxc, dx[mode], (size_t)xs * 4),
+                  "split (TICKET_SPLIT=%s): input gradient call %d differs from the first", modes[mode], call);
+      }
+    }
+    if (mode) {
+      CHECK_MSG(!memcmp(y[mode], y[0], (size_t)ys * 4), "split: TICKET_SPLIT=%s forward differs from measured", modes[mode]);
+      CHECK_MSG(!memcmp(dx[mode], dx[0], (size_t)xs * 4), "split: TICKET_SPLIT=%s input gradient differs", modes[mode]);
+    }
+    float *yr = malloc((size_t)ys * 4);
+    tk_ref_conv2d_fwd(l, x, m->tensors[l->weight].data, m->tensors[l->bias].data, yr, 1);
+    check_rel("forward", &c, modes[mode][0] ? modes[mode] : "measured", y[mode], yr, ys);
+    free(yr);
+    free(yc);
+    free(dxc);
+    k->v->destroy(k);
+    tk_plan_free(p);
+  }
+  for (int mode = 0; mode < 3; mode++) free(y[mode]), free(dx[mode]);
+  gfree(x);
+  gfree(dy);
+  setenv("TICKET_SPLIT", "1", 1);
+  tk_model_free(m);
+}
+
 /* The emitted source: provenance header, and a clang error names the layer. */
 static void check_source(const char *cache) {
   kcase c = {"source", 0, 8, 8, 6, 6, 3, 3, 1, 1, 1, 1, 0.5, 1, 0, 0};
@@ -651,6 +712,9 @@ int main(void) {
   setenv("TICKET_NO_FALLBACK", "1", 1);
   setenv("TICKET_CLANG_EXTRA", "-Werror", 1);
   setenv("TICKET_RES_BATCH", "1", 1); /* residual and summed input gradient in every form that has them */
+  /* calls of fewer images than threads split every image (not timed against one thread, sparse.c):
+   * the split path runs wherever there are threads; check_split_auto checks the timed choice */
+  setenv("TICKET_SPLIT", "1", 1);
   char cache[] = "/tmp/ticket-test-kernels-XXXXXX";
   if (!mkdtemp(cache)) check_skip("cannot create a temporary cache directory");
   tk_rng_seed(&g_rng, 12345);
@@ -714,6 +778,7 @@ int main(void) {
     run_case(&big, cache);
   }
   check_plan_vec_batch();
+  check_split_auto(cache);
   check_source(cache);
   printf("%d kernel/variant cases run, %d with a summed input gradient\n", g_cases_run, g_acc_cases);
   CHECK_MSG(g_acc_cases > 0, "no kernel summed its input gradient into dx");

@@ -916,6 +916,7 @@ static tk_status exec_create(tk_model *m, int max_batch, const tk_compile_opts *
   x->base.threads = 1;
 #endif
   x->opts.threads = x->base.threads;
+  tk_ops_calibrate(x->base.threads);
   int old = threads_enter(x);
   tk_status st = TK_ERR_NOMEM;
   const char *fe = getenv("TICKET_FOLD_BN");

@@ -4,13 +4,19 @@
  *
  * Parallel loops run over N x C planes or over blocks of channels; per-channel sums use
  * double accumulators in a fixed order, so results do not depend on the thread count.  Loops below
- * PAR_MIN elements stay on the calling thread (an OpenMP region costs about a microsecond,
- * which matters at batch 1 on small maps).
+ * PAR_MIN elements stay on the calling thread: an OpenMP region costs about a microsecond
+ * where idle threads spin (libgomp's default), which matters at batch 1 on small maps, and
+ * about 40 where they sleep (OMP_WAIT_POLICY=PASSIVE), more than an add of 64x32x32 takes
+ * on one thread -- tk_ops_calibrate measures it.
  */
 #include "ops.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #ifdef _OPENMP
 #define TK_PRAGMA(x) _Pragma(x)
@@ -18,7 +24,8 @@
 #define TK_PRAGMA(x)
 #endif
 
-#define PAR_MIN 16384   /* elements below which a loop stays serial */
+static long par_min_v = 16384; /* elements below which a loop stays serial (tk_ops_calibrate) */
+#define PAR_MIN par_min_v
 #define FLAT_BLOCK 4096 /* elements per work item of a flat parallel loop */
 
 /* Runs BODY over [lo, hi) ranges covering [0, count): one range on the calling thread when
@@ -26,7 +33,7 @@
 #define FLAT_LOOP(count, BODY)                                                            \
   do {                                                                                    \
     const size_t n_ = (count);                                                            \
-    if (n_ <= PAR_MIN) {                                                                  \
+    if (n_ <= (size_t)PAR_MIN) {                                                          \
       const size_t lo = 0, hi = n_;                                                       \
       BODY;                                                                               \
     } else {                                                                              \
@@ -38,6 +45,40 @@
       }                                                                                   \
     }                                                                                     \
   } while (0)
+
+/* An elementwise pass costs about 0.25 ns per element on one thread, so a region of `us`
+ * microseconds pays for itself on two threads from about 8192*us elements. */
+void tk_ops_calibrate(int threads) {
+  const char *e = getenv("TICKET_PAR_MIN");
+  if (e && *e) {
+    long long v = atoll(e);
+    par_min_v = v > 0 ? (long)v : 16384;
+    return;
+  }
+#ifdef _OPENMP
+  if (threads < 2 || omp_in_parallel()) return;
+  double v[9];
+  for (int r = 0; r < 9; r++) {
+    const double t0 = omp_get_wtime();
+    volatile int sink = 0;
+#pragma omp parallel num_threads(threads)
+    sink = omp_get_thread_num();
+    (void)sink;
+    v[r] = omp_get_wtime() - t0;
+  }
+  for (int a = 1; a < 9; a++)
+    for (int b = a; b > 0 && v[b] < v[b - 1]; b--) {
+      const double t = v[b];
+      v[b] = v[b - 1], v[b - 1] = t;
+    }
+  const double elems = v[4] * 1e6 * 8192.0;
+  par_min_v = elems < 16384.0 ? 16384 : elems > 16777216.0 ? 16777216 : (long)elems;
+#else
+  (void)threads;
+#endif
+}
+
+long tk_ops_par_min(void) { return par_min_v; }
 
 /* ---- input normalisation ------------------------------------------------------------------ */
 

@@ -23,6 +23,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Measures what an OpenMP region of `threads` costs here (a few empty ones, their median) and
+ * keeps the ops' loops serial below the size where splitting them pays: 16384 elements where
+ * idle threads spin, about 20 times that where they sleep (OMP_WAIT_POLICY=PASSIVE).  Called
+ * when an engine is made, outside parallel regions; TICKET_PAR_MIN=N sets the size instead.
+ * tk_ops_par_min: the size in force. */
+void tk_ops_calibrate(int threads);
+long tk_ops_par_min(void);
+
 /* ---- input normalisation: y = (x - mean[c]) / std[c] ---------------------------------- */
 /* x, y (N, C, HW); mean/std (C) or NULL (then y = x). */
 void tk_ops_normalize_fwd(const float *x, const float *mean, const float *std, float *y, int n, int c, int hw);

@@ -18,6 +18,10 @@
  * deferred batchnorms): relu?(a0*x0 + b0 + a1*x1 + b1), either affine or both, must equal bit
  * for bit the batchnorms' outputs added by tk_ops_add_fwd, in place too, on the same edge
  * data; and a batchnorm forward without an output (y NULL) must save the same statistics.
+ *
+ * The size below which the ops run on one thread is measured per engine (tk_ops_calibrate: an
+ * OpenMP region costs ~1 us where idle threads spin, ~40 where they sleep); results must be
+ * the same bits whichever side of it a loop falls.
  */
 #include "check.h"
 
@@ -283,9 +287,44 @@ static void add_affine(void) {
   CHECK(cases == (int)(sizeof g_shapes / sizeof *g_shapes) * 2 * 2 * 3);
 }
 
+/* The size below which the ops stay on one thread (tk_ops_calibrate: measured, or
+ * TICKET_PAR_MIN), and the results, which must not depend on it: batchnorm (train and eval, with
+ * its saved statistics) and add on a threaded shape, all serial against all split. */
+static void par_min(void) {
+  setenv("TICKET_PAR_MIN", "1000", 1);
+  tk_ops_calibrate(2);
+  CHECK_MSG(tk_ops_par_min() == 1000, "TICKET_PAR_MIN=1000: %ld", tk_ops_par_min());
+  unsetenv("TICKET_PAR_MIN");
+  tk_ops_calibrate(2);
+  CHECK_MSG(tk_ops_par_min() >= 16384, "measured: %ld", tk_ops_par_min());
+  const bn_shape sh = {8, 24, 256};
+  for (int train = 0; train < 2; train++) {
+    bn_case t[2];
+    const char *size[2] = {"1", "16777216"};
+    tk_rng keep = g_rng;
+    for (int k = 0; k < 2; k++) {
+      g_rng = keep; /* the same data for both */
+      make_case(&t[k], &sh, train);
+      setenv("TICKET_PAR_MIN", size[k], 1);
+      tk_ops_calibrate(2);
+      forward(&t[k], train, 1);
+      tk_ops_add_fwd(t[k].x, t[k].y, 1, t[k].dx0, t[k].count);
+    }
+    check_same(train ? "train batchnorm, serial against split" : "eval batchnorm, serial against split", t[1].y,
+               t[0].y, t[0].count);
+    check_same("batchnorm mean, serial against split", t[1].mean, t[0].mean, (size_t)sh.c);
+    check_same("batchnorm 1/std, serial against split", t[1].invstd, t[0].invstd, (size_t)sh.c);
+    check_same("add, serial against split", t[1].dx0, t[0].dx0, t[0].count);
+    free_case(&t[0]), free_case(&t[1]);
+  }
+  unsetenv("TICKET_PAR_MIN");
+  tk_ops_calibrate(2);
+}
+
 int main(void) {
   tk_rng_seed(&g_rng, 20240611);
   bn_bwd_mask();
   add_affine();
+  par_min();
   return check_done("test_ops");
 }

@@ -18,7 +18,7 @@
 static void usage(FILE *f) {
   fprintf(f,
           "usage: ticket plan MODEL [--batch N] [--threads T] [--tune] [--training] [--force VARIANT]\n"
-          "                   [--random-sparsity S] [--cache DIR] [--json]\n"
+          "                   [--random-mask S] [--cache DIR] [--json]\n"
           "\n"
           "Shows which kernel the compiler picks for every conv2d and linear layer, with the\n"
           "estimated time per call of the sparse and dense kernels and a one-line reason.\n"
@@ -30,8 +30,9 @@ static void usage(FILE *f) {
           "  --training          also plan the gradient kernels (no value baking)\n"
           "  --force VARIANT     every layer on one variant: dense, sparse-table, sparse-unrolled,\n"
           "                      value-baked, reference\n"
-          "  --random-sparsity S prune every prunable weight uniformly at random to sparsity S first\n"
-          "                      (to explore plans without a pruned model file)\n"
+          "  --random-mask S     prune every prunable weight uniformly at random to sparsity S first\n"
+          "                      (to explore plans without a pruned model file; as in ticket bench;\n"
+          "                      --random-sparsity S is the same)\n"
           "  --cache DIR         object cache for --tune (default $TICKET_CACHE or ~/.cache/ticket)\n"
           "  --json              print the plan as one JSON object\n"
           "  --help              this text\n"
@@ -128,9 +129,9 @@ int cmd_plan(int argc, char **argv) {
                                        "value-baked, reference)", v);
       o.force = f;
       i++;
-    } else if (!strcmp(a, "--random-sparsity")) {
+    } else if (!strcmp(a, "--random-mask") || !strcmp(a, "--random-sparsity")) { /* bench's name, and the old one */
       if (!v || !tk_parse_fraction(v, &rs) || !(rs >= 0 && rs <= 1))
-        return cli_usage_error("plan", "--random-sparsity needs a fraction in [0, 1]");
+        return cli_usage_error("plan", "%s needs a fraction in [0, 1]", a);
       i++;
     } else if (!strcmp(a, "--cache")) {
       if (!v) return cli_usage_error("plan", "--cache needs a directory");

@@ -232,6 +232,10 @@ int main(void) {
     int rc = run(cmd, out, sizeof out);
     CHECK_MSG(rc == 0 && strstr(out, "\"variant\": \"sparse-table\"") && strstr(out, "\"layers\""), "plan --json: rc %d",
               rc);
+    snprintf(cmd, sizeof cmd, "'%s' plan resnet18 --random-mask 0.9 --threads 1 --json", bin);
+    CHECK_MSG(run(cmd, out, sizeof out) == 0 && strstr(out, "\"variant\": \"sparse-table\""), "plan --random-mask");
+    snprintf(cmd, sizeof cmd, "'%s' plan resnet18 --random-mask 1.5 2>&1", bin);
+    CHECK(run(cmd, out, sizeof out) == 2 && strstr(out, "--random-mask"));
     snprintf(cmd, sizeof cmd, "'%s' plan resnet18 --random-sparsity 1 --threads 1", bin);
     CHECK(run(cmd, out, sizeof out) == 0 && strstr(out, "empty") && strstr(out, "every weight pruned"));
     snprintf(cmd, sizeof cmd, "'%s' plan resnet18 --batch 0 2>&1", bin);

@@ -23,16 +23,20 @@
 #endif
 
 /* ---- calibration (1 thread; bench/bench_layers.c on this machine, minimum of repeats) ------
- * oneDNN: 110-140 GF/s on the ResNet-18 CIFAR convolutions.  Table kernel: about 41 GF/s of
- * computed lanes (grid columns included) at batch 1 with the activations in cache, plus
- * about 0.25 ns per non-zero per position block (offset and value reads, loop); batches
- * stream their activations through memory, about 0.4 ns per input+output element.  Measured
- * with `bench_layers --clock cpu --stat min` (the machine was shared with other work). */
+ * oneDNN: 110-140 GF/s on the ResNet-18 CIFAR convolutions.  Table kernel: about 0.42 ns per
+ * vector FMA of computed lanes (grid columns included; 76 GF/s) at batch 1 with the
+ * activations in cache, plus about 0.2 ns per non-zero per position block (offset and value
+ * reads, loop); batches stream their activations through memory, about 0.4 ns per
+ * input+output element.  Refitted on the EPYC host at s=0.5 (bench_layers --sparsity 0.5
+ * --batch 1 --stat min, after the packed copies): 0.40-0.44 ns per vector FMA on 32x32, 16x16,
+ * 8x8 and the stride-2 3x3s, 0.59-0.66 per non-zero for one-vector blocks (4x4 outputs); the
+ * old 41 GF/s and 0.25 ns made every ResNet-18 conv at s=0.5-0.6 about 1.5x slower than oneDNN
+ * on paper, where all but 256->512 s2 (0.89x) and 4x4 (0.97-1.03x) were 1.13-2.2x faster. */
 #define R_DENSE 115e9       /* oneDNN flop/s per core on large convolutions */
 #define C_DENSE 1e-6        /* oneDNN per-call overhead (s) */
-#define R_SPARSE 41e9       /* table-driven kernel, flop/s of computed lanes */
+#define R_SPARSE 76e9       /* table-driven kernel, flop/s of computed lanes */
 #define C_SPARSE 0.3e-6     /* per-call overhead (s) */
-#define T_ENTRY 0.25e-9     /* per non-zero per position block (s) */
+#define T_ENTRY 0.2e-9      /* per non-zero per position block (s) */
 #define T_ENTRY_BATCH 4.5e-9 /* batch-vectorised forward: per non-zero per register block (s) */
 #define T_ENTRY_BATCH_FLAT 2.5e-9 /* ... the same without input-channel chunks (s) */
 #define T_FMA_BATCH 0.6e-9  /* ... and per vector FMA of it, with its load (s) */

@@ -115,7 +115,9 @@ int main(void) {
       if (flip >= 0) CHECK_MSG(v == TK_VARIANT_SPARSE_TABLE, "sparsity %.2f back to %s", s, tk_variant_name(v));
       tk_model_free(m);
     }
-    CHECK_MSG(flip >= 0.5 && flip <= 0.8, "break-even at sparsity %.2f, expected 0.5..0.8", flip);
+    /* measured alone (bench_layers, batch 1, 1 thread, EPYC host): 1.00x oneDNN at s=0.3,
+     * 1.13x at 0.4, 1.16x at 0.45, 1.23x at 0.5 */
+    CHECK_MSG(flip >= 0.3 && flip <= 0.6, "break-even at sparsity %.2f, expected 0.3..0.6", flip);
     printf("cost model break-even (64x64 3x3, 32x32, batch 1, 1 thread): sparsity %.2f\n", flip);
 
     /* 2. a 2x2 map at batch 128 (vgg16_bn's last convs): the forward runs over the batch, so

@@ -37,9 +37,9 @@
 #define R_SPARSE 76e9       /* table-driven kernel, flop/s of computed lanes */
 #define C_SPARSE 0.3e-6     /* per-call overhead (s) */
 #define T_ENTRY 0.2e-9      /* per non-zero per position block (s) */
-#define T_ENTRY_BATCH 4.5e-9 /* batch-vectorised forward: per non-zero per register block (s) */
-#define T_ENTRY_BATCH_FLAT 2.5e-9 /* ... the same without input-channel chunks (s) */
-#define T_FMA_BATCH 0.6e-9  /* ... and per vector FMA of it, with its load (s) */
+#define T_ENTRY_BATCH 2.0e-9 /* batch-vectorised forward: per non-zero per register block (s) */
+#define T_ENTRY_BATCH_FLAT 1.4e-9 /* ... the same without input-channel chunks (s) */
+#define T_FMA_BATCH 0.25e-9 /* ... and per vector FMA of it, with its load (s) */
 #define T_ELEM 0.25e-9      /* per element of prep (pad, phase split, im2col) and epilogue (s) */
 #define T_STREAM 0.4e-9     /* batches: per input + output element per image (s) */
 #define T_STREAM_DENSE 0.8e-9 /* oneDNN, batches: the same, layout reorders included.  Batch 128, 1
@@ -144,7 +144,13 @@ static double est_sparse(const tk_geom *g, int64_t nnz, int n, int T) {
  *              256x8x8 (NA 16)  s=0.9 25-34 (27.3)  0.8 61.3 (54.0)  0.7 73.7 (80.6)
  *   unchunked  512x2x2 (NA 4)   s=0.9 8.3-8.6 (9.2) 0.95 5.0 (4.6)   0.99 1.3 (0.9)
  *              512x4x4 (NA 16)  s=0.9 27.8 (24.6)   0.8 48.4 (47.5)  0.95 15.9 (13.2)  (unchunked since)
- * against oneDNN's 24-32 (2x2) and 81-95 ms (4x4, 8x8).  Without this the 2x2 maps of vgg16_bn
+ * against oneDNN's 24-32 (2x2) and 81-95 ms (4x4, 8x8).  Refitted on the EPYC host (the
+ * batch kernels had become about 2x faster than the fit above; the model then kept 8x8 and 4x4
+ * on oneDNN at batch 32, s=0.6, where the batch form was 1.57x and 1.20x faster), ms (model):
+ *   chunked    256x8x8  b128 s=0.9 14.5 (14.4)  0.6 45.5 (48.0)   b32 0.9 3.70 (3.6)  0.6 11.6 (12.1)
+ *              512x4x4  b128 s=0.9 14.5 (12.2)  0.6 46.7 (46.7)   b32 0.9 4.03 (3.1)  0.6 12.8 (11.8)
+ *   unchunked  512x2x2  b128 s=0.9 5.03 (4.7)   0.6 16.8 (18.4)
+ * Without this the 2x2 maps of vgg16_bn
  * went to oneDNN on the spatial form's estimate, while the batch form measured 1.95x faster
  * than oneDNN there at s=0.9 even chunked (input gradient 11.3 vs 21.6 ms, weight gradient
  * 18.9 vs 104), 3.7x unchunked. */

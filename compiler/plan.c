@@ -169,15 +169,6 @@ static double est_sparse_batch(const tk_geom *g, int64_t nnz, int n, int T) {
 
 /* ---- tuning: build the candidates and time them ---------------------------------------------- */
 
-static double median(double *v, int n) {
-  for (int a = 1; a < n; a++)
-    for (int b = a; b > 0 && v[b] < v[b - 1]; b--) {
-      double t = v[b];
-      v[b] = v[b - 1], v[b - 1] = t;
-    }
-  return n ? v[n / 2] : INFINITY;
-}
-
 /* Median seconds per call of fwd (+ bwd_input + bwd_weight when training). */
 static double time_kernel(tk_kernel *k, const tk_layer *l, const tk_model *m, int n, int training, float *x, float *y,
                           float *dx, float *dw, float *db) {
@@ -197,7 +188,7 @@ static double time_kernel(tk_kernel *k, const tk_layer *l, const tk_model *m, in
     if (reps >= 3 && tk_now() - start > 0.05) break;
   }
   (void)m;
-  return median(v, reps);
+  return tk_median(v, reps);
 }
 
 static tk_status tune(const tk_model *m, const tk_compile_opts *o, tk_plan *p) {

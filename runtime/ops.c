@@ -10,6 +10,7 @@
  * on one thread -- tk_ops_calibrate measures it.
  */
 #include "ops.h"
+#include "util.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -67,12 +68,7 @@ void tk_ops_calibrate(int threads) {
     (void)sink;
     v[r] = omp_get_wtime() - t0;
   }
-  for (int a = 1; a < 9; a++)
-    for (int b = a; b > 0 && v[b] < v[b - 1]; b--) {
-      const double t = v[b];
-      v[b] = v[b - 1], v[b - 1] = t;
-    }
-  const double elems = v[4] * 1e6 * 8192.0;
+  const double elems = tk_median(v, 9) * 1e6 * 8192.0;
   par_min_v = elems < 16384.0 ? 16384 : elems > 16777216.0 ? 16777216 : (long)elems;
 #else
   (void)threads;

@@ -229,6 +229,15 @@ double tk_now(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+double tk_median(double *v, int n) {
+  for (int a = 1; a < n; a++)
+    for (int b = a; b > 0 && v[b] < v[b - 1]; b--) {
+      const double t = v[b];
+      v[b] = v[b - 1], v[b - 1] = t;
+    }
+  return n ? v[n / 2] : INFINITY;
+}
+
 const tk_embedded_file *tk_embedded_find(const char *path) {
   for (const tk_embedded_file *f = tk_embedded; f->path; f++)
     if (strcmp(f->path, path) == 0) return f;

@@ -52,6 +52,9 @@ TK_INTERNAL bool tk_parse_fraction(const char *s, double *out);
 /* Wall clock in seconds (monotonic). */
 TK_INTERNAL double tk_now(void);
 
+/* The median of v[0 .. n) (the upper one for even n; INFINITY when n is 0); sorts v. */
+TK_INTERNAL double tk_median(double *v, int n);
+
 /* Set the variables of spec "NAME=VALUE[,NAME=VALUE...]" (at most 8) and remember their old
  * values in *saved; tk_env_pop restores them (unset where they were unset).  For A/B runs that
  * build one engine under other TICKET_* settings.  Returns false on a malformed spec (nothing
